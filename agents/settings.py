@@ -1,0 +1,77 @@
+"""Configuration from the environment (prefix ``PATRONAGE_``), validated at start-up."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.policy import Policy
+
+
+class Settings(BaseSettings):
+    """Every option, its environment variable and default. ``patronage settings`` prints them."""
+
+    model_config = SettingsConfigDict(env_prefix="PATRONAGE_", frozen=True, extra="ignore")
+
+    broker: str = Field(
+        "kafka://127.0.0.1:9092",
+        description="Kafka bootstrap servers, Faust URL form; several separated by ';'",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for profile projection")
+    app_id: str = Field("patronage", description="consumer group id and prefix of internal topics")
+    partitions: int = Field(
+        4, ge=1, le=1024, description="partitions for topics patronage creates (inputs must match)"
+    )
+    replication_factor: int = Field(1, ge=1, description="replication for topics patronage creates")
+    topic_prefix: str = Field("", description="prefix for every topic name (multi-tenant clusters)")
+    web_host: str = Field("127.0.0.1", description="worker HTTP bind address (profile API)")
+    web_port: int = Field(6066, ge=1, le=65535, description="worker HTTP port")
+    clock: Literal["event", "wall"] = Field(
+        "event",
+        description="'event': now = newest event time seen (replays, backfills); 'wall': real time",
+    )
+    allowed_lateness_s: float = Field(
+        0.0, ge=0, description="event clock: now = newest event time minus this lateness"
+    )
+    currency: str = Field("EUR", pattern=r"^[A-Z]{3}$", description="currency of purchase amounts")
+    batch_max_records: int = Field(
+        20_000, ge=1, description="max records one fetch hands to the batch processor"
+    )
+    fast_path: bool = Field(
+        True, description="process input partitions in batches inside the consumer (see README)"
+    )
+    data_dir: str = Field(".run/worker", description="worker local data directory")
+    log_level: Literal["debug", "info", "warn", "error"] = Field("info", description="log level")
+    member_min_purchases: int = Field(3, ge=1, description="lifecycle: purchases to be a member")
+    purchase_id_cap: int = Field(256, ge=8, description="idempotency: purchase ids kept per customer")
+    touch_id_cap: int = Field(128, ge=8, description="idempotency: touchpoint ids kept per customer")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_scheme(cls, value: str) -> str:
+        for url in value.split(";"):
+            if not url.startswith("kafka://"):
+                raise ValueError(f"broker URL must start with kafka:// (got {url!r})")
+        return value
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical name (``purchases`` -> ``<prefix>purchases``)."""
+        return f"{self.topic_prefix}{name}"
+
+    def internal_topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{self.app_id}-{name}"
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """host:port list for plain Kafka clients."""
+        return [url.removeprefix("kafka://") for url in self.broker.split(";")]
+
+    def policy(self) -> Policy:
+        return Policy(
+            member_min_purchases=self.member_min_purchases,
+            purchase_id_cap=self.purchase_id_cap,
+            touch_id_cap=self.touch_id_cap,
+            accept_currency=self.currency,
+        )

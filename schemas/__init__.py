@@ -1,0 +1,4 @@
+"""WHAT flows through patronage: input events, output records, table values.
+
+Data and validation only — no Kafka, Faust, Redis or clock access here.
+"""

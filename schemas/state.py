@@ -1,0 +1,162 @@
+"""The per-customer table value (what the ``customers`` table and its changelog hold).
+
+A plain slotted class, not a pydantic model: it is created and serialised once per touched
+customer per batch on the hot path, so it must be cheap. The changelog encoding is compact
+JSON (orjson) with stable short keys; ``to_json``/``from_json`` round-trip exactly.
+
+Money is integer minor units (cents) so sums are exact and independent of event order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+STATE_VERSION = 1
+
+
+class CustomerState:
+    """Everything patronage knows about one subject (a customer id or an anonymous id)."""
+
+    __slots__ = (
+        "subject",
+        "anonymous",
+        # RFM (event time)
+        "frequency",
+        "monetary_cents",
+        "first_purchase_ms",
+        "last_purchase_ms",
+        "days",
+        "purchase_ids",
+        "purchase_id_ts",
+        # touchpoints
+        "touch_counts",
+        "first_touch_ms",
+        "last_touch_ms",
+        "positive_reviews",
+        "touch_ids",
+        "touch_id_ts",
+        # profile facts from customer-updates: field -> [ts_ms, event_id, value]
+        "facts",
+        # lifecycle
+        "stage",
+        "stage_since_ms",
+        # identity
+        "aliases",
+        "merged_into",
+        "erased_ms",
+        "last_event_ms",
+    )
+
+    def __init__(self, subject: str, anonymous: bool = False) -> None:
+        self.subject = subject
+        self.anonymous = anonymous
+        self.frequency = 0
+        self.monetary_cents = 0
+        self.first_purchase_ms: int | None = None
+        self.last_purchase_ms: int | None = None
+        # UTC day number -> [purchases, cents]; only the trailing retention window is kept.
+        self.days: dict[int, list[int]] = {}
+        # Bounded idempotency memory: 64-bit id hashes and the event time of each, oldest first.
+        self.purchase_ids: list[int] = []
+        self.purchase_id_ts: list[int] = []
+        self.touch_counts: dict[str, int] = {}
+        self.first_touch_ms: int | None = None
+        self.last_touch_ms: int | None = None
+        self.positive_reviews = 0
+        self.touch_ids: list[int] = []
+        self.touch_id_ts: list[int] = []
+        self.facts: dict[str, list[Any]] = {}
+        self.stage = "stranger"
+        self.stage_since_ms: int | None = None
+        self.aliases: list[str] = []
+        self.merged_into: str | None = None
+        self.erased_ms: int | None = None
+        self.last_event_ms: int | None = None
+
+    # --- encoding -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"v": STATE_VERSION, "s": self.subject}
+        if self.anonymous:
+            d["anon"] = True
+        if self.frequency:
+            d["f"] = self.frequency
+            d["m"] = self.monetary_cents
+            d["fp"] = self.first_purchase_ms
+            d["lp"] = self.last_purchase_ms
+            d["days"] = [[day, n, c] for day, (n, c) in self.days.items()]
+            d["pid"] = self.purchase_ids
+            d["pts"] = self.purchase_id_ts
+        if self.touch_counts:
+            d["tc"] = self.touch_counts
+            d["ft"] = self.first_touch_ms
+            d["lt"] = self.last_touch_ms
+            d["tid"] = self.touch_ids
+            d["tts"] = self.touch_id_ts
+        if self.positive_reviews:
+            d["pr"] = self.positive_reviews
+        if self.facts:
+            d["facts"] = self.facts
+        d["st"] = self.stage
+        if self.stage_since_ms is not None:
+            d["ss"] = self.stage_since_ms
+        if self.aliases:
+            d["al"] = self.aliases
+        if self.merged_into is not None:
+            d["mi"] = self.merged_into
+        if self.erased_ms is not None:
+            d["er"] = self.erased_ms
+        if self.last_event_ms is not None:
+            d["le"] = self.last_event_ms
+        return d
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CustomerState:
+        version = d.get("v")
+        if version != STATE_VERSION:
+            raise ValueError(f"unsupported customer state version {version!r}")
+        s = cls(d["s"], bool(d.get("anon", False)))
+        if "f" in d:
+            s.frequency = d["f"]
+            s.monetary_cents = d["m"]
+            s.first_purchase_ms = d["fp"]
+            s.last_purchase_ms = d["lp"]
+            s.days = {day: [n, c] for day, n, c in d["days"]}
+            s.purchase_ids = d["pid"]
+            s.purchase_id_ts = d["pts"]
+        if "tc" in d:
+            s.touch_counts = d["tc"]
+            s.first_touch_ms = d["ft"]
+            s.last_touch_ms = d["lt"]
+            s.touch_ids = d["tid"]
+            s.touch_id_ts = d["tts"]
+        s.positive_reviews = d.get("pr", 0)
+        s.facts = d.get("facts", {})
+        s.stage = d.get("st", "stranger")
+        s.stage_since_ms = d.get("ss")
+        s.aliases = d.get("al", [])
+        s.merged_into = d.get("mi")
+        s.erased_ms = d.get("er")
+        s.last_event_ms = d.get("le")
+        return s
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> CustomerState:
+        return cls.from_dict(orjson.loads(raw))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CustomerState) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"CustomerState({self.to_dict()!r})"
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def fact(self, name: str, default: Any = None) -> Any:
+        """Current value of a customer-update field (``loyalty_member``, ``timezone``...)."""
+        entry = self.facts.get(name)
+        return default if entry is None else entry[2]

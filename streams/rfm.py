@@ -1,0 +1,117 @@
+"""Recency, frequency, monetary on event time.
+
+State lives in :class:`schemas.state.CustomerState`:
+- lifetime: ``frequency`` (distinct purchase events), ``monetary_cents``, first/last purchase;
+- trailing windows: one bucket per UTC day ``[purchases, cents]``, kept for
+  ``policy.bucket_retention_days`` before the newest purchase (bounded memory);
+- the trailing N-day window as of ``now`` covers UTC days ``day(now)-N+1 .. day(now)``.
+
+Every aggregate is a sum, min or max, so applying the same set of events in any order gives
+the same state; duplicates are rejected by the bounded id memory in :mod:`streams.dedupe`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.state import CustomerState
+from schemas.timestamps import DAY_MS
+from streams.dedupe import Seen, id_hash, remember
+from streams.policy import Policy
+
+
+def apply_purchase(
+    state: CustomerState, event_id: str, ts_ms: int, amount_cents: int, policy: Policy
+) -> Seen:
+    """Add one purchase to ``state`` (mutated in place) unless it is a duplicate."""
+    seen = remember(
+        state.purchase_ids, state.purchase_id_ts, id_hash(event_id), ts_ms, policy.purchase_id_cap
+    )
+    if seen is Seen.DUPLICATE:
+        return seen
+    state.frequency += 1
+    state.monetary_cents += amount_cents
+    if state.first_purchase_ms is None or ts_ms < state.first_purchase_ms:
+        state.first_purchase_ms = ts_ms
+    newest_moved = state.last_purchase_ms is None or ts_ms > state.last_purchase_ms
+    if newest_moved:
+        state.last_purchase_ms = ts_ms
+    day = ts_ms // DAY_MS
+    horizon = state.last_purchase_ms // DAY_MS - policy.bucket_retention_days  # type: ignore[operator]
+    if day > horizon:
+        bucket = state.days.get(day)
+        if bucket is None:
+            state.days[day] = [1, amount_cents]
+        else:
+            bucket[0] += 1
+            bucket[1] += amount_cents
+    if newest_moved:
+        stale = [d for d in state.days if d <= horizon]
+        for d in stale:
+            del state.days[d]
+    return seen
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    days: int
+    purchases: int
+    monetary_cents: int
+
+
+def trailing_windows(state: CustomerState, now_ms: int, policy: Policy) -> list[Window]:
+    """Purchases and spend in each trailing window (``policy.windows_days``) as of ``now_ms``."""
+    today = now_ms // DAY_MS
+    out = []
+    for n in policy.windows_days:
+        lo = today - n
+        count = cents = 0
+        for day, (k, c) in state.days.items():
+            if lo < day <= today:
+                count += k
+                cents += c
+        out.append(Window(n, count, cents))
+    return out
+
+
+def recency_days(state: CustomerState, now_ms: int) -> int | None:
+    """Whole days since the last purchase (event time), or None for non-buyers."""
+    if state.last_purchase_ms is None:
+        return None
+    return max(0, (now_ms - state.last_purchase_ms) // DAY_MS)
+
+
+def mean_interpurchase_days(state: CustomerState) -> float | None:
+    """Average gap between consecutive purchases = (last - first) / (n - 1)."""
+    if state.frequency < 2 or state.first_purchase_ms is None or state.last_purchase_ms is None:
+        return None
+    return (state.last_purchase_ms - state.first_purchase_ms) / DAY_MS / (state.frequency - 1)
+
+
+# RFM segments from the (R, F) grid, the common 10-segment map.
+_SEGMENTS = {
+    (1, 1): "hibernating", (1, 2): "hibernating", (2, 1): "hibernating", (2, 2): "hibernating",
+    (1, 3): "at_risk", (1, 4): "at_risk", (2, 3): "at_risk", (2, 4): "at_risk",
+    (1, 5): "cant_lose", (2, 5): "cant_lose",
+    (3, 1): "about_to_sleep", (3, 2): "about_to_sleep",
+    (3, 3): "need_attention",
+    (3, 4): "loyal", (3, 5): "loyal", (4, 4): "loyal", (4, 5): "loyal",
+    (4, 1): "promising",
+    (5, 1): "new",
+    (4, 2): "potential_loyalist", (4, 3): "potential_loyalist",
+    (5, 2): "potential_loyalist", (5, 3): "potential_loyalist",
+    (5, 4): "champions", (5, 5): "champions",
+}  # fmt: skip
+SEGMENTS = tuple(sorted(set(_SEGMENTS.values())))
+
+
+def segment(r: int, f: int) -> str:
+    """Name of the RFM segment for recency score ``r`` and frequency score ``f`` (1-5)."""
+    return _SEGMENTS[(r, f)]
+
+
+def quintile_score(count_below: int, population: int) -> int:
+    """Score 1-5 from a rank: the share of the population strictly below this value."""
+    if population <= 0:
+        return 1
+    return 1 + (5 * count_below) // population
