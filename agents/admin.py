@@ -1,0 +1,136 @@
+"""Cluster administration with kafka-python: create topics, compare offsets (``wait``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from agents.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class AdminError(RuntimeError):
+    """A cluster problem explained for a human."""
+
+
+def _admin(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{settings.app_id}-admin",
+            request_timeout_ms=int(timeout_s * 1000),
+        )
+    except KafkaError as exc:
+        raise AdminError(
+            f"cannot reach Kafka at {','.join(settings.bootstrap_servers)} ({exc.__class__.__name__}); "
+            "is the broker running? (make up starts a local one; set PATRONAGE_BROKER)"
+        ) from exc
+
+
+def topic_partition_counts(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
+    """Partition count of each existing topic among ``topics``."""
+    admin = _admin(settings)
+    try:
+        wanted = list(topics)
+        existing = set(admin.list_topics())
+        present = [t for t in wanted if t in existing]
+        if not present:
+            return {}
+        out = {}
+        for desc in admin.describe_topics(present):
+            out[desc.get("topic") or desc["name"]] = len(desc["partitions"])
+        return out
+    finally:
+        admin.close()
+
+
+def ensure_topics(
+    settings: Settings, topics: Iterable[str], *, co_partitioned: Iterable[str] = ()
+) -> dict[str, int]:
+    """Create missing topics with ``settings.partitions``; check co-partitioned ones match.
+
+    Returns the partition count of every topic. Raises AdminError when co-partitioned topics
+    disagree (keyed state would be split across workers).
+    """
+    wanted = list(dict.fromkeys(topics))
+    admin = _admin(settings)
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in wanted if t not in existing]
+        if missing:
+            new = [
+                NewTopic(
+                    name=t, num_partitions=settings.partitions, replication_factor=settings.replication_factor
+                )
+                for t in missing
+            ]
+            try:
+                admin.create_topics(new, timeout_ms=15_000)
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+            log.info("created topics %s with %d partitions", missing, settings.partitions)
+    finally:
+        admin.close()
+    deadline = time.monotonic() + 15
+    counts: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        counts = topic_partition_counts(settings, wanted)
+        if len(counts) == len(wanted) and all(counts.values()):
+            break
+        time.sleep(0.2)
+    else:
+        raise AdminError(f"topics not visible after creation: {sorted(set(wanted) - set(counts))}")
+    co = [t for t in co_partitioned if t in counts]
+    sizes = {counts[t] for t in co}
+    if len(sizes) > 1:
+        detail = ", ".join(f"{t}={counts[t]}" for t in co)
+        raise AdminError(
+            "co-partitioned topics must have the same partition count, but " + detail + ". "
+            "Recreate them (or set PATRONAGE_PARTITIONS to match the existing inputs)."
+        )
+    if co and settings.partitions not in sizes:
+        raise AdminError(
+            f"input topics have {sizes.pop()} partitions but PATRONAGE_PARTITIONS={settings.partitions}; "
+            "set PATRONAGE_PARTITIONS to the inputs' partition count"
+        )
+    return counts
+
+
+@dataclass(frozen=True)
+class Progress:
+    end: dict[TopicPartition, int]
+    committed: dict[TopicPartition, int]
+
+    @property
+    def remaining(self) -> int:
+        return sum(max(0, end - self.committed.get(tp, 0)) for tp, end in self.end.items())
+
+
+def group_progress(settings: Settings, topics: Iterable[str]) -> Progress:
+    """End offsets of ``topics`` and the worker group's committed offsets on them."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.app_id}-wait",
+        enable_auto_commit=False,
+    )
+    admin = _admin(settings)
+    try:
+        tps = []
+        for topic in topics:
+            parts = consumer.partitions_for_topic(topic)
+            if parts:
+                tps.extend(TopicPartition(topic, p) for p in sorted(parts))
+        end = consumer.end_offsets(tps) if tps else {}
+        raw = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
+        committed = {tp: meta.offset for tp, meta in raw.items() if meta.offset >= 0}
+        return Progress(end={tp: off for tp, off in end.items()}, committed=committed)
+    finally:
+        consumer.close()
+        admin.close()

@@ -1,0 +1,147 @@
+"""Batch dispatch inside Faust's consumer (the fast path).
+
+Why: Faust hands every fetched record to its streams one at a time, creating two asyncio
+tasks per record (``wait_first(callback(message), suspend_flow.wait())``) plus an Event, a
+queue hop and sensor calls. Profiled on this machine (py-spy, see README "Performance"), a
+Faust agent that does nothing but count events manages ~5.7k events/s, whether it
+iterates per event or uses ``take_events``; the same process reading Faust's fetched
+record batches directly does ~290k/s.
+
+So for the co-partitioned customer topics this consumer keeps everything Faust does -
+group membership, rebalancing, table recovery, flow control, offset commits (which flush
+the producer first) - and replaces only the per-record hand-off: each fetched batch is
+grouped by partition and given to a batch handler, which returns once its outputs and
+state changelog are acknowledged by the broker. Then the offsets are acked in bulk, and
+Faust's committer commits them. Other topics still go through Faust's normal path.
+
+This subclasses a private method of faust-streaming 0.15.3 (pinned in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+BatchHandler = Callable[[int, Sequence[Any]], Awaitable[Any]]
+
+
+class BatchingConsumer(faust_aiokafka.Consumer):
+    """Faust aiokafka consumer whose drain loop dispatches whole batches for chosen topics."""
+
+    def _batch_setup(self) -> tuple[frozenset[str], BatchHandler | None]:
+        hook = getattr(self.app, "batch_dispatch", None)
+        if hook is None:
+            return frozenset(), None
+        topics, handler = hook()
+        return frozenset(topics), handler
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
+        batch_topics, handler = self._batch_setup()
+        if not batch_topics or handler is None:
+            await super()._drain_messages(fetcher)
+            return
+        callback = self.callback
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                records, active = await self._wait_next_records(1.0)
+                await asyncio.sleep(0)
+                if not records or self.should_stop or not self.flow_active:
+                    continue
+                generation = self.app.consumer_generation_id
+                grouped: dict[int, list[tuple[TP, list[Any]]]] = {}
+                for tp, recs in records.items():
+                    if active is not None and tp not in active and tp not in self._buffered_partitions:
+                        continue
+                    self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    r_offset = get_read_offset(tp)
+                    fresh = [r for r in recs if r_offset is None or r.offset >= r_offset]
+                    if not fresh:
+                        continue
+                    if tp.topic in batch_topics:
+                        grouped.setdefault(tp.partition, []).append((tp, fresh))
+                        continue
+                    for rec in fresh:  # Faust's normal per-message path for other topics
+                        await self._track_gap(tp, get_read_offset(tp), rec.offset, acks_enabled_for)
+                        await self.wait_first(callback(self._to_message(tp, rec)), self.suspend_flow.wait())
+                        set_read_offset(tp, rec.offset)
+                for partition, parts in grouped.items():
+                    if self.app.consumer_generation_id != generation or not self.flow_active:
+                        break  # rebalanced meanwhile: these will be fetched again
+                    markers = [self._to_message(tp, recs[-1]) for tp, recs in parts]
+                    for marker in markers:  # make rebalances wait for this batch (wait_empty)
+                        self._unacked_messages.add(marker)
+                    try:
+                        await handler(partition, [r for _, recs in parts for r in recs])
+                    finally:
+                        for marker in markers:
+                            self._unacked_messages.discard(marker)
+                    for tp, recs in parts:
+                        await self._track_gap(tp, get_read_offset(tp), recs[0].offset, acks_enabled_for)
+                        self._ack_offsets(tp, self._offsets_with_gaps(recs))
+                        await self._fill_gaps(tp, recs, acks_enabled_for)
+                        set_read_offset(tp, recs[-1].offset)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+
+    @staticmethod
+    def _offsets_with_gaps(recs: Sequence[Any]) -> list[int]:
+        return [r.offset for r in recs]
+
+    async def _track_gap(self, tp: TP, r_offset: int | None, offset: int, acks_enabled_for: Callable) -> None:
+        if r_offset is not None and offset - r_offset > 1 and acks_enabled_for(tp.topic):
+            await self._add_gap(tp, r_offset + 1, offset)
+
+    async def _fill_gaps(self, tp: TP, recs: Sequence[Any], acks_enabled_for: Callable) -> None:
+        # offsets can jump inside a fetched batch (compaction, transaction markers)
+        prev = recs[0].offset
+        for rec in recs[1:]:
+            if rec.offset - prev > 1 and acks_enabled_for(tp.topic):
+                await self._add_gap(tp, prev + 1, rec.offset)
+            prev = rec.offset
+
+    def _ack_offsets(self, tp: TP, offsets: Iterable[int]) -> None:
+        """Bulk equivalent of ``Consumer.ack`` for records that never became Messages."""
+        if not self.app.topics.acks_enabled_for(tp.topic):
+            return
+        committed = self._committed_offset[tp]
+        acked_index = self._acked_index[tp]
+        acked = self._acked[tp]
+        new = [o for o in offsets if (committed is None or o >= committed) and o not in acked_index]
+        if not new:
+            return
+        resort = bool(acked) and new[0] < acked[-1]
+        acked_index.update(new)
+        acked.extend(new)
+        if resort:
+            acked.sort()
+        self._n_acked += len(new)
+        waiter = self._waiting_for_ack
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class BatchingTransport(faust_aiokafka.Transport):
+    Consumer = BatchingConsumer

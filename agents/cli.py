@@ -1,0 +1,403 @@
+"""The ``patronage`` command line. Every command has ``--help``; settings come from
+``PATRONAGE_*`` environment variables (``patronage settings`` lists them)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agents.settings import Settings
+
+app = typer.Typer(
+    help="patronage: real-time customer relationship state (RFM, lifecycle) on Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+local_app = typer.Typer(help="The embedded local stack (broker, Redis, worker) for demos and tests.")
+topics_app = typer.Typer(help="Create and inspect patronage's topics.")
+app.add_typer(local_app, name="local")
+app.add_typer(topics_app, name="topics")
+
+console = Console(stderr=True)
+out = Console()
+
+
+class InputTopic(StrEnum):
+    purchases = "purchases"
+    touchpoints = "touchpoints"
+    stock_arrivals = "stock-arrivals"
+    customer_updates = "customer-updates"
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        console.print(f"[red]invalid configuration:[/red]\n{exc}")
+        raise typer.Exit(2) from None
+
+
+def fail(message: str, code: int = 1) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def all_topics(settings: Settings) -> tuple[list[str], list[str]]:
+    """(every topic the worker needs, the co-partitioned customer inputs)."""
+    from agents.app import INPUT_TOPICS, OUTPUT_TOPICS, topic_names
+
+    names = topic_names(settings)
+    co = [names[t] for t in ("purchases", "touchpoints", "customer-updates", "identity", "changelog")]
+    every = [names[t] for t in (*INPUT_TOPICS, *OUTPUT_TOPICS)] + [names["identity"], names["changelog"]]
+    return every, co
+
+
+# --- worker -------------------------------------------------------------------------------
+@app.command()
+def worker() -> None:
+    """Run a worker: consume the input topics, keep customer state, emit lifecycle changes.
+
+    Configure with PATRONAGE_* variables (see `patronage settings`). Start several workers
+    with the same PATRONAGE_APP_ID (and distinct PATRONAGE_WEB_PORT) to share partitions.
+    Creates missing topics with PATRONAGE_PARTITIONS partitions and refuses to start when
+    co-partitioned inputs disagree. Stops cleanly on SIGTERM/Ctrl-C.
+    """
+    from faust import Worker
+
+    from agents.admin import AdminError, ensure_topics
+    from agents.app import create_app
+
+    settings = load_settings()
+    every, co = all_topics(settings)
+    try:
+        ensure_topics(settings, every, co_partitioned=co)
+    except AdminError as exc:
+        fail(str(exc), 2)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    faust_app = create_app(settings)
+    level = {"warn": "warning"}.get(settings.log_level, settings.log_level)
+    logging.basicConfig(level=level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    w = Worker(faust_app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    w.execute_from_commandline()
+
+
+# --- replay -------------------------------------------------------------------------------
+@app.command()
+def replay(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="JSONL or CSV file")
+    ],
+    topic: Annotated[InputTopic, typer.Option("--topic", "-t", help="input topic to send to")],
+    rate: Annotated[
+        float | None, typer.Option("--rate", min=1, help="events per second (default: as fast as possible)")
+    ] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="jsonl or csv (default: from the file extension)")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Send a file of events to an input topic, keyed by customer (or category for stock).
+
+    JSONL: one JSON object per line. CSV: a header row naming the fields; cells holding
+    JSON arrays/objects (e.g. items) are parsed. Lines that cannot be read, or lack the key
+    field, go to the dead-letters topic with the reason and are counted in the summary.
+    """
+    from agents.admin import AdminError, ensure_topics
+    from agents.replay import count_lines
+    from agents.replay import replay as do_replay
+
+    settings = load_settings()
+    every, co = all_topics(settings)
+    try:
+        partitions = ensure_topics(settings, every, co_partitioned=co)
+    except AdminError as exc:
+        fail(str(exc), 2)
+    total = count_lines(file)
+    with Progress(
+        TextColumn(f"replay {file.name} → {topic.value}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as bar:
+        task = bar.add_task("replay", total=total)
+        result = asyncio.run(
+            do_replay(
+                settings,
+                file,
+                topic.value,
+                fmt=fmt,
+                rate=rate,
+                partitions=partitions,
+                progress=lambda n: bar.update(task, completed=n),
+            )
+        )
+    rate_s = result.sent / result.seconds if result.seconds else 0.0
+    msg = f"sent {result.sent} events to {settings.topic(topic.value)} in {result.seconds:.2f}s ({rate_s:,.0f}/s)"
+    if result.dead_letters:
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(result.reasons.items()))
+        msg += f"; {result.dead_letters} unreadable lines → {settings.topic('dead-letters')} ({detail})"
+    console.print(msg)
+
+
+# --- wait ---------------------------------------------------------------------------------
+@app.command()
+def wait(
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds before giving up (exit 1)")] = 120.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Block until the worker group has processed everything now in the input topics.
+
+    Compares the group's committed offsets with the end offsets of every input topic and
+    the internal identity topic (which the workers feed themselves) until they meet.
+    """
+    from agents.admin import AdminError, group_progress
+    from agents.app import INPUT_TOPICS, topic_names
+
+    settings = load_settings()
+    names = topic_names(settings)
+    topics = [names[t] for t in INPUT_TOPICS] + [names["identity"]]
+    deadline = time.monotonic() + timeout
+    last_remaining = None
+    stable = 0
+    while True:
+        try:
+            progress = group_progress(settings, topics)
+        except AdminError as exc:
+            fail(str(exc), 2)
+        remaining = progress.remaining
+        if remaining == 0 and progress.end:
+            stable += 1
+            if stable >= 2:  # twice in a row: no internal records still in flight
+                if not quiet:
+                    console.print(f"caught up: {sum(progress.end.values())} records processed")
+                return
+        else:
+            stable = 0
+        if remaining != last_remaining and not quiet:
+            console.print(f"waiting: {remaining} records not yet committed by group {settings.app_id!r}")
+            last_remaining = remaining
+        if time.monotonic() > deadline:
+            fail(
+                f"timed out after {timeout:.0f}s with {remaining} records unprocessed; "
+                f"is a worker running with PATRONAGE_APP_ID={settings.app_id}?"
+            )
+        time.sleep(0.5)
+
+
+# --- profile / summary --------------------------------------------------------------------
+def _get(settings: Settings, path: str, url: str | None) -> tuple[int, Any]:
+    base = url or os.environ.get("PATRONAGE_WORKER_URL") or f"http://{settings.web_host}:{settings.web_port}"
+    try:
+        with urllib.request.urlopen(base.rstrip("/") + path, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, {"error": body.decode(errors="replace")}
+    except OSError as exc:
+        fail(f"cannot reach a worker at {base} ({exc}); is it running? (make up)", 2)
+        raise AssertionError from None
+
+
+@app.command()
+def profile(
+    customer_id: Annotated[str, typer.Argument(help="customer id (or anonymous id)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the profile as JSON")] = False,
+    url: Annotated[str | None, typer.Option("--url", help="worker URL (default from settings)")] = None,
+) -> None:
+    """Show a customer's current state: RFM, windows, scores, lifecycle stage.
+
+    Asks a worker over HTTP; the worker forwards to the one holding that customer.
+    Exit code 1 when the customer is unknown.
+    """
+    settings = load_settings()
+    status, doc = _get(settings, "/profile/" + urllib.parse.quote(customer_id, safe="") + "/", url)
+    if status == 404:
+        fail(f"unknown customer {customer_id!r}", 1)
+    if status != 200:
+        fail(f"worker answered {status}: {doc}", 2)
+    if as_json:
+        out.print_json(data=doc)
+        return
+    table = Table(title=f"customer {customer_id}", show_header=False)
+    for key, value in doc.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+    out.print(table)
+
+
+@app.command()
+def summary(
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+    url: Annotated[str | None, typer.Option("--url", help="worker URL (default from settings)")] = None,
+) -> None:
+    """Customers per lifecycle stage and per RFM segment (for the worker's partitions)."""
+    settings = load_settings()
+    status, doc = _get(settings, "/summary/", url)
+    if status != 200:
+        fail(f"worker answered {status}: {doc}", 2)
+    if as_json:
+        out.print_json(data=doc)
+        return
+    print_summary(doc)
+
+
+def print_summary(doc: dict[str, Any]) -> None:
+    out.print(
+        f"customers: {doc['customers']}  buyers: {doc['buyers']}  anonymous visitors: "
+        f"{doc['anonymous_visitors']}  merged anonymous ids: {doc['merged_anonymous_ids']}"
+    )
+    stages = Table(title="lifecycle stages")
+    stages.add_column("stage")
+    stages.add_column("count", justify="right")
+    for stage, n in doc["stages"].items():
+        stages.add_row(stage, str(n))
+    segments = Table(title="RFM segments")
+    segments.add_column("segment")
+    segments.add_column("count", justify="right")
+    for seg, n in doc["segments"].items():
+        segments.add_row(seg, str(n))
+    out.print(stages)
+    out.print(segments)
+
+
+# --- generate -----------------------------------------------------------------------------
+@app.command()
+def generate(
+    customers: Annotated[int, typer.Option("--customers", "-n", min=1, help="number of customers")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="random seed (same seed, same data)")] = 1,
+    out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path("demo-data"),
+) -> None:
+    """Write deterministic synthetic data: one JSONL file per input topic plus labels.json.
+
+    Customers have their own purchase rhythm, favourite categories and stores; touchpoints
+    come before purchases; some loyal customers lapse; anonymous visitors later identify;
+    a few complain. labels.json records the truth (lapsing loyalists, favourite categories).
+    """
+    import orjson
+
+    from streams.synthetic import generate as synth
+
+    data = synth(customers, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "purchases.jsonl": data.purchases,
+        "touchpoints.jsonl": data.touchpoints,
+        "customer-updates.jsonl": data.customer_updates,
+        "stock-arrivals.jsonl": data.stock_arrivals,
+    }
+    for name, rows in files.items():
+        with (out_dir / name).open("wb") as fh:
+            for row in rows:
+                fh.write(orjson.dumps(row) + b"\n")
+    (out_dir / "labels.json").write_bytes(orjson.dumps(data.labels, option=orjson.OPT_INDENT_2))
+    console.print(
+        f"wrote {out_dir}/: "
+        + ", ".join(f"{name} ({len(rows)})" for name, rows in files.items())
+        + ", labels.json"
+    )
+
+
+# --- topics -------------------------------------------------------------------------------
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every topic patronage uses (inputs, outputs, internal) if missing."""
+    from agents.admin import AdminError, ensure_topics
+
+    settings = load_settings()
+    every, co = all_topics(settings)
+    try:
+        counts = ensure_topics(settings, every, co_partitioned=co)
+    except AdminError as exc:
+        fail(str(exc), 2)
+    for name, n in counts.items():
+        out.print(f"{name}: {n} partitions")
+
+
+# --- settings -----------------------------------------------------------------------------
+@app.command("settings")
+def show_settings() -> None:
+    """List every setting: environment variable, current value, meaning."""
+    settings = load_settings()
+    table = Table(title="patronage settings")
+    table.add_column("environment variable")
+    table.add_column("value")
+    table.add_column("meaning")
+    for name, info in Settings.model_fields.items():
+        table.add_row(f"PATRONAGE_{name.upper()}", str(getattr(settings, name)), info.description or "")
+    out.print(table)
+
+
+# --- local stack --------------------------------------------------------------------------
+def _stack() -> Any:
+    from agents.localstack import LocalStack
+
+    return LocalStack(
+        Path(os.environ.get("PATRONAGE_RUN_DIR", ".run")),
+        kafka_port=int(os.environ.get("KAFKA_PORT", "9092")),
+        redis_port=int(os.environ.get("REDIS_PORT", "6379")),
+        web_port=int(os.environ.get("PATRONAGE_WEB_PORT", "6066")),
+    )
+
+
+@local_app.command("up")
+def local_up(
+    workers: Annotated[int, typer.Option("--workers", min=0, help="workers to start")] = 1,
+) -> None:
+    """Start broker (noida-db), Redis and worker(s) in the background; return when ready.
+
+    Idempotent: what is already running is left alone. Ports: KAFKA_PORT (9092),
+    REDIS_PORT (6379), PATRONAGE_WEB_PORT (6066, +1 per extra worker). State in .run/.
+    """
+    from agents.localstack import StackError
+
+    stack = _stack()
+    try:
+        stack.start_broker()
+        stack.start_redis()
+        for i in range(workers):
+            stack.start_worker(i)
+    except StackError as exc:
+        fail(str(exc), 2)
+    out.print(f"broker   {stack.broker_url}   (logs {stack.run_dir}/broker.log)")
+    out.print(f"redis    {stack.redis_url}   (logs {stack.run_dir}/redis.log)")
+    for i in range(workers):
+        out.print(f"worker{i}  http://127.0.0.1:{stack.web_port + i}/  (logs {stack.run_dir}/worker{i}.log)")
+
+
+@local_app.command("down")
+def local_down() -> None:
+    """Stop everything `patronage local up` started (workers first, then Redis, broker)."""
+    stopped = _stack().down()
+    out.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

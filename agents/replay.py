@@ -1,0 +1,210 @@
+"""Replay a JSONL or CSV file into a topic, keyed the way the worker expects.
+
+Keys: purchases and customer-updates by ``customer_id``; touchpoints by ``customer_id``,
+else ``anonymous_id``; stock-arrivals by ``category``. Partitions are chosen with the Java
+client's murmur2 partitioner, so co-partitioned topics line up. A line that cannot be read
+or has no key goes to ``dead-letters`` with the reason (stage ``replay``) and is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from agents.app import KeyPartitioner
+from agents.settings import Settings
+from schemas.outputs import dead_letter_record
+from schemas.timestamps import iso_utc
+
+KEY_FIELDS: dict[str, tuple[str, ...]] = {
+    "purchases": ("customer_id",),
+    "touchpoints": ("customer_id", "anonymous_id"),
+    "customer-updates": ("customer_id",),
+    "stock-arrivals": ("category",),
+}
+
+
+@dataclass
+class ReplayResult:
+    sent: int = 0
+    dead_letters: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _key_of(obj: dict[str, Any], fields: tuple[str, ...]) -> str | None:
+    for name in fields:
+        value = obj.get(name)
+        if value is not None and value != "":
+            return str(value)
+    return None
+
+
+def _csv_cell(value: str) -> Any:
+    text = value.strip()
+    if text[:1] in ("[", "{"):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return value
+    return value
+
+
+def read_lines(path: Path, fmt: str) -> Iterator[tuple[int, bytes, dict[str, Any] | None, str | None]]:
+    """Yield (line number, original bytes, parsed object or None, error or None)."""
+    if fmt == "jsonl":
+        with path.open("rb") as fh:
+            for n, line in enumerate(fh, 1):
+                raw = line.rstrip(b"\r\n")
+                if not raw.strip():
+                    continue
+                try:
+                    obj = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    yield n, raw, None, f"line {n}: invalid JSON: {exc}"
+                    continue
+                if not isinstance(obj, dict):
+                    yield n, raw, None, f"line {n}: expected a JSON object, got {type(obj).__name__}"
+                    continue
+                yield n, raw, obj, None
+    elif fmt == "csv":
+        with path.open("r", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None:
+                return
+            for row in reader:
+                n = reader.line_num
+                buf = io.StringIO()
+                csv.writer(buf).writerow([row.get(k) or "" for k in reader.fieldnames])
+                original = buf.getvalue().rstrip("\r\n").encode("utf-8", "surrogateescape")
+                if None in row:
+                    yield n, original, None, f"line {n}: more cells than header columns"
+                    continue
+                obj = {k: _csv_cell(v) for k, v in row.items() if k and v is not None and v.strip() != ""}
+                yield n, orjson.dumps(obj), obj, None
+    else:
+        raise ValueError(f"unknown format {fmt!r} (jsonl or csv)")
+
+
+def detect_format(path: Path, fmt: str | None) -> str:
+    if fmt:
+        return fmt
+    return "csv" if path.suffix.lower() == ".csv" else "jsonl"
+
+
+async def replay(
+    settings: Settings,
+    path: Path,
+    topic: str,
+    *,
+    fmt: str | None = None,
+    rate: float | None = None,
+    partitions: dict[str, int],
+    progress: Callable[[int], None] | None = None,
+    batch_size: int = 2000,
+) -> ReplayResult:
+    """Send every line of ``path`` to ``topic``; returns counts. ``partitions`` maps real topic
+    names (the input topic and dead-letters) to their partition counts."""
+    if topic not in KEY_FIELDS:
+        raise ValueError(f"unknown topic {topic!r}: one of {', '.join(KEY_FIELDS)}")
+    real_topic = settings.topic(topic)
+    dl_topic = settings.topic("dead-letters")
+    partitioner = KeyPartitioner(partitions)
+    fields = KEY_FIELDS[topic]
+    result = ReplayResult()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=",".join(settings.bootstrap_servers),
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+        acks="all",
+        enable_idempotence=False,
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        pending: dict[tuple[str, int], Any] = {}
+        futures: list[asyncio.Future] = []
+        in_batch = 0
+
+        async def flush_all() -> None:
+            nonlocal in_batch
+            for (t, p), batch in pending.items():
+                futures.append(await producer.send_batch(batch, t, partition=p))
+            pending.clear()
+            in_batch = 0
+            if futures:
+                await asyncio.gather(*futures)
+                futures.clear()
+
+        async def add(t: str, p: int, key: bytes | None, value: bytes) -> None:
+            nonlocal in_batch
+            batch = pending.get((t, p))
+            if batch is None:
+                batch = pending[(t, p)] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                futures.append(await producer.send_batch(batch, t, partition=p))
+                batch = pending[(t, p)] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+            in_batch += 1
+
+        for n, raw, obj, error in read_lines(path, detect_format(path, fmt)):
+            key = None if obj is None else _key_of(obj, fields)
+            if obj is not None and key is None:
+                error = f"line {n}: no key: needs {' or '.join(fields)}"
+            if error is not None:
+                reason = error.split(": ", 1)[1] if ": " in error else error
+                reason = reason.split(":", 1)[0]
+                result.reasons[reason] = result.reasons.get(reason, 0) + 1
+                record = dead_letter_record(
+                    topic=real_topic,
+                    partition=None,
+                    offset=None,
+                    key=None,
+                    value=raw,
+                    error=f"{path.name} {error}",
+                    stage="replay",
+                    at=iso_utc(int(time.time() * 1000)) or "",
+                )
+                await add(dl_topic, 0, None, orjson.dumps(record))
+                result.dead_letters += 1
+            else:
+                assert key is not None
+                value = raw if isinstance(raw, bytes) else orjson.dumps(obj)
+                await add(real_topic, partitioner(real_topic, key), key.encode(), value)
+                result.sent += 1
+            if in_batch >= batch_size:
+                await flush_all()
+                if progress is not None:
+                    progress(result.sent + result.dead_letters)
+                if rate:
+                    ahead = (result.sent + result.dead_letters) / rate - (time.perf_counter() - started)
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+            elif rate and in_batch >= max(1, int(rate / 50)):
+                await flush_all()
+                if progress is not None:
+                    progress(result.sent + result.dead_letters)
+                ahead = (result.sent + result.dead_letters) / rate - (time.perf_counter() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await flush_all()
+        if progress is not None:
+            progress(result.sent + result.dead_letters)
+    finally:
+        await producer.stop()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def count_lines(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())

@@ -1,0 +1,78 @@
+"""Stock arrivals: validated and counted here; interest fan-out comes with the stock-trigger
+issue. Invalid records go to dead-letters like every other input."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from agents.metrics import Metrics
+from agents.sink import OutRecord, Sink
+from schemas.events import StockArrival, describe_validation_error
+from schemas.outputs import dead_letter_record
+from schemas.timestamps import iso_utc
+
+
+class StockProcessor:
+    def __init__(
+        self,
+        *,
+        sink: Sink,
+        topic_names: dict[str, str],
+        partition_for: Callable[[str, str], int],
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.sink = sink
+        self.topics = topic_names
+        self.partition_for = partition_for
+        self.metrics = metrics
+        self.accepted = 0
+
+    def validate(self, record: Any) -> tuple[StockArrival | None, str | None, str | None]:
+        """Return (event, None, None) or (None, stage, reason)."""
+        if record.value is None:
+            return None, "decode", "empty value (tombstone) on an input topic"
+        try:
+            obj = orjson.loads(record.value)
+        except orjson.JSONDecodeError as exc:
+            return None, "decode", f"invalid JSON: {exc}"
+        if not isinstance(obj, dict):
+            return None, "decode", f"expected a JSON object, got {type(obj).__name__}"
+        try:
+            return StockArrival.model_validate(obj), None, None
+        except ValidationError as exc:
+            return None, "validate", describe_validation_error(exc)
+
+    async def handle(self, records: Sequence[Any]) -> None:
+        dead: list[OutRecord] = []
+        topic = "stock-arrivals"
+        for record in records:
+            event, stage, reason = self.validate(record)
+            if event is None:
+                assert stage is not None and reason is not None
+                dl_topic = self.topics["dead-letters"]
+                key = record.key
+                value = dead_letter_record(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=key,
+                    value=record.value,
+                    error=reason,
+                    stage=stage,
+                    at=iso_utc(int(time.time() * 1000)) or "",
+                )
+                partition = self.partition_for(dl_topic, key.decode("utf-8", "replace")) if key else 0
+                dead.append(OutRecord(dl_topic, partition, key, orjson.dumps(value)))
+                if self.metrics is not None:
+                    self.metrics.dead_letters.labels(topic, stage).inc()
+                    self.metrics.events.labels(topic, "dead_letter").inc()
+            else:
+                self.accepted += 1
+                if self.metrics is not None:
+                    self.metrics.events.labels(topic, "accepted").inc()
+        await self.sink.send(dead)
