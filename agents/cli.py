@@ -281,6 +281,85 @@ def print_summary(doc: dict[str, Any]) -> None:
     out.print(segments)
 
 
+# --- tail ---------------------------------------------------------------------------------
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="topic, e.g. lifecycle-changes, dead-letters, triggers")],
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="records to print (the newest)")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON record per line, nothing else")] = False,
+) -> None:
+    """Read a topic from the beginning to its current end; print the newest records and counts.
+
+    For lifecycle-changes the counts are per target stage; for dead-letters per stage and
+    reason. Handy for demos and checks; for production use a real consumer.
+    """
+    import orjson
+    from kafka import KafkaConsumer, TopicPartition
+
+    settings = load_settings()
+    name = settings.topic(topic)
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(name)
+        if not parts:
+            fail(f"topic {name!r} does not exist", 1)
+        tps = [TopicPartition(name, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        records: list[Any] = []
+        counts: dict[str, int] = {}
+        done = {tp for tp in tps if end[tp] == 0}
+        idle_deadline = time.monotonic() + 10
+        while len(done) < len(tps) and time.monotonic() < idle_deadline:
+            batch = consumer.poll(timeout_ms=500, max_records=5000)
+            for tp, msgs in batch.items():
+                idle_deadline = time.monotonic() + 10
+                for m in msgs:
+                    try:
+                        value = orjson.loads(m.value) if m.value is not None else None
+                    except orjson.JSONDecodeError:
+                        value = {"raw": m.value.decode(errors="replace")}
+                    records.append((m.timestamp, tp.partition, m.offset, value))
+                    label = _tail_label(topic, value)
+                    counts[label] = counts.get(label, 0) + 1
+                    if m.offset + 1 >= end[tp]:
+                        done.add(tp)
+    finally:
+        consumer.close()
+    records.sort(key=lambda r: (r[0], r[1], r[2]))
+    shown = records[-limit:] if limit else []
+    if as_json:
+        for _, _, _, value in shown:
+            sys.stdout.write(orjson.dumps(value).decode() + "\n")
+        return
+    out.print(f"{name}: {len(records)} records")
+    for label, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        out.print(f"  {n:>8}  {label}")
+    for _, _, _, value in shown:
+        out.print(_tail_line(topic, value))
+
+
+def _tail_label(topic: str, value: Any) -> str:
+    if not isinstance(value, dict):
+        return "(not an object)"
+    if topic.endswith("lifecycle-changes"):
+        return f"-> {value.get('to_stage')}"
+    if topic.endswith("dead-letters"):
+        return f"{value.get('stage')}: {str(value.get('error', ''))[:60]}"
+    return str(value.get("type", "record"))
+
+
+def _tail_line(topic: str, value: Any) -> str:
+    if isinstance(value, dict) and topic.endswith("lifecycle-changes"):
+        cause = value.get("cause", {})
+        return (
+            f"  {value.get('ts')}  {value.get('customer_id')}: {value.get('from_stage')} -> "
+            f"{value.get('to_stage')}  ({cause.get('rule')}; {cause.get('type')} {cause.get('event_id')})"
+        )
+    return f"  {json.dumps(value)[:200]}"
+
+
 # --- generate -----------------------------------------------------------------------------
 @app.command()
 def generate(

@@ -45,8 +45,12 @@ class Settings(BaseSettings):
     data_dir: str = Field(".run/worker", description="worker local data directory")
     log_level: Literal["debug", "info", "warn", "error"] = Field("info", description="log level")
     member_min_purchases: int = Field(3, ge=1, description="lifecycle: purchases to be a member")
-    purchase_id_cap: int = Field(256, ge=8, description="idempotency: purchase ids kept per customer")
-    touch_id_cap: int = Field(128, ge=8, description="idempotency: touchpoint ids kept per customer")
+    purchase_id_cap: int = Field(
+        4096, ge=8, description="idempotency: purchase ids remembered per customer (16 bytes each)"
+    )
+    touch_id_cap: int = Field(
+        4096, ge=8, description="idempotency: touchpoint ids remembered per customer (16 bytes each)"
+    )
 
     @field_validator("broker")
     @classmethod

@@ -9,11 +9,57 @@ Money is integer minor units (cents) so sums are exact and independent of event 
 
 from __future__ import annotations
 
+import base64
+import sys
+from array import array
 from typing import Any
 
 import orjson
 
 STATE_VERSION = 1
+
+
+class IdMemory:
+    """Compact idempotency memory: 64-bit id hashes (sorted) and each one's event time.
+
+    16 bytes per remembered id; encoded in the changelog as one base64 string.
+    """
+
+    __slots__ = ("ids", "ts")
+
+    def __init__(self) -> None:
+        self.ids: array[int] = array("Q")
+        self.ts: array[int] = array("q")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def encode(self) -> str:
+        ids, ts = self.ids, self.ts
+        if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
+            ids, ts = array("Q", ids), array("q", ts)
+            ids.byteswap()
+            ts.byteswap()
+        return base64.b64encode(ids.tobytes() + ts.tobytes()).decode("ascii")
+
+    @classmethod
+    def decode(cls, text: str) -> IdMemory:
+        raw = base64.b64decode(text)
+        if len(raw) % 16:
+            raise ValueError("corrupt id memory (length not a multiple of 16)")
+        half = len(raw) // 2
+        mem = cls()
+        mem.ids.frombytes(raw[:half])
+        mem.ts.frombytes(raw[half:])
+        if sys.byteorder != "little":  # pragma: no cover
+            mem.ids.byteswap()
+            mem.ts.byteswap()
+        return mem
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IdMemory) and self.ids == other.ids and self.ts == other.ts
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class CustomerState:
@@ -29,14 +75,12 @@ class CustomerState:
         "last_purchase_ms",
         "days",
         "purchase_ids",
-        "purchase_id_ts",
         # touchpoints
         "touch_counts",
         "first_touch_ms",
         "last_touch_ms",
         "positive_reviews",
         "touch_ids",
-        "touch_id_ts",
         # profile facts from customer-updates: field -> [ts_ms, event_id, value]
         "facts",
         # lifecycle
@@ -58,15 +102,13 @@ class CustomerState:
         self.last_purchase_ms: int | None = None
         # UTC day number -> [purchases, cents]; only the trailing retention window is kept.
         self.days: dict[int, list[int]] = {}
-        # Bounded idempotency memory: 64-bit id hashes and the event time of each, oldest first.
-        self.purchase_ids: list[int] = []
-        self.purchase_id_ts: list[int] = []
+        # Bounded idempotency memory (see streams.dedupe).
+        self.purchase_ids = IdMemory()
         self.touch_counts: dict[str, int] = {}
         self.first_touch_ms: int | None = None
         self.last_touch_ms: int | None = None
         self.positive_reviews = 0
-        self.touch_ids: list[int] = []
-        self.touch_id_ts: list[int] = []
+        self.touch_ids = IdMemory()
         self.facts: dict[str, list[Any]] = {}
         self.stage = "stranger"
         self.stage_since_ms: int | None = None
@@ -86,14 +128,12 @@ class CustomerState:
             d["fp"] = self.first_purchase_ms
             d["lp"] = self.last_purchase_ms
             d["days"] = [[day, n, c] for day, (n, c) in self.days.items()]
-            d["pid"] = self.purchase_ids
-            d["pts"] = self.purchase_id_ts
+            d["pid"] = self.purchase_ids.encode()
         if self.touch_counts:
             d["tc"] = self.touch_counts
             d["ft"] = self.first_touch_ms
             d["lt"] = self.last_touch_ms
-            d["tid"] = self.touch_ids
-            d["tts"] = self.touch_id_ts
+            d["tid"] = self.touch_ids.encode()
         if self.positive_reviews:
             d["pr"] = self.positive_reviews
         if self.facts:
@@ -126,14 +166,12 @@ class CustomerState:
             s.first_purchase_ms = d["fp"]
             s.last_purchase_ms = d["lp"]
             s.days = {day: [n, c] for day, n, c in d["days"]}
-            s.purchase_ids = d["pid"]
-            s.purchase_id_ts = d["pts"]
+            s.purchase_ids = IdMemory.decode(d["pid"])
         if "tc" in d:
             s.touch_counts = d["tc"]
             s.first_touch_ms = d["ft"]
             s.last_touch_ms = d["lt"]
-            s.touch_ids = d["tid"]
-            s.touch_id_ts = d["tts"]
+            s.touch_ids = IdMemory.decode(d["tid"])
         s.positive_reviews = d.get("pr", 0)
         s.facts = d.get("facts", {})
         s.stage = d.get("st", "stranger")

@@ -154,11 +154,7 @@ def on_touchpoint(state: CustomerState | None, ev: Touchpoint, policy: Policy) -
     positive = ev.type is TouchType.review and (ev.rating or 0) >= policy.positive_review_min_rating
     code = POSITIVE_REVIEW_CODE if positive else TOUCH_CODES[ev.type.value]
     seen = dedupe.remember(
-        state.touch_ids,
-        state.touch_id_ts,
-        (dedupe.id_hash(ev.event_id) & ~TOUCH_CODE_MASK) | code,
-        ev.ts,
-        policy.touch_id_cap,
+        state.touch_ids, (dedupe.id_hash(ev.event_id) & ~TOUCH_CODE_MASK) | code, ev.ts, policy.touch_id_cap
     )
     if seen is Seen.DUPLICATE:
         return Step(state, "duplicate")
@@ -306,10 +302,10 @@ def on_merge(
         other = CustomerState.from_dict(snapshot)
         # Events the customer already applied under its own id are in both memories:
         # subtract them (their type is in the low bits of the remembered id).
-        known = set(state.touch_ids)
+        known = set(state.touch_ids.ids)
         counts = dict(other.touch_counts)
         positive = other.positive_reviews
-        for h in other.touch_ids:
+        for h in other.touch_ids.ids:
             if h in known:
                 code = h & TOUCH_CODE_MASK
                 if code == POSITIVE_REVIEW_CODE:
@@ -329,9 +325,7 @@ def on_merge(
             state.last_touch_ms is None or other.last_touch_ms > state.last_touch_ms
         ):
             state.last_touch_ms = other.last_touch_ms
-        dedupe.union(
-            state.touch_ids, state.touch_id_ts, other.touch_ids, other.touch_id_ts, policy.touch_id_cap
-        )
+        dedupe.union(state.touch_ids, other.touch_ids, policy.touch_id_cap)
         if other.last_event_ms is not None:
             _touch_event_ms(state, other.last_event_ms)
     state.aliases.append(anon)

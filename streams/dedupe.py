@@ -1,16 +1,20 @@
-"""Bounded, event-time-ordered idempotency memory.
+"""Bounded idempotency memory per customer.
 
-Each customer keeps the 64-bit hashes of the event ids it has applied, newest ``cap`` by
-event time. A re-sent event whose id is remembered is a duplicate. An unknown id older
-than everything remembered (memory full) cannot be checked: it is applied and reported as
-``NEW_BEYOND_HORIZON`` so operators can see how often that happens.
+Each customer remembers the 64-bit hashes of the event ids it has applied (16 bytes each
+with their event time), up to ``cap`` per kind of event, so re-sent events - redeliveries
+after a crash, producer retries, a file replayed twice - are recognised in any order. When
+a customer exceeds the cap, the ids with the oldest event time are forgotten; an unknown id
+older than everything remembered is then applied and reported as ``NEW_BEYOND_HORIZON``
+(counted in ``patronage_dedupe_beyond_horizon_total``) because it cannot be checked.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left
 from enum import Enum
 from hashlib import blake2b
+
+from schemas.state import IdMemory
 
 
 class Seen(Enum):
@@ -24,29 +28,38 @@ def id_hash(event_id: str) -> int:
     return int.from_bytes(blake2b(event_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def remember(ids: list[int], id_ts: list[int], h: int, ts_ms: int, cap: int) -> Seen:
-    """Record ``h`` (an id hash at event time ``ts_ms``) unless already present.
+def contains(mem: IdMemory, h: int) -> bool:
+    ids = mem.ids
+    i = bisect_left(ids, h)
+    return i < len(ids) and ids[i] == h
 
-    ``ids``/``id_ts`` are parallel lists ordered by event time and mutated in place.
-    """
-    if h in ids:
+
+def remember(mem: IdMemory, h: int, ts_ms: int, cap: int) -> Seen:
+    """Record id hash ``h`` seen at event time ``ts_ms`` unless already present."""
+    ids = mem.ids
+    i = bisect_left(ids, h)
+    if i < len(ids) and ids[i] == h:
         return Seen.DUPLICATE
-    beyond = len(ids) >= cap and ts_ms < id_ts[0]
-    i = bisect_right(id_ts, ts_ms)
     ids.insert(i, h)
-    id_ts.insert(i, ts_ms)
+    mem.ts.insert(i, ts_ms)
     if len(ids) > cap:
-        del ids[0]
-        del id_ts[0]
-    return Seen.NEW_BEYOND_HORIZON if beyond else Seen.NEW
+        oldest = min(mem.ts)
+        j = mem.ts.index(oldest)
+        del ids[j]
+        del mem.ts[j]
+        if j == i or (oldest == ts_ms and not contains(mem, h)):
+            return Seen.NEW_BEYOND_HORIZON
+    return Seen.NEW
 
 
-def union(ids: list[int], id_ts: list[int], other_ids: list[int], other_ts: list[int], cap: int) -> None:
-    """Merge another memory into ``ids``/``id_ts`` (used when identities merge)."""
-    known = set(ids)
-    pairs = list(zip(id_ts, ids, strict=True))
-    pairs.extend((t, h) for h, t in zip(other_ids, other_ts, strict=True) if h not in known)
-    pairs.sort()
-    pairs = pairs[-cap:]
-    ids[:] = [h for _, h in pairs]
-    id_ts[:] = [t for t, _ in pairs]
+def union(mem: IdMemory, other: IdMemory, cap: int) -> None:
+    """Fold another memory into ``mem`` (identity merges), keeping the newest ``cap``."""
+    pairs = dict(zip(mem.ids, mem.ts, strict=True))
+    for h, t in zip(other.ids, other.ts, strict=True):
+        if h not in pairs:
+            pairs[h] = t
+    if len(pairs) > cap:
+        keep = sorted(pairs.items(), key=lambda kv: kv[1])[-cap:]
+        pairs = dict(keep)
+    mem.ids = type(mem.ids)("Q", sorted(pairs))
+    mem.ts = type(mem.ts)("q", (pairs[h] for h in mem.ids))

@@ -17,9 +17,10 @@ class Policy:
     # (must exceed the longest window; the slack keeps windows exact when "now" trails
     # the newest purchase a little, e.g. event-time clock with allowed lateness)
     bucket_retention_days: int = 400
-    # idempotency memory per customer (64-bit hashes of event ids, newest by event time)
-    purchase_id_cap: int = 256
-    touch_id_cap: int = 128
+    # idempotency memory per customer: event ids remembered (16 bytes each), newest by
+    # event time; beyond this a re-sent *old* event cannot be recognised (and is counted)
+    purchase_id_cap: int = 4096
+    touch_id_cap: int = 4096
     max_aliases: int = 1000
     # identity
     accept_currency: str = "EUR"

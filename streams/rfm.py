@@ -24,9 +24,7 @@ def apply_purchase(
     state: CustomerState, event_id: str, ts_ms: int, amount_cents: int, policy: Policy
 ) -> Seen:
     """Add one purchase to ``state`` (mutated in place) unless it is a duplicate."""
-    seen = remember(
-        state.purchase_ids, state.purchase_id_ts, id_hash(event_id), ts_ms, policy.purchase_id_cap
-    )
+    seen = remember(state.purchase_ids, id_hash(event_id), ts_ms, policy.purchase_id_cap)
     if seen is Seen.DUPLICATE:
         return seen
     state.frequency += 1

@@ -1,0 +1,67 @@
+# patronage — every entry point. Works on a fresh Debian machine with Python 3.11 (root or sudo).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PAT := $(BIN)/patronage
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: help setup system-deps demo test test-unit test-integration up down bench lint format clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+system-deps: ## Debian packages: redis-server, prometheus (promtool)
+	@if ! command -v redis-server >/dev/null || ! command -v promtool >/dev/null; then \
+		echo "installing redis-server and prometheus from Debian"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server prometheus >/dev/null; \
+		$(SUDO) systemctl disable --now redis-server prometheus >/dev/null 2>&1 || true; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "patronage needs Python 3.11 (found %s)" % sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+setup: system-deps $(STAMP) ## create .venv and install everything tests need
+
+demo: setup ## run the whole pipeline on the embedded stack with sample data, print results
+	deploy/local/demo.sh
+
+test: setup ## unit + agent + integration tests (starts its own broker/Redis on free ports)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+test-unit: setup ## unit and agent tests only (no broker)
+	$(BIN)/pytest -q tests/unit tests/agents
+
+test-integration: setup ## integration tests only
+	$(BIN)/pytest -q tests/integration
+
+up: setup ## start broker, Redis and one worker in the background (ports: KAFKA_PORT, REDIS_PORT, PATRONAGE_WEB_PORT)
+	$(PAT) local up
+
+down: ## stop everything `make up` started
+	@if [ -x $(PAT) ]; then $(PAT) local down; else echo "nothing to stop (no .venv)"; fi
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	@touch $@
+
+bench: setup $(BENCH_STAMP) ## benchmark: pure core, worker end-to-end, raw consume, Quix Streams (one table)
+	$(BIN)/python -m bench.run
+
+lint: setup ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean: down ## remove local state (not the venv)
+	rm -rf .run .bench demo-data .pytest_cache

@@ -1,0 +1,126 @@
+"""Integration fixtures: a real Kafka-protocol broker (noida-db) and Redis on free loopback
+ports for the whole session, and per-test workers (own topics prefix and consumer group)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from agents.localstack import LocalStack, Service, free_port, wait_worker_ready
+
+BIN = Path(sys.executable).parent
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    run = tmp_path_factory.mktemp("stack")
+    s = LocalStack(run, kafka_port=free_port(), redis_port=free_port(), web_port=free_port())
+    s.start_broker()
+    s.start_redis()
+    yield s
+    s.down()
+
+
+class Cluster:
+    """One isolated patronage deployment on the shared broker."""
+
+    def __init__(self, stack: LocalStack, name: str, tmp: Path, partitions: int = 4, **env: str) -> None:
+        self.stack = stack
+        self.tmp = tmp
+        self.env = {
+            "PATRONAGE_BROKER": stack.broker_url,
+            "PATRONAGE_REDIS_URL": stack.redis_url,
+            "PATRONAGE_APP_ID": f"{name}-app",
+            "PATRONAGE_TOPIC_PREFIX": f"{name}-",
+            "PATRONAGE_PARTITIONS": str(partitions),
+            "PATRONAGE_LOG_LEVEL": "info",
+            **env,
+        }
+        self.workers: dict[int, tuple[Service, int]] = {}
+
+    def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [str(BIN / "patronage"), *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"patronage {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def start_worker(self, index: int = 0, **env: str) -> Service:
+        port = self.workers[index][1] if index in self.workers else free_port()
+        svc = Service(f"w{index}", self.tmp / f"worker{index}.pid", self.tmp / f"worker{index}.log")
+        worker_env = {
+            **self.env,
+            "PATRONAGE_WEB_PORT": str(port),
+            "PATRONAGE_DATA_DIR": str(self.tmp / f"data{index}"),
+            **env,
+        }
+        proc = svc.start([str(BIN / "patronage"), "worker"], env=worker_env)
+        wait_worker_ready(port, 120, proc, svc.log_file)
+        self.workers[index] = (svc, port)
+        return svc
+
+    def stop_workers(self) -> None:
+        for svc, _ in self.workers.values():
+            svc.stop()
+
+    def url(self, index: int = 0) -> str:
+        return f"http://127.0.0.1:{self.workers[index][1]}"
+
+    def get(self, path: str, index: int = 0) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.url(index) + path, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def profile(self, customer_id: str, index: int = 0) -> dict[str, Any] | None:
+        status, doc = self.get("/profile/" + urllib.parse.quote(customer_id, safe="") + "/", index)
+        if status == 404:
+            return None
+        assert status == 200, (status, doc)
+        return doc
+
+    def write(self, name: str, rows: list[Any]) -> Path:
+        path = self.tmp / name
+        with path.open("wb") as fh:
+            for row in rows:
+                fh.write(row if isinstance(row, bytes) else orjson.dumps(row))
+                fh.write(b"\n")
+        return path
+
+    def replay(self, path: Path, topic: str) -> str:
+        return self.run("replay", str(path), "--topic", topic, "--quiet").stderr
+
+    def wait(self, timeout: float = 180) -> None:
+        self.run("wait", "--timeout", str(timeout), "--quiet", timeout=timeout + 30)
+
+    def read_topic(self, logical: str) -> list[dict[str, Any]]:
+        proc = self.run("tail", logical, "--limit", "10000000", "--json")
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def cluster(stack: LocalStack, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(stack, f"it{os.getpid()}x{next(_counter)}", tmp_path)
+    yield c
+    c.stop_workers()
