@@ -110,7 +110,7 @@ def test_stock_and_updates() -> None:
         }
     )
     assert u.changed_fields() == {"loyalty_member": True, "timezone": "Europe/Paris"}
-    with pytest.raises(ValidationError, match="quiet_hours.start"):
+    with pytest.raises(ValidationError, match=r"quiet_hours\.start"):
         CustomerUpdate.model_validate(
             {
                 "event_id": "u",
