@@ -52,7 +52,11 @@ def topic_partition_counts(settings: Settings, topics: Iterable[str]) -> dict[st
 
 
 def ensure_topics(
-    settings: Settings, topics: Iterable[str], *, co_partitioned: Iterable[str] = ()
+    settings: Settings,
+    topics: Iterable[str],
+    *,
+    co_partitioned: Iterable[str] = (),
+    compacted: Iterable[str] = (),
 ) -> dict[str, int]:
     """Create missing topics with ``settings.partitions``; check co-partitioned ones match.
 
@@ -60,6 +64,7 @@ def ensure_topics(
     disagree (keyed state would be split across workers).
     """
     wanted = list(dict.fromkeys(topics))
+    compact = set(compacted)
     admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
@@ -67,7 +72,12 @@ def ensure_topics(
         if missing:
             new = [
                 NewTopic(
-                    name=t, num_partitions=settings.partitions, replication_factor=settings.replication_factor
+                    name=t,
+                    num_partitions=settings.partitions,
+                    replication_factor=settings.replication_factor,
+                    # table changelogs keep the latest value per key forever (compaction);
+                    # with the default delete policy, recovery would lose old customers
+                    topic_configs={"cleanup.policy": "compact"} if t in compact else {},
                 )
                 for t in missing
             ]

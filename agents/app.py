@@ -157,9 +157,12 @@ def create_app(
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
-        canonical_url=f"http://{settings.web_host}:{settings.web_port}",
+        canonical_url=settings.advertised_url,
         datadir=settings.data_dir,
-        broker_session_timeout=30,
+        broker_session_timeout=settings.session_timeout_s,
+        consumer_group_instance_id=settings.instance_id or None,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 4),
+        broker_rebalance_timeout=max(20.0, settings.session_timeout_s * 2),
         worker_redirect_stdouts=False,
     )
     metrics = metrics or Metrics()

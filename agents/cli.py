@@ -61,6 +61,7 @@ def fail(message: str, code: int = 1) -> None:
 
 def all_topics(settings: Settings) -> tuple[list[str], list[str]]:
     """(every topic the worker needs, the co-partitioned customer inputs)."""
+    # The table changelog (the last of these) is created compacted by ensure_topics callers.
     from agents.app import INPUT_TOPICS, OUTPUT_TOPICS, topic_names
 
     names = topic_names(settings)
@@ -87,7 +88,7 @@ def worker() -> None:
     settings = load_settings()
     every, co = all_topics(settings)
     try:
-        ensure_topics(settings, every, co_partitioned=co)
+        ensure_topics(settings, every, co_partitioned=co, compacted=co[-1:])
     except AdminError as exc:
         fail(str(exc), 2)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -126,7 +127,7 @@ def replay(
     settings = load_settings()
     every, co = all_topics(settings)
     try:
-        partitions = ensure_topics(settings, every, co_partitioned=co)
+        partitions = ensure_topics(settings, every, co_partitioned=co, compacted=co[-1:])
     except AdminError as exc:
         fail(str(exc), 2)
     total = count_lines(file)
@@ -406,7 +407,7 @@ def topics_create() -> None:
     settings = load_settings()
     every, co = all_topics(settings)
     try:
-        counts = ensure_topics(settings, every, co_partitioned=co)
+        counts = ensure_topics(settings, every, co_partitioned=co, compacted=co[-1:])
     except AdminError as exc:
         fail(str(exc), 2)
     for name, n in counts.items():

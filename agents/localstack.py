@@ -219,6 +219,7 @@ class LocalStack:
             "PATRONAGE_REDIS_URL": self.redis_url,
             "PATRONAGE_WEB_PORT": str(web_port or self.web_port + index),
             "PATRONAGE_DATA_DIR": str(self.run_dir / f"worker{index}"),
+            "PATRONAGE_INSTANCE_ID": f"worker{index}",
         }
         env.update(extra)
         return env

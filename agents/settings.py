@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -42,6 +43,22 @@ class Settings(BaseSettings):
     fast_path: bool = Field(
         True, description="process input partitions in batches inside the consumer (see README)"
     )
+    session_timeout_s: float = Field(
+        10.0,
+        ge=3,
+        le=300,
+        description="consumer group session timeout: how fast a dead worker's partitions move",
+    )
+    instance_id: str | None = Field(
+        None,
+        description="static group membership id (e.g. worker-0, a StatefulSet pod name): a restarted "
+        "worker with the same id takes its partitions back without waiting for a session timeout",
+    )
+    web_advertised_host: str | None = Field(
+        None,
+        description="host other workers use to reach this one's HTTP API (default: web_host, or the "
+        "machine's hostname when web_host is 0.0.0.0); set to the pod IP on Kubernetes",
+    )
     data_dir: str = Field(".run/worker", description="worker local data directory")
     log_level: Literal["debug", "info", "warn", "error"] = Field("info", description="log level")
     member_min_purchases: int = Field(3, ge=1, description="lifecycle: purchases to be a member")
@@ -59,6 +76,14 @@ class Settings(BaseSettings):
             if not url.startswith("kafka://"):
                 raise ValueError(f"broker URL must start with kafka:// (got {url!r})")
         return value
+
+    @property
+    def advertised_url(self) -> str:
+        """URL of this worker's HTTP API as other workers should call it (Faust table routing)."""
+        host = self.web_advertised_host
+        if not host:
+            host = socket.gethostname() if self.web_host in ("0.0.0.0", "::", "") else self.web_host
+        return f"http://{host}:{self.web_port}"
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical name (``purchases`` -> ``<prefix>purchases``)."""

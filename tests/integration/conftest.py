@@ -72,6 +72,7 @@ class Cluster:
             **self.env,
             "PATRONAGE_WEB_PORT": str(port),
             "PATRONAGE_DATA_DIR": str(self.tmp / f"data{index}"),
+            "PATRONAGE_INSTANCE_ID": f"worker{index}",
             **env,
         }
         proc = svc.start([str(BIN / "patronage"), "worker"], env=worker_env)
