@@ -31,6 +31,7 @@ from agents.clock import Clock
 from agents.metrics import Metrics
 from agents.sink import OutRecord, Sink
 from schemas.events import CustomerUpdate, Purchase, Touchpoint, describe_validation_error
+from schemas.fast import fast_purchase, fast_touchpoint
 from schemas.outputs import dead_letter_record
 from schemas.state import CustomerState
 from schemas.timestamps import iso_utc
@@ -74,6 +75,13 @@ class InvalidRecord(Exception):
         self.reason = reason
 
 
+def _validate(model: Any, obj: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise InvalidRecord("validate", describe_validation_error(exc)) from None
+
+
 class CustomerProcessor:
     """Owns the hot state of the partitions this worker holds (via the table's store)."""
 
@@ -101,6 +109,7 @@ class CustomerProcessor:
         self.topics = topic_names
         self._logical = {real: logical for logical, real in topic_names.items()}
         self.partition_for = partition_for
+        self._identity_topic = topic_names[IDENTITY]
         self.key_partitions = key_partitions
         self.metrics = metrics
 
@@ -145,6 +154,9 @@ class CustomerProcessor:
                 emits.append(self._dead_letter(record, "process", f"internal error: {exc!r}"))
                 stats.dead_letters[(topic, "process")] += 1
             stats.outcomes[(topic, outcome)] += 1
+        update = self.population.update
+        for subject, state in changed.items():  # rank index: once per customer per batch
+            update(subject, state)
         return emits, changed, stats
 
     def _one(
@@ -178,31 +190,26 @@ class CustomerProcessor:
         changed: dict[str, CustomerState | None],
         stats: BatchStats,
     ) -> str:
-        try:
-            if topic == PURCHASES:
-                ev: Purchase | Touchpoint | CustomerUpdate = Purchase.model_validate(obj)
-            elif topic == TOUCHPOINTS:
-                ev = Touchpoint.model_validate(obj)
-            elif topic == CUSTOMER_UPDATES:
-                ev = CustomerUpdate.model_validate(obj)
-            else:
-                raise InvalidRecord("process", f"topic {topic!r} is not a customer input")
-        except ValidationError as exc:
-            raise InvalidRecord("validate", describe_validation_error(exc)) from None
+        ev: Any
+        if topic == PURCHASES:
+            ev = fast_purchase(obj) or _validate(Purchase, obj)
+            apply: Any = steps.on_purchase
+        elif topic == TOUCHPOINTS:
+            ev = fast_touchpoint(obj) or _validate(Touchpoint, obj)
+            apply = steps.on_touchpoint
+        elif topic == CUSTOMER_UPDATES:
+            ev = _validate(CustomerUpdate, obj)
+            apply = steps.on_customer_update
+        else:
+            raise InvalidRecord("process", f"topic {topic!r} is not a customer input")
         subject = ev.subject
-        home = self.partition_for(self.topics[IDENTITY], subject)
+        home = self.partition_for(self._identity_topic, subject)
         if home != partition:
             # Keyed differently from the customer id: send it to the customer's partition.
             self._route(emits, subject, home, {"kind": "event", "topic": topic, "event": obj})
             return "rerouted"
-        state = self.store.get(subject)
         try:
-            if isinstance(ev, Purchase):
-                step = steps.on_purchase(state, ev, self.policy)
-            elif isinstance(ev, Touchpoint):
-                step = steps.on_touchpoint(state, ev, self.policy)
-            else:
-                step = steps.on_customer_update(state, ev, self.policy)
+            step = apply(self.store.get(subject), ev, self.policy)
         except ValueError as exc:
             raise InvalidRecord("process", str(exc)) from None
         if step.outcome != "duplicate":
@@ -264,7 +271,6 @@ class CustomerProcessor:
             if self.key_partitions is not None:
                 self.key_partitions[subject] = partition
             changed[subject] = step.state
-            self.population.update(subject, step.state)
         if step.beyond_horizon:
             stats.beyond_horizon += 1
         for emit in step.emits:

@@ -82,7 +82,12 @@ class Item(_Event):
     sku: ShortStr
     category: ShortStr
     qty: int = Field(gt=0, le=1_000_000)
-    price_cents: Cents = Field(alias="price")
+    # unit price in major units; validated in Rust (no Python hook per line item)
+    price: float = Field(ge=0, le=1e11, allow_inf_nan=False)
+
+    @property
+    def price_cents(self) -> int:
+        return round(self.price * 100)
 
 
 class Purchase(_Event):

@@ -6,7 +6,8 @@ Producers may send either ISO-8601 with a UTC offset (``2026-11-01T09:30:00+01:0
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import datetime
 
 DAY_MS = 86_400_000
 # Plausibility bounds: 2000-01-01 .. 2100-01-01. Anything outside is almost certainly a
@@ -51,4 +52,5 @@ def iso_utc(ms: int | None) -> str | None:
     """Format epoch milliseconds as ISO-8601 UTC (``2026-11-01T08:30:00.000Z``)."""
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    seconds, millis = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"

@@ -66,7 +66,10 @@ def summarize(states: Any, population: Population) -> dict[str, Any]:
     stages: dict[str, int] = {}
     segments: dict[str, int] = {}
     known = anonymous = merged = 0
+    purchases = monetary = 0
     for state in states:
+        purchases += state.frequency
+        monetary += state.monetary_cents
         if state.merged_into is not None:
             merged += 1
             continue
@@ -86,6 +89,7 @@ def summarize(states: Any, population: Population) -> dict[str, Any]:
         "anonymous_visitors": anonymous,
         "merged_anonymous_ids": merged,
         "buyers": len(population),
+        "totals": {"purchases": purchases, "monetary_cents": monetary},
         "stages": dict(sorted(stages.items())),
         "segments": dict(sorted(segments.items(), key=lambda kv: -kv[1])),
     }

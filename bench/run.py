@@ -1,0 +1,396 @@
+"""`make bench`: one run, one broker, one set of events, one table.
+
+Measures, on the same >= 300k purchase events (>= 50k customers) in the same noida-db broker:
+  1. producer load      confluent-kafka (murmur2 partitioner), the input side
+  2. pure core          CustomerProcessor.process on one core: decode, validate, apply,
+                        lifecycle, encode outputs and changelog values (no I/O)
+  3. raw consume        aiokafka getmany + orjson decode, no state (the limit)
+  4. patronage worker   one worker process, end to end, state checked exactly afterwards
+  5. Quix Streams       the same RFM update in Quix's per-key state store
+plus memory per customer (worker RSS growth / customers, and changelog bytes / customer).
+Results go to stdout as a table and to .bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from agents.localstack import LocalStack, Service, free_port, wait_worker_ready
+from streams.synthetic import iter_purchases_fast
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+console = Console()
+
+
+def log(msg: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}")
+
+
+def make_events(customers: int, purchases: int, seed: int) -> tuple[list[bytes], list[bytes], dict[str, int]]:
+    keys, values = [], []
+    freq = 0
+    cents = 0
+    seen: set[str] = set()
+    for ev in iter_purchases_fast(customers, purchases, seed):
+        keys.append(ev["customer_id"].encode())
+        values.append(orjson.dumps(ev))
+        freq += 1
+        cents += round(ev["amount"] * 100)
+        seen.add(ev["customer_id"])
+    return keys, values, {"purchases": freq, "monetary_cents": cents, "customers": len(seen)}
+
+
+def load(bootstrap: str, topic: str, partitions: int, keys: list[bytes], values: list[bytes]) -> float:
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for fut in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+        fut.result()
+    time.sleep(0.5)
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "partitioner": "murmur2_random",  # same as the Java client, aiokafka and patronage
+            "linger.ms": 20,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+            "compression.type": "none",
+        }
+    )
+    started = time.perf_counter()
+    for k, v in zip(keys, values, strict=True):
+        while True:
+            try:
+                producer.produce(topic, v, key=k)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush()
+    return len(values) / (time.perf_counter() - started)
+
+
+def pure_core(keys: list[bytes], values: list[bytes], partitions: int, batch: int = 5000) -> dict[str, Any]:
+    """The worker's CPU work without Kafka: CustomerProcessor.process over the events."""
+    from agents.app import KeyPartitioner, topic_names
+    from agents.clock import EventClock
+    from agents.processor import CustomerProcessor
+    from agents.settings import Settings
+    from agents.sink import MemorySink
+    from streams.population import Population
+
+    settings = Settings(partitions=partitions, topic_prefix="core-")
+    names = topic_names(settings)
+    partitioner = KeyPartitioner({n: partitions for n in names.values()})
+    store: dict = {}
+    processor = CustomerProcessor(
+        policy=settings.policy(),
+        store=store,
+        population=Population(),
+        clock=EventClock(),
+        sink=MemorySink(),
+        topic_names=names,
+        partition_for=partitioner,
+    )
+
+    class Rec:
+        __slots__ = ("key", "offset", "partition", "topic", "value")
+
+        def __init__(self, topic: str, partition: int, offset: int, key: bytes, value: bytes) -> None:
+            self.topic, self.partition, self.offset, self.key, self.value = (
+                topic,
+                partition,
+                offset,
+                key,
+                value,
+            )
+
+    by_part: dict[int, list[Rec]] = {}
+    topic = names["purchases"]
+    for k, v in zip(keys, values, strict=True):
+        p = partitioner(topic, k.decode())
+        part = by_part.setdefault(p, [])
+        part.append(Rec(topic, p, len(part), k, v))
+    started = time.process_time()
+    wall = time.perf_counter()
+    for p, recs in by_part.items():
+        for i in range(0, len(recs), batch):
+            _, changed, _ = processor.process(p, recs[i : i + batch])
+            for st in changed.values():
+                if st is not None:
+                    st.to_json()
+    cpu = time.process_time() - started
+    elapsed = time.perf_counter() - wall
+    changelog_bytes = sum(len(s.to_json()) for s in store.values())
+    return {
+        "events_per_s": len(values) / cpu,
+        "wall_s": elapsed,
+        "changelog_bytes_per_customer": changelog_bytes / len(store),
+        "sum_frequency": sum(s.frequency for s in store.values()),
+    }
+
+
+def run_json(argv: list[str], timeout: float = 900) -> dict[str, Any]:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1])
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def metric_total(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics/", timeout=60) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def worker_e2e(
+    stack: LocalStack,
+    run_dir: Path,
+    prefix: str,
+    partitions: int,
+    n: int,
+    expected: dict[str, int],
+    profile: bool,
+) -> dict[str, Any]:
+    port = free_port()
+    env = {
+        "PATRONAGE_BROKER": stack.broker_url,
+        "PATRONAGE_APP_ID": f"{prefix}app",
+        "PATRONAGE_TOPIC_PREFIX": prefix,
+        "PATRONAGE_PARTITIONS": str(partitions),
+        "PATRONAGE_WEB_PORT": str(port),
+        "PATRONAGE_DATA_DIR": str(run_dir / "worker-data"),
+        "PATRONAGE_INSTANCE_ID": "bench-worker",
+        "PATRONAGE_LOG_LEVEL": "warn",
+    }
+    svc = Service("bench-worker", run_dir / "worker.pid", run_dir / "worker.log")
+    proc = svc.start([str(BIN / "patronage"), "worker"], env=env)
+    try:
+        wait_worker_ready(port, 120, proc, svc.log_file)
+        pid = proc.pid
+        rss_before = rss_kb(pid)
+        spy = None
+        if profile:
+            spy = subprocess.Popen(
+                [
+                    str(BIN / "py-spy"),
+                    "record",
+                    "-p",
+                    str(pid),
+                    "-o",
+                    str(run_dir / "worker-profile.txt"),
+                    "-f",
+                    "raw",
+                    "-r",
+                    "100",
+                    "--threads",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        # the events are already in the topic: the worker starts on them as soon as it is ready
+        first = last = None
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            done = metric_total(port, "patronage_events_total")
+            now = time.perf_counter()
+            if done > 0 and first is None:
+                first = now
+            if done >= n:
+                last = now
+                break
+            time.sleep(0.02)
+        if first is None or last is None:
+            raise RuntimeError(f"worker did not finish ({svc.log_file})")
+        rss_after = rss_kb(pid)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(timeout=60)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/summary/", timeout=30) as resp:
+            summary = json.loads(resp.read())
+        exact = (
+            summary["totals"]["purchases"] == expected["purchases"]
+            and summary["totals"]["monetary_cents"] == expected["monetary_cents"]
+            and summary["buyers"] == expected["customers"]
+        )
+        return {
+            "events_per_s": n / (last - first),
+            "seconds": last - first,
+            "exact": exact,
+            "summary_totals": summary["totals"],
+            "buyers": summary["buyers"],
+            "rss_growth_bytes_per_customer": (rss_after - rss_before) * 1024 / expected["customers"],
+            "rss_mb": rss_after / 1024,
+        }
+    finally:
+        svc.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--purchases", type=int, default=300_000)
+    ap.add_argument("--customers", type=int, default=50_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the worker (writes .bench/worker-profile.txt, collapsed stacks)",
+    )
+    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: core raw worker quix")
+    args = ap.parse_args()
+
+    run_dir = ROOT / ".bench"
+    if run_dir.exists():
+        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+    run_dir.mkdir()
+    stack = LocalStack(run_dir / "stack", kafka_port=free_port(), redis_port=free_port())
+    results: dict[str, Any] = {"config": vars(args)}
+    try:
+        log("starting noida-db")
+        stack.start_broker()
+        bootstrap = f"127.0.0.1:{stack.kafka_port}"
+        log(f"generating {args.purchases:,} purchases over {args.customers:,} customers")
+        keys, values, expected = make_events(args.customers, args.purchases, args.seed)
+        results["expected"] = expected
+        prefix = "bench-"
+        topic = f"{prefix}purchases"
+        log("loading the topic with confluent-kafka")
+        results["producer_events_per_s"] = load(bootstrap, topic, args.partitions, keys, values)
+        n = len(values)
+        if "core" not in args.skip:
+            log("pure core (one core, no I/O)")
+            results["core"] = pure_core(keys, values, args.partitions)
+        if "raw" not in args.skip:
+            log("raw aiokafka consume + decode")
+            results["raw"] = run_json(
+                [
+                    str(BIN / "python"),
+                    "-m",
+                    "bench.raw_consume",
+                    "--bootstrap",
+                    bootstrap,
+                    "--topic",
+                    topic,
+                    "--expected",
+                    str(n),
+                ]
+            )
+        if "worker" not in args.skip:
+            log("patronage worker end to end")
+            results["worker"] = worker_e2e(stack, run_dir, prefix, args.partitions, n, expected, args.profile)
+        if "quix" not in args.skip:
+            log("Quix Streams, same RFM update in its state store")
+            results["quix"] = run_json(
+                [
+                    str(BIN / "python"), "-m", "bench.quix_rfm", "--bootstrap", bootstrap, "--topic", topic,
+                    "--expected", str(n), "--state-dir", str(run_dir / "quix-state"),
+                ]
+            )  # fmt: skip
+            q = results["quix"]
+            q["exact"] = (
+                q.get("sum_frequency") == expected["purchases"]
+                and q.get("sum_monetary_cents") == expected["monetary_cents"]
+            )
+    finally:
+        stack.down()
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    print_table(results)
+
+
+def print_table(r: dict[str, Any]) -> None:
+    e = r["expected"]
+    t = Table(
+        title=f"patronage bench: {e['purchases']:,} purchases, {e['customers']:,} customers, noida-db, one run"
+    )
+    t.add_column("measurement")
+    t.add_column("events/s", justify="right")
+    t.add_column("vs Quix", justify="right")
+    t.add_column("state exact")
+    t.add_column("notes")
+    quix = r.get("quix", {}).get("events_per_s")
+
+    def ratio(x: float | None) -> str:
+        return f"{x / quix:.1f}x" if x and quix else "-"
+
+    t.add_row("confluent-kafka producer (load)", f"{r['producer_events_per_s']:,.0f}", "", "", "input side")
+    if "core" in r:
+        c = r["core"]
+        t.add_row(
+            "pure core, one core",
+            f"{c['events_per_s']:,.0f}",
+            ratio(c["events_per_s"]),
+            "",
+            "decode+validate+apply+encode, CPU time",
+        )
+    if "raw" in r:
+        t.add_row(
+            "raw aiokafka consume + decode",
+            f"{r['raw']['events_per_s']:,.0f}",
+            ratio(r["raw"]["events_per_s"]),
+            "",
+            "the limit: no state",
+        )
+    if "worker" in r:
+        w = r["worker"]
+        t.add_row(
+            "patronage worker, end to end",
+            f"{w['events_per_s']:,.0f}",
+            ratio(w["events_per_s"]),
+            "yes" if w["exact"] else "NO",
+            f"{w['seconds']:.1f}s, changelog durable before ack",
+        )
+    if "quix" in r:
+        q = r["quix"]
+        t.add_row(
+            "Quix Streams RFM (state store)",
+            f"{q['events_per_s']:,.0f}",
+            "1.0x",
+            "yes" if q.get("exact") else "NO",
+            "",
+        )
+    console.print(t)
+    if "worker" in r or "core" in r:
+        mem = Table(title="memory per customer")
+        mem.add_column("measure")
+        mem.add_column("bytes", justify="right")
+        if "worker" in r:
+            mem.add_row(
+                "worker RSS growth / customers", f"{r['worker']['rss_growth_bytes_per_customer']:,.0f}"
+            )
+        if "core" in r:
+            mem.add_row(
+                "changelog value / customer (JSON)", f"{r['core']['changelog_bytes_per_customer']:,.0f}"
+            )
+        console.print(mem)
+
+
+if __name__ == "__main__":
+    main()
