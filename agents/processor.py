@@ -282,7 +282,10 @@ class CustomerProcessor:
                 real = self.topics[emit.topic]
                 emits.append(
                     OutRecord(
-                        real, self.partition_for(real, emit.key), emit.key.encode(), orjson.dumps(emit.value)
+                        real,
+                        self.partition_for(real, emit.key),
+                        emit.key.encode(),
+                        orjson.dumps(emit.value, option=orjson.OPT_NON_STR_KEYS),
                     )
                 )
 
@@ -290,7 +293,9 @@ class CustomerProcessor:
         topic = self.topics[IDENTITY]
         if partition is None:
             partition = self.partition_for(topic, key)
-        emits.append(OutRecord(topic, partition, key.encode(), orjson.dumps(value)))
+        emits.append(
+            OutRecord(topic, partition, key.encode(), orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+        )
 
     def _dead_letter(self, record: RecordLike, stage: str, reason: str) -> OutRecord:
         topic = self.topics[steps.DEAD_LETTERS]

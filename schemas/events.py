@@ -7,6 +7,7 @@ Validation errors name the field: ``items.0.qty: Input should be greater than 0`
 
 from __future__ import annotations
 
+import math
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -27,6 +28,8 @@ from schemas.timestamps import parse_ts_ms
 def _to_cents(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise ValueError("must be a number")
+    if isinstance(value, float) and not math.isfinite(value * 100):
+        raise ValueError("must be a finite number")
     if isinstance(value, int | float):
         scaled = value * 100
         cents = round(scaled)

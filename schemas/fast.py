@@ -18,6 +18,7 @@ from schemas.timestamps import MAX_TS_MS, MIN_TS_MS, parse_ts_ms
 
 _TOUCH_TYPES = {t.value: t for t in TouchType}
 _MAX_CENTS = 10**13
+_INF = float("inf")
 
 
 class FastItem:
@@ -129,9 +130,9 @@ def _cents(value: Any) -> int | None:
     if t is int:
         return value * 100 if 0 <= value * 100 <= _MAX_CENTS else None
     if t is float:
-        if not math.isfinite(value):
-            return None
         scaled = value * 100
+        if not math.isfinite(scaled):
+            return None
         cents = round(scaled)
         if abs(scaled - cents) < 1e-6 and 0 <= cents <= _MAX_CENTS:
             return int(cents)
@@ -139,61 +140,88 @@ def _cents(value: Any) -> int | None:
 
 
 def fast_purchase(obj: dict[str, Any]) -> FastPurchase | None:
-    event_id = _id(obj.get("event_id"))
-    customer_id = _id(obj.get("customer_id"))
-    ts = _ts(obj.get("ts"))
-    cents = _cents(obj.get("amount"))
-    currency = obj.get("currency")
-    if event_id is None or customer_id is None or ts is None or cents is None:
+    get = obj.get
+    event_id = get("event_id")
+    customer_id = get("customer_id")
+    ts = get("ts")
+    amount = get("amount")
+    currency = get("currency")
+    # the common case inline: str ids, int/ISO ts, float amount, "EUR"-like currency
+    if type(event_id) is not str or not 0 < len(event_id) <= 200:
+        event_id = _id(event_id)
+        if event_id is None:
+            return None
+    if type(customer_id) is not str or not 0 < len(customer_id) <= 200:
+        customer_id = _id(customer_id)
+        if customer_id is None:
+            return None
+    if type(ts) is int:
+        if not MIN_TS_MS <= ts < MAX_TS_MS:
+            return None
+    else:
+        ts = _ts(ts)
+        if ts is None:
+            return None
+    cents = _cents(amount)
+    if cents is None:
         return None
-    if type(currency) is not str or len(currency) != 3 or not (currency.isascii() and currency.isupper()):
+    if type(currency) is not str or len(currency) != 3 or not currency.isascii() or not currency.isupper():
         return None
     if not currency.isalpha():
         return None
-    raw_items = obj.get("items")
     items: list[FastItem] = []
-    if raw_items is not None:
+    if "items" in obj:
+        raw_items = obj["items"]
         if type(raw_items) is not list or len(raw_items) > 1000:
             return None
         for it in raw_items:
             if type(it) is not dict:
                 return None
-            sku, cat, qty, price = it.get("sku"), it.get("category"), it.get("qty"), it.get("price")
+            sku = it.get("sku")
+            cat = it.get("category")
+            qty = it.get("qty")
+            price = it.get("price")
             if (
                 type(sku) is not str
-                or not 0 < len(sku) <= 200
                 or type(cat) is not str
+                or type(qty) is not int
+                or not 0 < len(sku) <= 200
                 or not 0 < len(cat) <= 200
+                or not 0 < qty <= 1_000_000
             ):
-                return None
-            if type(qty) is not int or not 0 < qty <= 1_000_000:
                 return None
             tp = type(price)
             if tp is int:
                 price = float(price)
-            elif tp is not float or not math.isfinite(price):
+            elif tp is not float or price != price or price in (_INF, -_INF):
                 return None
             if not 0 <= price <= 1e11:
                 return None
             items.append(FastItem(sku, cat, qty, price))
-    ok1, store_id = _opt_id(obj, "store_id")
-    ok2, payer_id = _opt_id(obj, "payer_id")
-    channel = obj.get("channel")
-    if not (ok1 and ok2) or (
-        channel is not None and (type(channel) is not str or not 0 < len(channel) <= 200)
-    ):
+    store_id = get("store_id")
+    payer_id = get("payer_id")
+    channel = get("channel")
+    if store_id is not None and (type(store_id) is not str or not 0 < len(store_id) <= 200):
+        store_id = _id(store_id)
+        if store_id is None:
+            return None
+    if payer_id is not None and (type(payer_id) is not str or not 0 < len(payer_id) <= 200):
+        payer_id = _id(payer_id)
+        if payer_id is None:
+            return None
+    if channel is not None and (type(channel) is not str or not 0 < len(channel) <= 200):
         return None
-    return FastPurchase(
-        event_id=event_id,
-        customer_id=customer_id,
-        ts=ts,
-        amount_cents=cents,
-        currency=currency,
-        items=items,
-        store_id=store_id,
-        channel=channel,
-        payer_id=payer_id,
-    )
+    p = FastPurchase.__new__(FastPurchase)
+    p.event_id = event_id
+    p.customer_id = customer_id
+    p.ts = ts
+    p.amount_cents = cents
+    p.currency = currency
+    p.items = items
+    p.store_id = store_id
+    p.channel = channel
+    p.payer_id = payer_id
+    return p
 
 
 def fast_touchpoint(obj: dict[str, Any]) -> FastTouchpoint | None:

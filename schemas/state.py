@@ -127,7 +127,7 @@ class CustomerState:
             d["m"] = self.monetary_cents
             d["fp"] = self.first_purchase_ms
             d["lp"] = self.last_purchase_ms
-            d["days"] = [[day, n, c] for day, (n, c) in self.days.items()]
+            d["days"] = self.days  # int keys: encoded with OPT_NON_STR_KEYS
             d["pid"] = self.purchase_ids.encode()
         if self.touch_counts:
             d["tc"] = self.touch_counts
@@ -152,7 +152,7 @@ class CustomerState:
         return d
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_NON_STR_KEYS)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CustomerState:
@@ -165,7 +165,7 @@ class CustomerState:
             s.monetary_cents = d["m"]
             s.first_purchase_ms = d["fp"]
             s.last_purchase_ms = d["lp"]
-            s.days = {day: [n, c] for day, n, c in d["days"]}
+            s.days = {int(day): [n, c] for day, (n, c) in d["days"].items()}
             s.purchase_ids = IdMemory.decode(d["pid"])
         if "tc" in d:
             s.touch_counts = d["tc"]

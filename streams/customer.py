@@ -24,7 +24,7 @@ from schemas.state import CustomerState
 from schemas.timestamps import iso_utc
 from streams import dedupe
 from streams.dedupe import Seen
-from streams.lifecycle import stage_of
+from streams.lifecycle import stage_of, stage_only
 from streams.policy import Policy
 from streams.rfm import apply_purchase
 
@@ -71,9 +71,10 @@ def restage(
     state: CustomerState, policy: Policy, *, event_id: str, topic: str, cause_type: str, ts_ms: int
 ) -> Emit | None:
     """Recompute the stage; on change update ``state`` and return the lifecycle record."""
-    stage, rule = stage_of(state, policy)
+    stage = stage_only(state, policy)
     if stage == state.stage:
         return None
+    _, rule = stage_of(state, policy)
     before = state.stage
     state.stage = stage
     state.stage_since_ms = ts_ms

@@ -19,6 +19,25 @@ from streams.policy import Policy
 STAGES = ("stranger", "visitor", "prospect", "customer", "member", "advocate")
 
 
+def stage_only(state: CustomerState, policy: Policy) -> str:
+    """The stage alone (hot path: called after every event; the rule text only on change)."""
+    touches = state.touch_counts
+    if state.frequency >= policy.member_min_purchases or (
+        "loyalty_member" in state.facts and state.facts["loyalty_member"][2]
+    ):
+        if touches.get("referral", 0) > 0 or state.positive_reviews > 0:
+            return "advocate"
+        return "member"
+    if state.frequency >= 1:
+        return "customer"
+    if touches:
+        for t in policy.intent_touch_types:
+            if touches.get(t, 0) > 0:
+                return "prospect"
+        return "visitor"
+    return "stranger"
+
+
 def stage_of(state: CustomerState, policy: Policy) -> tuple[str, str]:
     """Return ``(stage, rule)`` where ``rule`` says in words why the customer is there."""
     touches = state.touch_counts

@@ -61,6 +61,7 @@ def test_purchase_amounts_become_exact_cents() -> None:
     [
         ({"amount": -1}, "amount: must not be negative"),
         ({"amount": "abc"}, "amount: not a number"),
+        ({"amount": 1e308}, "amount: must be a finite number"),
         ({"currency": "euro"}, "currency:"),
         ({"event_id": ""}, "event_id:"),
         ({"customer_id": None}, "customer_id:"),

@@ -282,3 +282,26 @@ def test_population_scores_match_batch_ranks() -> None:
         assert sc is not None and (sc.r, sc.f, sc.m) == (r, f, m), cid
     pop.update("c1", None)
     assert len(pop) == len(expected) - 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    freq=st.integers(0, 5),
+    touches=st.dictionaries(
+        st.sampled_from(["view", "cart", "inquiry", "signup", "referral", "review"]), st.integers(0, 2)
+    ),
+    positive=st.integers(0, 2),
+    loyalty=st.sampled_from([None, True, False]),
+)
+def test_fast_stage_agrees_with_the_documented_rules(
+    freq: int, touches: dict, positive: int, loyalty: bool | None
+) -> None:
+    from streams.lifecycle import stage_of, stage_only
+
+    s = CustomerState("c")
+    s.frequency = freq
+    s.touch_counts = {k: v for k, v in touches.items() if v}
+    s.positive_reviews = positive
+    if loyalty is not None:
+        s.facts["loyalty_member"] = [1, "u", loyalty]
+    assert stage_only(s, POLICY) == stage_of(s, POLICY)[0]
