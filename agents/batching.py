@@ -35,6 +35,40 @@ BatchHandler = Callable[[int, Sequence[Any]], Awaitable[Any]]
 class BatchingConsumer(faust_aiokafka.Consumer):
     """Faust aiokafka consumer whose drain loop dispatches whole batches for chosen topics."""
 
+    _fetch_shim_installed = False
+
+    def _install_empty_fetch_backoff(self) -> None:
+        """Emulate a broker-side long poll for brokers that answer empty fetches at once.
+
+        Real Kafka parks a fetch with no data for up to fetch.max.wait.ms; noida-db replies
+        immediately, so an idle partition makes aiokafka spin thousands of fetches per
+        second in the consumer thread, competing with the processing thread for the GIL.
+        With PATRONAGE_EMPTY_FETCH_BACKOFF_MS > 0 a fetch that returned no data waits that
+        long before the next one to the same broker (off by default: real Kafka needs none).
+        """
+        if self._fetch_shim_installed:
+            return
+        backoff_ms = getattr(self.app, "empty_fetch_backoff_ms", 0.0)
+        if not backoff_ms:
+            self._fetch_shim_installed = True
+            return
+        consumer = getattr(self._thread, "_consumer", None)
+        fetcher = getattr(consumer, "_fetcher", None)
+        if fetcher is None:
+            return  # not started yet; try again on the next loop
+        original = fetcher._proc_fetch_request
+        delay = backoff_ms / 1000.0
+
+        async def proc_fetch_request(assignment: Any, node_id: Any, request: Any) -> bool:
+            has_data = await original(assignment, node_id, request)
+            if not has_data:
+                await asyncio.sleep(delay)
+            return bool(has_data)
+
+        fetcher._proc_fetch_request = proc_fetch_request
+        self._fetch_shim_installed = True
+        log.info("empty-fetch backoff %.1f ms installed (broker without long poll)", backoff_ms)
+
     def _batch_setup(self) -> tuple[frozenset[str], BatchHandler | None]:
         hook = getattr(self.app, "batch_dispatch", None)
         if hook is None:
@@ -56,6 +90,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         acks_enabled_for = self.app.topics.acks_enabled_for
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                self._install_empty_fetch_backoff()
                 records, active = await self._wait_next_records(1.0)
                 await asyncio.sleep(0)
                 if not records or self.should_stop or not self.flow_active:

@@ -220,6 +220,8 @@ class LocalStack:
             "PATRONAGE_WEB_PORT": str(web_port or self.web_port + index),
             "PATRONAGE_DATA_DIR": str(self.run_dir / f"worker{index}"),
             "PATRONAGE_INSTANCE_ID": f"worker{index}",
+            # noida-db answers empty fetches at once (no long poll): see batching.py
+            "PATRONAGE_EMPTY_FETCH_BACKOFF_MS": "5",
         }
         env.update(extra)
         return env

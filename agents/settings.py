@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         description="host other workers use to reach this one's HTTP API (default: web_host, or the "
         "machine's hostname when web_host is 0.0.0.0); set to the pod IP on Kubernetes",
     )
+    empty_fetch_backoff_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="wait after an empty fetch; for brokers without long poll (noida-db: the local "
+        "stack sets 5). Real Kafka: leave 0",
+    )
     data_dir: str = Field(".run/worker", description="worker local data directory")
     log_level: Literal["debug", "info", "warn", "error"] = Field("info", description="log level")
     member_min_purchases: int = Field(3, ge=1, description="lifecycle: purchases to be a member")

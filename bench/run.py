@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -85,6 +86,9 @@ def load(bootstrap: str, topic: str, partitions: int, keys: list[bytes], values:
 
 def pure_core(keys: list[bytes], values: list[bytes], partitions: int, batch: int = 5000) -> dict[str, Any]:
     """The worker's CPU work without Kafka: CustomerProcessor.process over the events."""
+    from agents.app import tune_gc
+
+    tune_gc()
     from agents.app import KeyPartitioner, topic_names
     from agents.clock import EventClock
     from agents.processor import CustomerProcessor
@@ -189,6 +193,7 @@ def worker_e2e(
         "PATRONAGE_DATA_DIR": str(run_dir / "worker-data"),
         "PATRONAGE_INSTANCE_ID": "bench-worker",
         "PATRONAGE_LOG_LEVEL": "warn",
+        "PATRONAGE_EMPTY_FETCH_BACKOFF_MS": os.environ.get("PATRONAGE_EMPTY_FETCH_BACKOFF_MS", "5"),
     }
     svc = Service("bench-worker", run_dir / "worker.pid", run_dir / "worker.log")
     proc = svc.start([str(BIN / "patronage"), "worker"], env=env)

@@ -27,15 +27,21 @@ class IdMemory:
 
     __slots__ = ("ids", "ts")
 
+    _EMPTY: tuple[int, ...] = ()
+
     def __init__(self) -> None:
-        self.ids: array[int] = array("Q")
-        self.ts: array[int] = array("q")
+        # arrays are created on the first insert (most customers never use one of the two)
+        self.ids: array[int] | tuple[int, ...] = IdMemory._EMPTY
+        self.ts: array[int] | tuple[int, ...] = IdMemory._EMPTY
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def encode(self) -> str:
+        if not self.ids:
+            return ""
         ids, ts = self.ids, self.ts
+        assert isinstance(ids, array) and isinstance(ts, array)
         if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
             ids, ts = array("Q", ids), array("q", ts)
             ids.byteswap()
@@ -49,15 +55,17 @@ class IdMemory:
             raise ValueError("corrupt id memory (length not a multiple of 16)")
         half = len(raw) // 2
         mem = cls()
-        mem.ids.frombytes(raw[:half])
-        mem.ts.frombytes(raw[half:])
+        if not raw:
+            return mem
+        mem.ids = array("Q", raw[:half])
+        mem.ts = array("q", raw[half:])
         if sys.byteorder != "little":  # pragma: no cover
             mem.ids.byteswap()
             mem.ts.byteswap()
         return mem
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, IdMemory) and self.ids == other.ids and self.ts == other.ts
+        return isinstance(other, IdMemory) and list(self.ids) == list(other.ids) and list(self.ts) == list(other.ts)
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -10,6 +10,7 @@ older than everything remembered is then applied and reported as ``NEW_BEYOND_HO
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from enum import Enum
 from hashlib import blake2b
@@ -37,9 +38,14 @@ def contains(mem: IdMemory, h: int) -> bool:
 def remember(mem: IdMemory, h: int, ts_ms: int, cap: int) -> Seen:
     """Record id hash ``h`` seen at event time ``ts_ms`` unless already present."""
     ids = mem.ids
+    if not ids:
+        mem.ids = array("Q", (h,))
+        mem.ts = array("q", (ts_ms,))
+        return Seen.NEW
     i = bisect_left(ids, h)
     if i < len(ids) and ids[i] == h:
         return Seen.DUPLICATE
+    assert isinstance(ids, array) and isinstance(mem.ts, array)
     ids.insert(i, h)
     mem.ts.insert(i, ts_ms)
     if len(ids) > cap:
@@ -61,5 +67,5 @@ def union(mem: IdMemory, other: IdMemory, cap: int) -> None:
     if len(pairs) > cap:
         keep = sorted(pairs.items(), key=lambda kv: kv[1])[-cap:]
         pairs = dict(keep)
-    mem.ids = type(mem.ids)("Q", sorted(pairs))
-    mem.ts = type(mem.ts)("q", (pairs[h] for h in mem.ids))
+    mem.ids = array("Q", sorted(pairs))
+    mem.ts = array("q", (pairs[h] for h in mem.ids))

@@ -3,16 +3,14 @@
 Scores are ranks, not fixed thresholds: a customer's F score is 1 + 5 x (share of buyers
 with strictly lower frequency), likewise M (spend) and R (last purchase day: more recent
 ranks higher). Ties share a score. Only customers with at least one purchase take part.
-Recency (a day) and frequency (a count) take few distinct values, so they are kept as
-value -> count histograms (O(1) update, rank = sum over smaller values); spend uses a
-sorted list (O(log n)). Scores are always current.
+Each dimension is a value -> count histogram: O(1) per update on the hot path. Reading a
+score builds (once per change of the population) a table of "how many buyers are below
+each value", so scores are always computed against the current population.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from sortedcontainers import SortedList
 
 from schemas.state import CustomerState
 from schemas.timestamps import DAY_MS
@@ -60,15 +58,14 @@ def _cumulative(hist: dict[int, int]) -> dict[int, int]:
 class Population:
     """Rank index over the buyers this process holds (keyed by subject id)."""
 
-    __slots__ = ("_below", "_by_subject", "_frequency", "_monetary", "_recency")
+    __slots__ = ("_below", "_by_subject", "_hists")
 
     def __init__(self) -> None:
         self._by_subject: dict[str, tuple[int, int, int]] = {}
-        self._recency: dict[int, int] = {}
-        self._frequency: dict[int, int] = {}
-        self._monetary: SortedList = SortedList()
+        # recency (last purchase day), frequency, monetary (cents): value -> buyers
+        self._hists: tuple[dict[int, int], dict[int, int], dict[int, int]] = ({}, {}, {})
         # cached "how many buyers have a smaller value" tables, dropped on every change
-        self._below: tuple[dict[int, int], dict[int, int]] | None = None
+        self._below: list[dict[int, int] | None] = [None, None, None]
 
     def __len__(self) -> int:
         return len(self._by_subject)
@@ -79,30 +76,27 @@ class Population:
         old = self._by_subject.get(subject)
         if old == new:
             return
-        self._below = None
+        self._below = [None, None, None]
+        hists = self._hists
         if old is not None:
-            _dec(self._recency, old[0])
-            _dec(self._frequency, old[1])
-            self._monetary.remove(old[2])
+            for hist, value in zip(hists, old, strict=True):
+                _dec(hist, value)
             del self._by_subject[subject]
         if new is not None:
-            r, f = self._recency, self._frequency
-            r[new[0]] = r.get(new[0], 0) + 1
-            f[new[1]] = f.get(new[1], 0) + 1
-            self._monetary.add(new[2])
+            for hist, value in zip(hists, new, strict=True):
+                hist[value] = hist.get(value, 0) + 1
             self._by_subject[subject] = new
 
     def clear(self) -> None:
         self.__init__()  # type: ignore[misc]
 
     def _count_below(self, which: int, value: int) -> int:
-        if self._below is None:
-            self._below = (_cumulative(self._recency), _cumulative(self._frequency))
         table = self._below[which]
+        if table is None:
+            table = self._below[which] = _cumulative(self._hists[which])
         below = table.get(value)
         if below is None:  # a value nobody holds (customer not indexed yet)
-            hist = self._recency if which == 0 else self._frequency
-            below = sum(k for v, k in hist.items() if v < value)
+            below = sum(k for v, k in self._hists[which].items() if v < value)
         return below
 
     def scores(self, state: CustomerState) -> RfmScores | None:
@@ -116,5 +110,5 @@ class Population:
         return RfmScores(
             r=quintile_score(self._count_below(0, c[0]), n),
             f=quintile_score(self._count_below(1, c[1]), n),
-            m=quintile_score(self._monetary.bisect_left(c[2]), n),
+            m=quintile_score(self._count_below(2, c[2]), n),
         )

@@ -43,9 +43,8 @@ def apply_purchase(
         else:
             bucket[0] += 1
             bucket[1] += amount_cents
-    if newest_moved:
-        stale = [d for d in state.days if d <= horizon]
-        for d in stale:
+    if newest_moved and len(state.days) > 1 and min(state.days) <= horizon:
+        for d in [d for d in state.days if d <= horizon]:
             del state.days[d]
     return seen
 
