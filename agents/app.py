@@ -166,6 +166,8 @@ def create_app(
         table_standby_replicas=0,
         broker_commit_interval=1.0,
         broker_max_poll_records=settings.batch_max_records,
+        # bigger fetches -> bigger batches -> fewer changelog writes per event (coalescing)
+        consumer_max_fetch_size=4 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=True,
         web_enabled=True,

@@ -17,6 +17,7 @@ and internal identity records, all co-partitioned by subject id):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -41,6 +42,7 @@ from streams.population import Population
 
 log = logging.getLogger(__name__)
 
+CHUNK = 5000  # records processed between two yields to the event loop
 PURCHASES = "purchases"
 TOUCHPOINTS = "touchpoints"
 CUSTOMER_UPDATES = "customer-updates"
@@ -115,9 +117,20 @@ class CustomerProcessor:
 
     # --- the async shell --------------------------------------------------------------------
     async def handle(self, partition: int, records: Sequence[RecordLike]) -> BatchStats:
-        """Process one partition's records; returns once outputs and state are durable."""
+        """Process one partition's records; returns once outputs and state are durable.
+
+        Large batches are processed in chunks with a yield to the event loop in between
+        (HTTP endpoints stay responsive), but outputs and the coalesced changelog are
+        written once for the whole batch.
+        """
         started = time.perf_counter()
-        emits, changed, stats = self.process(partition, records)
+        emits: list[OutRecord] = []
+        changed: dict[str, CustomerState | None] = {}
+        stats = BatchStats(records=len(records))
+        for i in range(0, len(records), CHUNK):
+            if i:
+                await asyncio.sleep(0)
+            self._process_into(partition, records[i : i + CHUNK], emits, changed, stats)
         if emits:
             await self.sink.send(emits)
         if changed:
@@ -137,13 +150,26 @@ class CustomerProcessor:
     def process(
         self, partition: int, records: Sequence[RecordLike]
     ) -> tuple[list[OutRecord], dict[str, CustomerState | None], BatchStats]:
+        """Apply ``records`` to the in-memory state; return (emits, changed states, stats)."""
         stats = BatchStats(records=len(records))
         emits: list[OutRecord] = []
         changed: dict[str, CustomerState | None] = {}
+        self._process_into(partition, records, emits, changed, stats)
+        return emits, changed, stats
+
+    def _process_into(
+        self,
+        partition: int,
+        records: Sequence[RecordLike],
+        emits: list[OutRecord],
+        changed: dict[str, CustomerState | None],
+        stats: BatchStats,
+    ) -> None:
+        touched: dict[str, CustomerState | None] = {}
         for record in records:
             topic = self._logical.get(record.topic, record.topic)
             try:
-                outcome = self._one(partition, topic, record, emits, changed, stats)
+                outcome = self._one(partition, topic, record, emits, touched, stats)
             except InvalidRecord as exc:
                 outcome = "dead_letter"
                 emits.append(self._dead_letter(record, exc.stage, exc.reason))
@@ -155,9 +181,9 @@ class CustomerProcessor:
                 stats.dead_letters[(topic, "process")] += 1
             stats.outcomes[(topic, outcome)] += 1
         update = self.population.update
-        for subject, state in changed.items():  # rank index: once per customer per batch
+        for subject, state in touched.items():  # rank index: once per customer per chunk
             update(subject, state)
-        return emits, changed, stats
+        changed.update(touched)
 
     def _one(
         self,

@@ -38,7 +38,10 @@ class Settings(BaseSettings):
     )
     currency: str = Field("EUR", pattern=r"^[A-Z]{3}$", description="currency of purchase amounts")
     batch_max_records: int = Field(
-        20_000, ge=1, description="max records one fetch hands to the batch processor"
+        50_000,
+        ge=1,
+        description="max records one fetch hands to the batch processor (only reached under backlog; "
+        "bigger batches coalesce more changelog writes)",
     )
     fast_path: bool = Field(
         True, description="process input partitions in batches inside the consumer (see README)"
