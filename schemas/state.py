@@ -65,7 +65,11 @@ class IdMemory:
         return mem
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, IdMemory) and list(self.ids) == list(other.ids) and list(self.ts) == list(other.ts)
+        return (
+            isinstance(other, IdMemory)
+            and list(self.ids) == list(other.ids)
+            and list(self.ts) == list(other.ts)
+        )
 
     __hash__ = None  # type: ignore[assignment]
 

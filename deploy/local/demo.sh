@@ -32,7 +32,7 @@ $PAT wait --timeout 240
 echo "== 5/5 results"
 $PAT tail lifecycle-changes --limit 12
 $PAT summary
-first=$(head -c 400 "$DATA/purchases.jsonl" | sed -E 's/.*"customer_id":"([^"]+)".*/\1/')
-echo "profile of $first:"
-$PAT profile "$first" --json | head -40
+who=$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["lapsing_loyalists"][0])' "$DATA/labels.json")
+echo "profile of $who (a loyal customer who has gone quiet, per labels.json):"
+$PAT profile "$who"
 echo "demo finished; stopping the stack"
