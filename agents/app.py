@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -254,6 +255,26 @@ def create_app(
         async for events in stream.take_events(1000, within=0.1):
             await stock.handle([e.message for e in events])
 
+    @app.timer(interval=5.0)
+    async def observe_lag() -> None:
+        """Consumer lag per input topic (records fetched-but-unprocessed or not yet fetched)."""
+        consumer = app.consumer
+        lag: dict[str, int] = {}
+        for tp in consumer.assignment():
+            if tp.topic == names["changelog"] or "__assignor" in tp.topic:
+                continue
+            high = consumer.highwater(tp)
+            read = consumer._read_offset.get(tp)
+            if high is None or high < 0:
+                continue
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - ((read + 1) if read is not None else 0))
+        for name in (*(names[t] for t in INPUT_TOPICS), names[IDENTITY]):
+            metrics.consumer_lag.labels(name).set(lag.get(name, 0))
+        if clock.name == "event":
+            metrics.event_clock_lag.set(max(0.0, time.time() - clock.now_ms() / 1000))
+
+    for name in (*CUSTOMER_INPUTS, "stock-arrivals"):  # series exist from the start (alerts)
+        metrics.events.labels(name, "applied").inc(0)
     _register_web(app, runtime, table)
     return app
 
