@@ -59,9 +59,20 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def ensure_all_topics(settings: Settings) -> dict[str, int]:
+    """Create missing topics (changelog compacted), check co-partitioning; exit 2 on trouble."""
+    from agents.admin import AdminError, ensure_topics
+
+    every, co = all_topics(settings)
+    try:
+        return ensure_topics(settings, every, co_partitioned=co, compacted=co[-1:])
+    except AdminError as exc:
+        fail(str(exc), 2)
+        raise AssertionError from None
+
+
 def all_topics(settings: Settings) -> tuple[list[str], list[str]]:
-    """(every topic the worker needs, the co-partitioned customer inputs)."""
-    # The table changelog (the last of these) is created compacted by ensure_topics callers.
+    """(every topic the worker needs, the co-partitioned customer inputs; changelog last)."""
     from agents.app import INPUT_TOPICS, OUTPUT_TOPICS, topic_names
 
     names = topic_names(settings)
@@ -82,15 +93,10 @@ def worker() -> None:
     """
     from faust import Worker
 
-    from agents.admin import AdminError, ensure_topics
     from agents.app import create_app
 
     settings = load_settings()
-    every, co = all_topics(settings)
-    try:
-        ensure_topics(settings, every, co_partitioned=co, compacted=co[-1:])
-    except AdminError as exc:
-        fail(str(exc), 2)
+    ensure_all_topics(settings)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     faust_app = create_app(settings)
     level = {"warn": "warning"}.get(settings.log_level, settings.log_level)
@@ -120,16 +126,11 @@ def replay(
     JSON arrays/objects (e.g. items) are parsed. Lines that cannot be read, or lack the key
     field, go to the dead-letters topic with the reason and are counted in the summary.
     """
-    from agents.admin import AdminError, ensure_topics
     from agents.replay import count_lines
     from agents.replay import replay as do_replay
 
     settings = load_settings()
-    every, co = all_topics(settings)
-    try:
-        partitions = ensure_topics(settings, every, co_partitioned=co, compacted=co[-1:])
-    except AdminError as exc:
-        fail(str(exc), 2)
+    partitions = ensure_all_topics(settings)
     total = count_lines(file)
     with Progress(
         TextColumn(f"replay {file.name} → {topic.value}"),
@@ -402,14 +403,8 @@ def generate(
 @topics_app.command("create")
 def topics_create() -> None:
     """Create every topic patronage uses (inputs, outputs, internal) if missing."""
-    from agents.admin import AdminError, ensure_topics
-
     settings = load_settings()
-    every, co = all_topics(settings)
-    try:
-        counts = ensure_topics(settings, every, co_partitioned=co, compacted=co[-1:])
-    except AdminError as exc:
-        fail(str(exc), 2)
+    counts = ensure_all_topics(settings)
     for name, n in counts.items():
         out.print(f"{name}: {n} partitions")
 

@@ -30,12 +30,10 @@ from pydantic import ValidationError
 
 from agents.clock import Clock
 from agents.metrics import Metrics
-from agents.sink import OutRecord, Sink
+from agents.sink import OutRecord, Sink, dead_letter
 from schemas.events import CustomerUpdate, Purchase, Touchpoint, describe_validation_error
 from schemas.fast import fast_purchase, fast_touchpoint
-from schemas.outputs import dead_letter_record
 from schemas.state import CustomerState
-from schemas.timestamps import iso_utc
 from streams import customer as steps
 from streams.policy import Policy
 from streams.population import Population
@@ -324,20 +322,7 @@ class CustomerProcessor:
         )
 
     def _dead_letter(self, record: RecordLike, stage: str, reason: str) -> OutRecord:
-        topic = self.topics[steps.DEAD_LETTERS]
-        key = record.key
-        value = dead_letter_record(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=key,
-            value=record.value,
-            error=reason,
-            stage=stage,
-            at=iso_utc(int(time.time() * 1000)) or "",
-        )
-        partition = self.partition_for(topic, key.decode("utf-8", "replace")) if key else 0
-        return OutRecord(topic, partition, key, orjson.dumps(value))
+        return dead_letter(record, stage, reason, self.topics[steps.DEAD_LETTERS], self.partition_for)
 
     def _observe(self, stats: BatchStats, seconds: float) -> None:
         m = self.metrics

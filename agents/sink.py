@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+from schemas.outputs import dead_letter_record
+from schemas.timestamps import iso_utc
 
 
 class OutRecord(NamedTuple):
@@ -13,6 +19,25 @@ class OutRecord(NamedTuple):
     partition: int
     key: bytes | None
     value: bytes | None
+
+
+def dead_letter(
+    record: Any, stage: str, reason: str, topic: str, partition_for: Callable[[str, str], int]
+) -> OutRecord:
+    """The dead-letter record for an input record (original bytes, where it came from, why)."""
+    key = record.key
+    value = dead_letter_record(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=key,
+        value=record.value,
+        error=reason,
+        stage=stage,
+        at=iso_utc(int(time.time() * 1000)) or "",
+    )
+    partition = partition_for(topic, key.decode("utf-8", "replace")) if key else 0
+    return OutRecord(topic, partition, key, orjson.dumps(value))
 
 
 class Sink(Protocol):

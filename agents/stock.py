@@ -3,7 +3,6 @@ issue. Invalid records go to dead-letters like every other input."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,10 +10,8 @@ import orjson
 from pydantic import ValidationError
 
 from agents.metrics import Metrics
-from agents.sink import OutRecord, Sink
+from agents.sink import OutRecord, Sink, dead_letter
 from schemas.events import StockArrival, describe_validation_error
-from schemas.outputs import dead_letter_record
-from schemas.timestamps import iso_utc
 
 
 class StockProcessor:
@@ -54,20 +51,9 @@ class StockProcessor:
             event, stage, reason = self.validate(record)
             if event is None:
                 assert stage is not None and reason is not None
-                dl_topic = self.topics["dead-letters"]
-                key = record.key
-                value = dead_letter_record(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    key=key,
-                    value=record.value,
-                    error=reason,
-                    stage=stage,
-                    at=iso_utc(int(time.time() * 1000)) or "",
+                dead.append(
+                    dead_letter(record, stage, reason, self.topics["dead-letters"], self.partition_for)
                 )
-                partition = self.partition_for(dl_topic, key.decode("utf-8", "replace")) if key else 0
-                dead.append(OutRecord(dl_topic, partition, key, orjson.dumps(value)))
                 if self.metrics is not None:
                     self.metrics.dead_letters.labels(topic, stage).inc()
                     self.metrics.events.labels(topic, "dead_letter").inc()
