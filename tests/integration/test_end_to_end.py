@@ -58,7 +58,10 @@ def check_customer(doc: dict[str, Any], e: oracle.Expected, scores: dict[str, tu
         assert doc["rfm"] is None, cid
 
 
-def test_replay_with_duplicates_shuffle_and_garbage_gives_exact_state(cluster: Cluster) -> None:
+@pytest.mark.parametrize("fast_path", ["true", "false"], ids=["batch-dispatch", "faust-agent"])
+def test_replay_with_duplicates_shuffle_and_garbage_gives_exact_state(
+    cluster: Cluster, fast_path: str
+) -> None:
     data = generate(250, seed=11)
     rnd = random.Random(11)
     purchases = garble(data.purchases, rnd, 0.15)
@@ -66,7 +69,14 @@ def test_replay_with_duplicates_shuffle_and_garbage_gives_exact_state(cluster: C
     updates = garble(data.customer_updates, rnd, 0.1)
     assert len(data.purchases) + len(data.touchpoints) > 2000, "want a few thousand events"
 
-    cluster.start_worker()
+    cluster.start_worker(PATRONAGE_FAST_PATH=fast_path)
+    csv = cluster.tmp / "extra.csv"
+    csv.write_text(
+        "event_id,customer_id,ts,amount,currency,items\n"
+        'x1,csv-1,2026-10-30T10:00:00+01:00,19.99,EUR,"[{""sku"":""w"",""category"":""wine"",""qty"":1,""price"":19.99}]"\n'
+        "x2,csv-1,1793000000000,5,EUR,\n"
+    )
+    cluster.replay(csv, "purchases")
     cluster.replay(cluster.write("updates.jsonl", updates), "customer-updates")
     cluster.replay(cluster.write("touchpoints.jsonl", touches), "touchpoints")
     out = cluster.replay(cluster.write("purchases.jsonl", [*purchases, *GARBAGE]), "purchases")
@@ -74,7 +84,17 @@ def test_replay_with_duplicates_shuffle_and_garbage_gives_exact_state(cluster: C
     cluster.replay(cluster.write("stock.jsonl", data.stock_arrivals), "stock-arrivals")
     cluster.wait()
 
-    expected = oracle.compute(data.purchases, data.touchpoints, data.customer_updates)
+    csv_rows = [
+        {
+            "event_id": "x1",
+            "customer_id": "csv-1",
+            "ts": "2026-10-30T10:00:00+01:00",
+            "amount": "19.99",
+            "currency": "EUR",
+        },
+        {"event_id": "x2", "customer_id": "csv-1", "ts": 1793000000000, "amount": 5, "currency": "EUR"},
+    ]
+    expected = oracle.compute([*data.purchases, *csv_rows], data.touchpoints, data.customer_updates)
     scores = oracle.rfm_scores(expected)
     assert len(expected) >= 250
     for cid, e in expected.items():
@@ -83,6 +103,10 @@ def test_replay_with_duplicates_shuffle_and_garbage_gives_exact_state(cluster: C
         check_customer(doc, e, scores)
     assert cluster.profile("c-bad") is None
     assert cluster.profile("never-seen") is None
+    cli = cluster.run("profile", "never-seen", "--url", cluster.url(), check=False)
+    assert cli.returncode == 1 and "unknown customer 'never-seen'" in cli.stderr
+    from_csv = cluster.profile("csv-1")
+    assert from_csv is not None and from_csv["frequency"] == 2 and from_csv["monetary"] == 24.99
 
     dead = cluster.read_topic("dead-letters")
     errors = sorted(d["error"] for d in dead)

@@ -10,7 +10,11 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def test_every_setting_is_documented() -> None:
-    missing = [f"PATRONAGE_{name.upper()}" for name in Settings.model_fields if f"PATRONAGE_{name.upper()}" not in README]
+    missing = [
+        f"PATRONAGE_{name.upper()}"
+        for name in Settings.model_fields
+        if f"PATRONAGE_{name.upper()}" not in README
+    ]
     assert not missing, f"add to README's configuration table: {missing}"
 
 

@@ -1,0 +1,45 @@
+"""Reading replay files (no broker): JSONL and CSV, and what counts as unreadable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agents.replay import KEY_FIELDS, _key_of, detect_format, read_lines
+
+
+def test_jsonl_lines_parse_and_bad_lines_say_why(tmp_path: Path) -> None:
+    f = tmp_path / "p.jsonl"
+    f.write_bytes(b'{"event_id":"p1","customer_id":"c1"}\n\n[1,2]\n{oops\n')
+    rows = list(read_lines(f, "jsonl"))
+    assert [(n, obj is not None) for n, _, obj, _ in rows] == [(1, True), (3, False), (4, False)]
+    assert "expected a JSON object, got list" in rows[1][3]
+    assert rows[2][3].startswith("line 4: invalid JSON")
+    assert rows[2][1] == b"{oops"  # the original bytes travel to the dead letter
+
+
+def test_csv_rows_become_events_with_json_cells(tmp_path: Path) -> None:
+    f = tmp_path / "p.csv"
+    f.write_text(
+        "event_id,customer_id,ts,amount,currency,items,store_id\n"
+        'p1,c1,2026-11-01T10:00:00Z,12.50,EUR,"[{""sku"":""a"",""category"":""beer"",""qty"":1,""price"":12.5}]",\n'
+        "p2,c2,1793523600000,3,EUR,,s1,extra\n"
+    )
+    rows = list(read_lines(f, detect_format(f, None)))
+    first = rows[0][2]
+    assert first == {
+        "event_id": "p1",
+        "customer_id": "c1",
+        "ts": "2026-11-01T10:00:00Z",
+        "amount": "12.50",
+        "currency": "EUR",
+        "items": [{"sku": "a", "category": "beer", "qty": 1, "price": 12.5}],
+    }
+    assert rows[1][2] is None and "more cells than header columns" in rows[1][3]
+
+
+def test_keys_follow_the_contract() -> None:
+    assert _key_of({"customer_id": "c1", "anonymous_id": "a"}, KEY_FIELDS["touchpoints"]) == "c1"
+    assert _key_of({"anonymous_id": "a"}, KEY_FIELDS["touchpoints"]) == "a"
+    assert _key_of({"category": "beer"}, KEY_FIELDS["stock-arrivals"]) == "beer"
+    assert _key_of({"customer_id": 42}, KEY_FIELDS["purchases"]) == "42"
+    assert _key_of({}, KEY_FIELDS["purchases"]) is None
