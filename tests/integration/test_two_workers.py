@@ -23,7 +23,9 @@ def test_two_workers_share_partitions_and_route_profile_requests(cluster: Cluste
     assert all(s["customers"] > 0 for s in summaries), "both workers should own some partitions"
     expected = oracle.compute(data.purchases, data.touchpoints)
     assert sum(s["totals"]["purchases"] for s in summaries) == sum(e.frequency for e in expected.values())
-    assert sum(s["totals"]["monetary_cents"] for s in summaries) == sum(e.monetary_cents for e in expected.values())
+    assert sum(s["totals"]["monetary_cents"] for s in summaries) == sum(
+        e.monetary_cents for e in expected.values()
+    )
     for cid, e in list(expected.items())[:60]:
         a, b = cluster.profile(cid, 0), cluster.profile(cid, 1)
         assert a is not None and b is not None, cid
