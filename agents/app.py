@@ -111,8 +111,20 @@ class Runtime:
         gc.freeze()
         self.recoveries += 1
         self.ready = True
-        self.metrics.customers.labels("known").set(sum(1 for s in self.store.values() if not s.anonymous))
+        self.set_customer_gauges()
         log.info("customers table ready: %d subjects, %d buyers", len(self.store), len(self.population))
+
+    def set_customer_gauges(self) -> None:
+        """``patronage_customers{kind}``: known and anonymous subjects (merged ids excluded)."""
+        known = anonymous = 0
+        for s in self.store.values():
+            if s.merged_into is None:
+                if s.anonymous:
+                    anonymous += 1
+                else:
+                    known += 1
+        self.metrics.customers.labels("known").set(known)
+        self.metrics.customers.labels("anonymous").set(anonymous)
 
     def profile(self, customer_id: str) -> dict[str, Any] | None:
         state = self.store.get(customer_id)
@@ -289,12 +301,7 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
     @app.page("/metrics/")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
-            runtime.metrics.customers.labels("known").set(
-                sum(1 for s in runtime.store.values() if not s.anonymous and s.merged_into is None)
-            )
-            runtime.metrics.customers.labels("anonymous").set(
-                sum(1 for s in runtime.store.values() if s.anonymous and s.merged_into is None)
-            )
+            runtime.set_customer_gauges()
             body = generate_latest(runtime.metrics.registry)
             return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 

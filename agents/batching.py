@@ -125,7 +125,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                             self._unacked_messages.discard(marker)
                     for tp, recs in parts:
                         await self._track_gap(tp, get_read_offset(tp), recs[0].offset, acks_enabled_for)
-                        self._ack_offsets(tp, self._offsets_with_gaps(recs))
+                        self._ack_offsets(tp, [r.offset for r in recs])
                         await self._fill_gaps(tp, recs, acks_enabled_for)
                         set_read_offset(tp, recs[-1].offset)
                     if commit_every is not None and self._n_acked >= commit_every:
@@ -140,10 +140,6 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
-
-    @staticmethod
-    def _offsets_with_gaps(recs: Sequence[Any]) -> list[int]:
-        return [r.offset for r in recs]
 
     async def _track_gap(self, tp: TP, r_offset: int | None, offset: int, acks_enabled_for: Callable) -> None:
         if r_offset is not None and offset - r_offset > 1 and acks_enabled_for(tp.topic):

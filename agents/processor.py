@@ -75,7 +75,21 @@ class InvalidRecord(Exception):
         self.reason = reason
 
 
-def _validate(model: Any, obj: dict[str, Any]) -> Any:
+def decode_object(raw: bytes | None) -> dict[str, Any]:
+    """An input record's value as a JSON object, or InvalidRecord("decode", why)."""
+    if raw is None:
+        raise InvalidRecord("decode", "empty value (tombstone) on an input topic")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecord("decode", f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidRecord("decode", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def validate_model(model: Any, obj: dict[str, Any]) -> Any:
+    """``model.model_validate(obj)``, or InvalidRecord("validate", field-named reason)."""
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
@@ -192,15 +206,7 @@ class CustomerProcessor:
         changed: dict[str, CustomerState | None],
         stats: BatchStats,
     ) -> str:
-        raw = record.value
-        if raw is None:
-            raise InvalidRecord("decode", "empty value (tombstone) on an input topic")
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRecord("decode", f"invalid JSON: {exc}") from None
-        if not isinstance(obj, dict):
-            raise InvalidRecord("decode", f"expected a JSON object, got {type(obj).__name__}")
+        obj = decode_object(record.value)
         if topic == IDENTITY:
             return self._identity(partition, obj, emits, changed, stats)
         return self._input(partition, topic, obj, emits, changed, stats)
@@ -216,13 +222,13 @@ class CustomerProcessor:
     ) -> str:
         ev: Any
         if topic == PURCHASES:
-            ev = fast_purchase(obj) or _validate(Purchase, obj)
+            ev = fast_purchase(obj) or validate_model(Purchase, obj)
             apply: Any = steps.on_purchase
         elif topic == TOUCHPOINTS:
-            ev = fast_touchpoint(obj) or _validate(Touchpoint, obj)
+            ev = fast_touchpoint(obj) or validate_model(Touchpoint, obj)
             apply = steps.on_touchpoint
         elif topic == CUSTOMER_UPDATES:
-            ev = _validate(CustomerUpdate, obj)
+            ev = validate_model(CustomerUpdate, obj)
             apply = steps.on_customer_update
         else:
             raise InvalidRecord("process", f"topic {topic!r} is not a customer input")

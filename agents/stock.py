@@ -6,12 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
-from pydantic import ValidationError
-
 from agents.metrics import Metrics
+from agents.processor import InvalidRecord, decode_object, validate_model
 from agents.sink import OutRecord, Sink, dead_letter
-from schemas.events import StockArrival, describe_validation_error
+from schemas.events import StockArrival
 
 
 class StockProcessor:
@@ -31,18 +29,10 @@ class StockProcessor:
 
     def validate(self, record: Any) -> tuple[StockArrival | None, str | None, str | None]:
         """Return (event, None, None) or (None, stage, reason)."""
-        if record.value is None:
-            return None, "decode", "empty value (tombstone) on an input topic"
         try:
-            obj = orjson.loads(record.value)
-        except orjson.JSONDecodeError as exc:
-            return None, "decode", f"invalid JSON: {exc}"
-        if not isinstance(obj, dict):
-            return None, "decode", f"expected a JSON object, got {type(obj).__name__}"
-        try:
-            return StockArrival.model_validate(obj), None, None
-        except ValidationError as exc:
-            return None, "validate", describe_validation_error(exc)
+            return validate_model(StockArrival, decode_object(record.value)), None, None
+        except InvalidRecord as exc:
+            return None, exc.stage, exc.reason
 
     async def handle(self, records: Sequence[Any]) -> None:
         dead: list[OutRecord] = []

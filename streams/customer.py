@@ -1,7 +1,7 @@
 """One step of the customer state machine: ``f(state, event) -> Step(state, emits)``.
 
 The caller (agents/processor.py) owns the state object; steps mutate it in place for speed
-and return what to store (``None`` deletes) plus the records to emit. All validation
+and return what to store plus the records to emit. All validation
 happens before any mutation, so a step either applies completely or not at all.
 
 Identity merge (anonymous visitor -> known customer), across partitions:
@@ -55,7 +55,6 @@ class Step:
     outcome: str  # applied | duplicate | redirected | ignored_erased | merged | linked | ...
     emits: list[Emit] = field(default_factory=list)
     beyond_horizon: bool = False
-    delete: bool = False
 
 
 def _new_state(subject: str, anonymous: bool) -> CustomerState:
@@ -78,15 +77,41 @@ def restage(
     before = state.stage
     state.stage = stage
     state.stage_since_ms = ts_ms
+    return lifecycle_change(
+        state.subject,
+        state.anonymous,
+        before,
+        stage,
+        event_id=event_id,
+        topic=topic,
+        cause_type=cause_type,
+        rule=rule,
+        ts_ms=ts_ms,
+    )
+
+
+def lifecycle_change(
+    subject: str,
+    anonymous: bool,
+    before: str,
+    after: str,
+    *,
+    event_id: str,
+    topic: str,
+    cause_type: str,
+    rule: str,
+    ts_ms: int,
+) -> Emit:
+    """The ``lifecycle-changes`` record; its id is derived from the transition and its cause."""
     return Emit(
         LIFECYCLE,
-        state.subject,
+        subject,
         {
-            "change_id": deterministic_id("lifecycle", state.subject, before, stage, event_id),
-            "customer_id": state.subject,
-            "anonymous": state.anonymous,
+            "change_id": deterministic_id("lifecycle", subject, before, after, event_id),
+            "customer_id": subject,
+            "anonymous": anonymous,
             "from_stage": before,
-            "to_stage": stage,
+            "to_stage": after,
             "ts": iso_utc(ts_ms),
             "cause": {"event_id": event_id, "topic": topic, "type": cause_type, "rule": rule},
         },
@@ -194,25 +219,16 @@ def on_customer_update(state: CustomerState | None, ev: CustomerUpdate, policy: 
         step = Step(tomb, "erased")
         if state is not None and state.stage != "stranger":
             step.emits.append(
-                Emit(
-                    LIFECYCLE,
+                lifecycle_change(
                     ev.customer_id,
-                    {
-                        "change_id": deterministic_id(
-                            "lifecycle", ev.customer_id, state.stage, "stranger", ev.event_id
-                        ),
-                        "customer_id": ev.customer_id,
-                        "anonymous": False,
-                        "from_stage": state.stage,
-                        "to_stage": "stranger",
-                        "ts": iso_utc(ev.ts),
-                        "cause": {
-                            "event_id": ev.event_id,
-                            "topic": "customer-updates",
-                            "type": "erase",
-                            "rule": "erasure requested",
-                        },
-                    },
+                    False,
+                    state.stage,
+                    "stranger",
+                    event_id=ev.event_id,
+                    topic="customer-updates",
+                    cause_type="erase",
+                    rule="erasure requested",
+                    ts_ms=ev.ts,
                 )
             )
         return step
