@@ -31,9 +31,12 @@ DAY_MS = 86_400_000
 UNIT_DAYS: dict[str, int] = {"days": 1, "weeks": 7}
 
 MIN_CUSTOMERS = 10
-# Bounds on the log-parameters while fitting: exp(+-20) is 2e-9 .. 5e8, far beyond any
-# estimate that makes sense; a solution on a bound is reported as not converged.
+# Bounds on the log-parameters while fitting: exp(+-20) is 2e-9 .. 5e8.
 _LOG_BOUND = 20.0
+# A fitted parameter outside this range is a boundary solution of the likelihood (no sign of
+# dropout: a -> 0 and b -> inf; no heterogeneity in rates: r, alpha -> inf together), not an
+# estimate: such fits are reported as not converged.
+_PARAM_RANGE = (1e-6, 1e6)
 # Below this distance from a = 1 the closed form of expected_purchases is 0/0 (see there).
 _A_NEAR_ONE = 1e-4
 # Largest gradient (of the mean log-likelihood in log-parameters) taken as stationary.
@@ -263,8 +266,13 @@ def fit(
     Minimises the mean negative log-likelihood over log-parameters (so every parameter stays
     positive) with L-BFGS-B and the analytic gradient, on the distinct ``(x, t_x, T)`` rows
     weighted by their counts. Starts from ``initial`` if given, else from two data-scaled
-    guesses, and keeps the best. ``converged`` is False if the optimiser stopped early or a
-    parameter ran to its bound (e.g. ``b -> inf`` when the data show no sign of dropout).
+    guesses, and keeps the best.
+
+    ``converged`` is False if the optimiser did not reach a stationary point, or if a
+    parameter ended outside [1e-6, 1e6]: the likelihood's maximum is then on the edge of the
+    parameter space (the data show no sign of dropout, ``a -> 0`` and ``b -> inf``; or no
+    heterogeneity in purchase rates, ``r`` and ``alpha -> inf`` with ``r/alpha`` fixed), and
+    the numbers returned are where the optimiser stopped on a flat ridge, not estimates.
 
     Raises ValueError for malformed input, fewer than 10 customers, or no repeat purchase.
     """
@@ -309,7 +317,8 @@ def fit(
         raise ValueError("BG/NBD fit failed: the likelihood was not finite at any start")
     theta = np.exp(best.x)
     params = BgNbdParams(float(theta[0]), float(theta[1]), float(theta[2]), float(theta[3]))
-    at_bound = bool((np.abs(best.x) > _LOG_BOUND - 1e-6).any())
+    lo, hi = _PARAM_RANGE
+    on_edge = bool(((theta < lo) | (theta > hi)).any())
     # L-BFGS-B's line search can give up ("ABNORMAL") at the optimum when the mean
     # log-likelihood no longer changes in double precision; a vanishing gradient still counts.
     stationary = bool(best.success) or float(np.abs(best.jac).max()) < _GRAD_TOL
@@ -317,7 +326,7 @@ def fit(
         params=params,
         log_likelihood=-float(best.fun) * total,
         customers=n,
-        converged=stationary and not at_bound,
+        converged=stationary and not on_edge,
         iterations=int(best.nit),
     )
 

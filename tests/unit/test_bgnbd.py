@@ -449,6 +449,16 @@ def test_fit_rejects_what_it_cannot_fit() -> None:
         fit([1] * 20, [1.0] * 19, [4.0] * 20)
 
 
+def test_fit_without_dropout_in_the_data_is_not_converged() -> None:
+    """Nobody ever drops out (an NBD): the likelihood keeps rising as a -> 0, b -> inf, so there
+    is no interior maximum; the fit must say so rather than present the numbers as estimates."""
+    x, t_x, T = simulate(BgNbdParams(0.5, 5.0, 1e-4, 1e4), 5000, 52.0, seed=4)
+    result = fit(x, t_x, T)
+    assert not result.converged
+    assert result.params.a / (result.params.a + result.params.b) < 1e-6
+    assert result.params.r == pytest.approx(0.5, rel=0.1)  # the purchase side is still estimated
+
+
 def test_fit_weights_identical_rows() -> None:
     """Identical customers are fitted once, weighted: twice the data, same estimates, twice the LL."""
     x, t_x, T = simulate(PUBLISHED, 3000, 52.0, seed=5)
