@@ -11,26 +11,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from aiokafka.partitioner import murmur2
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.batching import BatchingTransport
-from agents.clock import Clock, make_clock
+from agents.clock import make_clock
 from agents.metrics import Metrics
-from agents.processor import CUSTOMER_INPUTS, IDENTITY, CustomerProcessor
+from agents.model import ModelLoader
+from agents.processor import CustomerProcessor
 from agents.settings import Settings
 from agents.sink import KafkaSink, Sink
 from agents.stock import StockProcessor
 from schemas.state import CustomerState
+from schemas.topics import CUSTOMER_PROCESSOR_INPUTS, INPUTS, Topic, TopicNames
+from streams.clock import Clock
+from streams.partitioning import KeyPartitioner
+from streams.pipeline import CustomerPipeline
 from streams.policy import Policy
-from streams.population import Population
-from streams.profile import build_profile, summarize
+from streams.profile import build_profile, churn_summary_rows, summarize
 
 log = logging.getLogger(__name__)
 
-OUTPUT_TOPICS = ("triggers", "lifecycle-changes", "dead-letters")
-INPUT_TOPICS = ("purchases", "touchpoints", "stock-arrivals", "customer-updates")
 TABLE_NAME = "customers"
 
 
@@ -41,23 +42,6 @@ def tune_gc() -> None:
     young-generation thresholds keep collection cost per event low; state has no reference
     cycles, so nothing accumulates."""
     gc.set_threshold(100_000, 50, 100)
-
-
-class KeyPartitioner:
-    """The Java client's / aiokafka's default partitioner (murmur2), with a hash cache."""
-
-    def __init__(self, partitions: dict[str, int], cache_size: int = 2_000_000) -> None:
-        self.partitions = partitions
-        self._hashes: dict[str, int] = {}
-        self._cache_size = cache_size
-
-    def __call__(self, topic: str, key: str) -> int:
-        h = self._hashes.get(key)
-        if h is None:
-            if len(self._hashes) >= self._cache_size:
-                self._hashes.clear()
-            h = self._hashes[key] = murmur2(key.encode()) & 0x7FFFFFFF
-        return h % self.partitions[topic]
 
 
 class CustomerTable(faust.Table):
@@ -79,7 +63,7 @@ class CustomerTable(faust.Table):
     async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
         if self.on_recovered is not None:
-            self.on_recovered()
+            await self.on_recovered()
 
 
 @dataclass
@@ -90,12 +74,12 @@ class Runtime:
     policy: Policy
     metrics: Metrics
     clock: Clock
-    population: Population
     partitioner: KeyPartitioner
     table: CustomerTable
+    pipeline: CustomerPipeline
     processor: CustomerProcessor
     stock: StockProcessor
-    topic_names: dict[str, str]
+    topics: TopicNames
     ready: bool = False
     recoveries: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -104,18 +88,27 @@ class Runtime:
     def store(self) -> dict[str, CustomerState]:
         return self.table.data.data  # the memory store's plain dict
 
-    def on_recovered(self) -> None:
-        self.processor.rebuild()
+    async def on_recovered(self) -> None:
+        self.pipeline.rebuild()
         # Recovered state is long-lived: move it out of the collector's way (see tune_gc).
         gc.collect()
         gc.freeze()
         self.recoveries += 1
+        try:
+            await self.processor.resend_outbox()
+        except Exception:  # the next recovery tries again; never block readiness on it
+            log.exception("re-sending unconfirmed triggers failed")
         self.ready = True
-        self.set_customer_gauges()
-        log.info("customers table ready: %d subjects, %d buyers", len(self.store), len(self.population))
+        self.set_gauges()
+        log.info(
+            "customers table ready: %d subjects, %d buyers, %d deadlines",
+            len(self.store),
+            len(self.pipeline.population),
+            len(self.pipeline.deadlines),
+        )
 
-    def set_customer_gauges(self) -> None:
-        """``patronage_customers{kind}``: known and anonymous subjects (merged ids excluded)."""
+    def set_gauges(self) -> None:
+        """``patronage_customers{kind}`` and ``patronage_customers_at_risk{stage,alerted}``."""
         known = anonymous = 0
         for s in self.store.values():
             if s.merged_into is None:
@@ -125,17 +118,38 @@ class Runtime:
                     known += 1
         self.metrics.customers.labels("known").set(known)
         self.metrics.customers.labels("anonymous").set(anonymous)
+        counts = self.pipeline.risk_counts()
+        for stage in ("at_risk", "lapsed", "lost", "none"):
+            for alerted in (True, False):
+                self.metrics.at_risk.labels(stage, str(alerted).lower()).set(counts.get((stage, alerted), 0))
+        self.metrics.model_loaded.set(0 if self.pipeline.model is None else 1)
+
+    def partition_of(self, customer_id: str) -> int:
+        return self.pipeline._partition(customer_id)
 
     def profile(self, customer_id: str) -> dict[str, Any] | None:
         state = self.store.get(customer_id)
         if state is None or (state.erased_ms is not None and not state.frequency and not state.touch_counts):
             return None
-        return build_profile(state, self.population, self.clock.now_ms(), self.policy, self.clock.name)
+        partition = self.partition_of(customer_id)
+        ctx = self.pipeline.context(partition)
+        return build_profile(state, ctx, self.clock.name)
 
     def summary(self) -> dict[str, Any]:
-        out = summarize(self.store.values(), self.population)
+        out = summarize(self.store.values(), self.pipeline.population)
         out["as_of"] = self.clock.now_ms()
+        out["at_risk"] = {
+            f"{k[0]}{' (alerted)' if k[1] else ''}": n for k, n in self.pipeline.risk_counts().items()
+        }
         return out
+
+    def assigned_partitions(self, app: faust.App) -> list[int]:
+        purchases = self.topics.real(Topic.PURCHASES)
+        try:
+            assignment = app.consumer.assignment()
+        except Exception:
+            return []
+        return sorted(tp.partition for tp in assignment if tp.topic == purchases)
 
 
 class PatronageApp(faust.App):
@@ -149,15 +163,7 @@ class PatronageApp(faust.App):
         rt = self.runtime
         if not rt.settings.fast_path:
             return (), None
-        names = [rt.topic_names[t] for t in (*CUSTOMER_INPUTS, IDENTITY)]
-        return names, rt.processor.handle
-
-
-def topic_names(settings: Settings) -> dict[str, str]:
-    names = {t: settings.topic(t) for t in (*INPUT_TOPICS, *OUTPUT_TOPICS)}
-    names[IDENTITY] = settings.internal_topic("identity")
-    names["changelog"] = f"{settings.app_id}-{TABLE_NAME}-changelog"
-    return names
+        return [rt.topics.real(t) for t in CUSTOMER_PROCESSOR_INPUTS], rt.processor.handle
 
 
 def create_app(
@@ -165,7 +171,8 @@ def create_app(
 ) -> PatronageApp:
     """Build the worker app. ``sink`` defaults to the app's own Kafka producer."""
     tune_gc()
-    names = topic_names(settings)
+    topics = settings.topics
+    assert topics.real(Topic.CHANGELOG) == f"{settings.app_id}-{TABLE_NAME}-changelog"
     app = PatronageApp(
         settings.app_id,
         broker=settings.broker,
@@ -197,10 +204,9 @@ def create_app(
     )
     metrics = metrics or Metrics()
     policy = settings.policy()
-    clock = make_clock(settings.clock, settings.allowed_lateness_s)
-    population = Population()
-    partitions = {name: settings.partitions for name in names.values()}
-    partitioner = KeyPartitioner(partitions)
+    clock = make_clock(settings.clock, settings.allowed_lateness_s, settings.event_clock_idle_s)
+    partitioner = KeyPartitioner({name: settings.partitions for name in topics.all()})
+    identity_topic = topics.real(Topic.IDENTITY)
 
     table = CustomerTable(
         app,
@@ -209,47 +215,51 @@ def create_app(
         beacon=app.tables.beacon,
         partitions=settings.partitions,
         key_type=str,
-        help="per-customer RFM, lifecycle, identity and id memory",
+        help="per-customer RFM, lifecycle, churn, identity and id memory",
     )
     app.tables.add(table)
     sink = sink or KafkaSink(lambda: app.producer._ensure_producer())
-    processor = CustomerProcessor(
+    pipeline = CustomerPipeline(
         policy=policy,
         store=table.data.data,
-        population=population,
         clock=clock,
-        sink=sink,
-        topic_names=names,
-        partition_for=partitioner,
+        topics=topics,
+        partition_of=lambda subject: partitioner(identity_topic, subject),
         key_partitions=table.data._key_partition,
-        metrics=metrics,
     )
-    stock = StockProcessor(sink=sink, topic_names=names, partition_for=partitioner, metrics=metrics)
+    processor = CustomerProcessor(
+        pipeline=pipeline, sink=sink, topics=topics, partition_for=partitioner, metrics=metrics
+    )
+    stock = StockProcessor(
+        sink=sink, topics=topics, partition_for=partitioner, policy=policy, clock=clock, metrics=metrics
+    )
     runtime = Runtime(
         settings=settings,
         policy=policy,
         metrics=metrics,
         clock=clock,
-        population=population,
         partitioner=partitioner,
         table=table,
+        pipeline=pipeline,
         processor=processor,
         stock=stock,
-        topic_names=names,
+        topics=topics,
     )
     table.on_recovered = runtime.on_recovered
     app.runtime = runtime
     app.empty_fetch_backoff_ms = settings.empty_fetch_backoff_ms
 
     customer_topic = app.topic(
-        *(names[t] for t in CUSTOMER_INPUTS),
-        names[IDENTITY],
+        *(topics.real(t) for t in CUSTOMER_PROCESSOR_INPUTS),
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
     )
     stock_topic = app.topic(
-        names["stock-arrivals"], key_serializer="raw", value_serializer="raw", partitions=settings.partitions
+        topics.real(Topic.STOCK_ARRIVALS),
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
     )
 
     @app.agent(customer_topic, name="customers")
@@ -267,31 +277,60 @@ def create_app(
         async for events in stream.take_events(1000, within=0.1):
             await stock.handle([e.message for e in events])
 
+    @app.timer(interval=settings.tick_interval_s)
+    async def tick() -> None:
+        """The clock for absence: each assigned partition pops its due deadlines."""
+        if not runtime.ready:
+            return
+        for partition in runtime.assigned_partitions(app):
+            try:
+                await processor.tick(partition)
+            except Exception:
+                log.exception("tick of partition %d failed; trying again next interval", partition)
+
+    loader = ModelLoader(settings, topics.real(Topic.CHURN_MODEL))
+
+    @app.timer(interval=settings.churn_model_refresh_s, on_leader=False)
+    async def refresh_model() -> None:
+        """BG/NBD parameters from the compacted churn-model topic (latest record wins)."""
+        model = await loader.latest()
+        if model is not None and model != pipeline.model:
+            pipeline.model = model
+            log.info("churn model loaded: %s (%s, fitted %s)", model.params, model.unit, model.fitted_at)
+        metrics.model_loaded.set(0 if pipeline.model is None else 1)
+
+    @app.task
+    async def load_model_at_start() -> None:
+        await refresh_model()
+
     @app.timer(interval=5.0)
     async def observe_lag() -> None:
         """Consumer lag per input topic (records fetched-but-unprocessed or not yet fetched)."""
         consumer = app.consumer
+        changelog = topics.real(Topic.CHANGELOG)
         lag: dict[str, int] = {}
         for tp in consumer.assignment():
-            if tp.topic == names["changelog"] or "__assignor" in tp.topic:
+            if tp.topic == changelog or "__assignor" in tp.topic:
                 continue
             high = consumer.highwater(tp)
             read = consumer._read_offset.get(tp)
             if high is None or high < 0:
                 continue
             lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - ((read + 1) if read is not None else 0))
-        for name in (*(names[t] for t in INPUT_TOPICS), names[IDENTITY]):
+        for name in (*(topics.real(t) for t in INPUTS), topics.real(Topic.IDENTITY)):
             metrics.consumer_lag.labels(name).set(lag.get(name, 0))
         if clock.name == "event":
             metrics.event_clock_lag.set(max(0.0, time.time() - clock.now_ms() / 1000))
 
-    for name in (*CUSTOMER_INPUTS, "stock-arrivals"):  # series exist from the start (alerts)
-        metrics.events.labels(name, "applied").inc(0)
+    for topic in INPUTS:  # series exist from the start (alerts)
+        metrics.events.labels(topic.value, "applied").inc(0)
     _register_web(app, runtime, table)
     return app
 
 
 def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> None:
+    from schemas.timestamps import parse_ts_ms
+
     @app.page("/healthz/")
     class Health(View):
         async def get(self, request: Request) -> Response:
@@ -301,7 +340,7 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
     @app.page("/metrics/")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
-            runtime.set_customer_gauges()
+            runtime.set_gauges()
             body = generate_latest(runtime.metrics.registry)
             return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
@@ -317,3 +356,18 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
         if doc is None:
             return web.json({"error": f"unknown customer {customer_id!r}"}, status=404)
         return web.json(doc)
+
+    @app.page("/churn-model/summary/")
+    class ChurnSummary(View):
+        """(x, t_x, T, customers) rows for fitting BG/NBD from the live table (this worker's
+        partitions), as of ?until=<ISO or epoch ms> (default: the clock's now)."""
+
+        async def get(self, request: Request) -> Response:
+            unit = request.query.get("unit", "days")
+            until_raw = request.query.get("until")
+            try:
+                until = runtime.clock.now_ms() if until_raw is None else parse_ts_ms(until_raw)
+                rows = churn_summary_rows(runtime.store.values(), until, unit)
+            except ValueError as exc:
+                return self.json({"error": str(exc)}, status=400)
+            return self.json({"unit": unit, "until": until, "rows": rows})

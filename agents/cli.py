@@ -25,15 +25,17 @@ from rich.table import Table
 from agents.settings import Settings
 
 app = typer.Typer(
-    help="patronage: real-time customer relationship state (RFM, lifecycle) on Kafka.",
+    help="patronage: real-time customer relationship state (RFM, lifecycle, churn risk) on Kafka.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 local_app = typer.Typer(help="The embedded local stack (broker, Redis, worker) for demos and tests.")
 topics_app = typer.Typer(help="Create and inspect patronage's topics.")
+model_app = typer.Typer(help="The BG/NBD churn model behind P(alive): fit it, hand it to the workers.")
 app.add_typer(local_app, name="local")
 app.add_typer(topics_app, name="topics")
+app.add_typer(model_app, name="churn-model")
 
 console = Console(stderr=True)
 out = Console()
@@ -59,26 +61,28 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def all_topics(settings: Settings) -> tuple[list[str], list[str], list[str]]:
+    """(every topic the worker needs, the co-partitioned ones, the compacted ones)."""
+    from schemas.topics import CO_PARTITIONED, COMPACTED, Topic
+
+    topics = settings.topics
+    return (
+        [topics.real(t) for t in Topic],
+        [topics.real(t) for t in CO_PARTITIONED],
+        [topics.real(t) for t in COMPACTED],
+    )
+
+
 def ensure_all_topics(settings: Settings) -> dict[str, int]:
-    """Create missing topics (changelog compacted), check co-partitioning; exit 2 on trouble."""
+    """Create missing topics (changelog and model compacted), check co-partitioning; exit 2."""
     from agents.admin import AdminError, ensure_topics
 
-    every, co = all_topics(settings)
+    every, co, compacted = all_topics(settings)
     try:
-        return ensure_topics(settings, every, co_partitioned=co, compacted=co[-1:])
+        return ensure_topics(settings, every, co_partitioned=co, compacted=compacted)
     except AdminError as exc:
         fail(str(exc), 2)
         raise AssertionError from None
-
-
-def all_topics(settings: Settings) -> tuple[list[str], list[str]]:
-    """(every topic the worker needs, the co-partitioned customer inputs; changelog last)."""
-    from agents.app import INPUT_TOPICS, OUTPUT_TOPICS, topic_names
-
-    names = topic_names(settings)
-    co = [names[t] for t in ("purchases", "touchpoints", "customer-updates", "identity", "changelog")]
-    every = [names[t] for t in (*INPUT_TOPICS, *OUTPUT_TOPICS)] + [names["identity"], names["changelog"]]
-    return every, co
 
 
 # --- worker -------------------------------------------------------------------------------
@@ -108,10 +112,18 @@ def worker() -> None:
 # --- replay -------------------------------------------------------------------------------
 @app.command()
 def replay(
-    file: Annotated[
-        Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="JSONL or CSV file")
+    path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            readable=True,
+            help="a JSONL or CSV file, or a directory of <topic>.jsonl / <topic>.csv files",
+        ),
     ],
-    topic: Annotated[InputTopic, typer.Option("--topic", "-t", help="input topic to send to")],
+    topic: Annotated[
+        InputTopic | None,
+        typer.Option("--topic", "-t", help="input topic to send a file to (a directory: from the names)"),
+    ] = None,
     rate: Annotated[
         float | None, typer.Option("--rate", min=1, help="events per second (default: as fast as possible)")
     ] = None,
@@ -120,20 +132,36 @@ def replay(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Send a file of events to an input topic, keyed by customer (or category for stock).
+    """Send events to the input topics, keyed by customer (or category for stock).
 
+    A directory (e.g. the output of `patronage generate`) is replayed as one stream merged
+    by event time - purchases, touchpoints, updates and stock advancing together, as they
+    happened - which is what the event clock needs for churn deadlines to fire as if live.
     JSONL: one JSON object per line. CSV: a header row naming the fields; cells holding
     JSON arrays/objects (e.g. items) are parsed. Lines that cannot be read, or lack the key
     field, go to the dead-letters topic with the reason and are counted in the summary.
     """
-    from agents.replay import count_lines
+    from agents.replay import count_lines, sources_in
     from agents.replay import replay as do_replay
+    from schemas.topics import Topic
 
     settings = load_settings()
+    if path.is_dir():
+        if topic is not None:
+            fail("--topic is for a single file; a directory's files are named <topic>.jsonl", 2)
+        sources = sources_in(path)
+        if not sources:
+            fail(f"{path} holds no <topic>.jsonl or <topic>.csv file (topics: {', '.join(InputTopic)})", 2)
+    else:
+        if topic is None:
+            fail("which topic? add --topic (purchases, touchpoints, customer-updates, stock-arrivals)", 2)
+            raise AssertionError
+        sources = [(path, Topic(topic.value))]
     partitions = ensure_all_topics(settings)
-    total = count_lines(file)
+    total = sum(count_lines(p) for p, _ in sources)
+    label = path.name if len(sources) == 1 else f"{path.name}/ ({', '.join(t.value for _, t in sources)})"
     with Progress(
-        TextColumn(f"replay {file.name} → {topic.value}"),
+        TextColumn(f"replay {label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -144,8 +172,7 @@ def replay(
         result = asyncio.run(
             do_replay(
                 settings,
-                file,
-                topic.value,
+                sources,
                 fmt=fmt,
                 rate=rate,
                 partitions=partitions,
@@ -153,11 +180,12 @@ def replay(
             )
         )
     rate_s = result.sent / result.seconds if result.seconds else 0.0
-    msg = f"sent {result.sent} events to {settings.topic(topic.value)} in {result.seconds:.2f}s ({rate_s:,.0f}/s)"
+    where = ", ".join(f"{n} → {settings.topic(t)}" for t, n in result.by_topic.items()) or "nothing sent"
+    msg = f"sent {result.sent} events ({where}) in {result.seconds:.2f}s ({rate_s:,.0f}/s)"
     if result.dead_letters:
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(result.reasons.items()))
         msg += f"; {result.dead_letters} unreadable lines → {settings.topic('dead-letters')} ({detail})"
-    console.print(msg)
+    console.print(msg, soft_wrap=True)
 
 
 # --- wait ---------------------------------------------------------------------------------
@@ -172,11 +200,10 @@ def wait(
     the internal identity topic (which the workers feed themselves) until they meet.
     """
     from agents.admin import AdminError, group_progress
-    from agents.app import INPUT_TOPICS, topic_names
+    from schemas.topics import INPUTS, Topic
 
     settings = load_settings()
-    names = topic_names(settings)
-    topics = [names[t] for t in INPUT_TOPICS] + [names["identity"]]
+    topics = [settings.topic(t) for t in (*INPUTS, Topic.IDENTITY)]
     deadline = time.monotonic() + timeout
     last_remaining = None
     stable = 0
@@ -348,7 +375,9 @@ def _tail_label(topic: str, value: Any) -> str:
     if topic.endswith("lifecycle-changes"):
         return f"-> {value.get('to_stage')}"
     if topic.endswith("dead-letters"):
-        return f"{value.get('stage')}: {str(value.get('error', ''))[:60]}"
+        return f"{value.get('stage')}: {value.get('reason') or str(value.get('error', ''))[:60]}"
+    if topic.endswith("triggers"):
+        return f"{value.get('type')}: {value.get('reason')}"
     return str(value.get("type", "record"))
 
 
@@ -359,6 +388,22 @@ def _tail_line(topic: str, value: Any) -> str:
             f"  {value.get('ts')}  {value.get('customer_id')}: {value.get('from_stage')} -> "
             f"{value.get('to_stage')}  ({cause.get('rule')}; {cause.get('type')} {cause.get('event_id')})"
         )
+    if isinstance(value, dict) and topic.endswith("triggers"):
+        details = value.get("details") or {}
+        why = value.get("reason")
+        if why == "lapse":
+            why = (
+                f"lapse: silent {details.get('days_silent')} d, usual {details.get('usual_interval_days')} d"
+            )
+        elif why == "complaint":
+            why = f"complaint via {(details.get('complaint') or {}).get('channel')}"
+        return (
+            f"  {value.get('ts')}  {value.get('type')} {value.get('customer_id')} → "
+            f"{value.get('recipient_kind')} {value.get('recipient_id')}  ({why}; tier {details.get('tier')}, "
+            f"{details.get('purchases', '')} purchases, P(alive) {details.get('p_alive')})"
+        )
+    if isinstance(value, dict) and topic.endswith("dead-letters"):
+        return f"  {value.get('reason')}: {str(value.get('error'))[:150]}  ({value.get('topic')}@{value.get('offset')})"
     return f"  {json.dumps(value)[:200]}"
 
 
@@ -377,7 +422,7 @@ def generate(
     """
     import orjson
 
-    from streams.synthetic import generate as synth
+    from synthetic import generate as synth
 
     data = synth(customers, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -397,6 +442,166 @@ def generate(
         + ", ".join(f"{name} ({len(rows)})" for name, rows in files.items())
         + ", labels.json"
     )
+
+
+# --- churn model ----------------------------------------------------------------------------
+def _until_ms(text: str) -> int:
+    """--until: a date (the whole day counts) or an ISO-8601 timestamp with offset, or epoch ms."""
+    from datetime import UTC, date, datetime, timedelta
+
+    from schemas.timestamps import parse_ts_ms
+
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        try:
+            return parse_ts_ms(text)
+        except ValueError as exc:
+            fail(f"--until: {exc}", 2)
+            raise AssertionError from None
+    end = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
+    return int(end.timestamp() * 1000) - 1
+
+
+def _events_from_file(path: Path, fmt: str | None, until_ms: int) -> tuple[list[tuple[str, int]], int]:
+    """(customer_id, ts_ms) of every readable purchase (each event id once), and how many
+    lines were skipped as unreadable."""
+    from agents.replay import detect_format, read_lines
+    from schemas.timestamps import parse_ts_ms
+
+    seen: set[str] = set()
+    events: list[tuple[str, int]] = []
+    skipped = 0
+    for _, _, obj, error in read_lines(path, detect_format(path, fmt)):
+        if obj is None or error is not None:
+            skipped += 1
+            continue
+        try:
+            customer = obj["customer_id"]
+            ts = parse_ts_ms(obj["ts"])
+        except (KeyError, ValueError):
+            skipped += 1
+            continue
+        event_id = obj.get("event_id")
+        if event_id is not None:
+            if str(event_id) in seen:
+                continue
+            seen.add(str(event_id))
+        events.append((str(customer), ts))
+    return events, skipped
+
+
+@model_app.command("fit")
+def churn_model_fit(
+    events: Annotated[
+        Path | None,
+        typer.Option("--events", exists=True, dir_okay=False, help="purchases file (JSONL or CSV)"),
+    ] = None,
+    from_workers: Annotated[
+        str | None,
+        typer.Option(
+            "--from-workers",
+            help="fit from the live tables instead: comma-separated worker URLs (each sends its partitions)",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--until", help="end of the calibration period: a date (whole day) or timestamp"),
+    ] = None,
+    unit: Annotated[str, typer.Option("--unit", help="time unit of the parameters: days or weeks")] = "days",
+    fmt: Annotated[str | None, typer.Option("--format", help="jsonl or csv (default: extension)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print only the JSON result")] = False,
+    publish: Annotated[
+        bool, typer.Option("--publish", help="write the parameters to the churn-model topic for the workers")
+    ] = False,
+) -> None:
+    """Fit BG/NBD (r, alpha, a, b) by maximum likelihood and print them.
+
+    Follows Fader, Hardie & Lee (2005): purchases on the same calendar day (UTC) are one
+    occasion; x = repeat occasions, t_x = first to last purchase, T = first purchase to
+    --until, in --unit. From a purchases file (--events, needs --until) or from the live
+    tables of running workers (--from-workers; --until defaults to their clock's now).
+    --publish hands the result to every worker (P(alive) in profiles and triggers).
+    """
+    import numpy as np
+
+    from streams import bgnbd
+
+    if unit not in bgnbd.UNIT_DAYS:
+        fail(f"--unit must be one of {', '.join(bgnbd.UNIT_DAYS)}", 2)
+    if (events is None) == (from_workers is None):
+        fail("give exactly one of --events FILE or --from-workers URL[,URL...]", 2)
+    until_ms: int | None = None if until is None else _until_ms(until)
+    skipped = 0
+    if events is not None:
+        if until_ms is None:
+            fail("--events needs --until (the end of the calibration period)", 2)
+            raise AssertionError
+        rows, skipped = _events_from_file(events, fmt, until_ms)
+        x, t_x, big_t = bgnbd.summarize_customers(rows, until_ms, unit)
+    else:
+        assert from_workers is not None
+        query = f"?unit={unit}" + (f"&until={until_ms}" if until_ms is not None else "")
+        xs: list[float] = []
+        txs: list[float] = []
+        ts: list[float] = []
+        for url in [u.strip() for u in from_workers.split(",") if u.strip()]:
+            status, doc = _get(load_settings(), "/churn-model/summary/" + query, url)
+            if status != 200:
+                fail(f"worker {url} answered {status}: {doc}", 2)
+            until_ms = doc["until"] if until_ms is None else until_ms
+            for row_x, row_tx, row_t, n in doc["rows"]:
+                xs.extend([row_x] * n)
+                txs.extend([row_tx] * n)
+                ts.extend([row_t] * n)
+        x, t_x, big_t = np.array(xs, dtype=float), np.array(txs, dtype=float), np.array(ts, dtype=float)
+    try:
+        result = bgnbd.fit(x, t_x, big_t)
+    except ValueError as exc:
+        fail(f"cannot fit: {exc}", 1)
+        raise AssertionError from None
+    doc = result.to_dict()
+    if publish:
+        _publish_model(doc, unit, until_ms)
+    if as_json:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return
+    p = result.params
+    out.print(
+        f"BG/NBD ({unit}): r={p.r:.4f} alpha={p.alpha:.4f} a={p.a:.4f} b={p.b:.4f}  "
+        f"log-likelihood {result.log_likelihood:.2f}  over {result.customers} customers"
+        + (f"  ({skipped} unreadable lines skipped)" if skipped else "")
+    )
+    if publish:
+        out.print(f"published to {load_settings().topic('churn-model')}: workers pick it up within seconds")
+
+
+def _publish_model(doc: dict[str, Any], unit: str, until_ms: int | None) -> None:
+    from kafka import KafkaProducer
+
+    from agents.model import MODEL_KEY
+    from schemas.outputs import ChurnModelRecord
+    from schemas.timestamps import iso_utc
+
+    settings = load_settings()
+    ensure_all_topics(settings)
+    record = ChurnModelRecord(
+        r=doc["r"],
+        alpha=doc["alpha"],
+        a=doc["a"],
+        b=doc["b"],
+        unit=unit,  # type: ignore[arg-type]
+        log_likelihood=doc.get("log_likelihood"),
+        customers=doc.get("customers"),
+        until=iso_utc(until_ms),
+        fitted_at=iso_utc(int(time.time() * 1000)),
+    )
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    try:
+        producer.send(settings.topic("churn-model"), key=MODEL_KEY, value=record.model_dump_json().encode())
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
 
 
 # --- topics -------------------------------------------------------------------------------

@@ -1,8 +1,14 @@
-"""Prometheus metrics. Labels are bounded sets only (topic, outcome, stage) - never ids."""
+"""Prometheus metrics. Labels are bounded sets only (topic, outcome, stage, reason code,
+trigger type, risk stage) - never a customer id or another unbounded value."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from streams.pipeline import Batch
 
 
 class Metrics:
@@ -11,20 +17,43 @@ class Metrics:
         r = self.registry
         self.events = Counter(
             "patronage_events",
-            "Input records processed, by topic and outcome",
+            "Input records processed, by topic and outcome (re-routed events under their own topic)",
             ["topic", "outcome"],
             registry=r,
         )
         self.dead_letters = Counter(
             "patronage_dead_letters",
-            "Records sent to dead-letters, by topic and stage",
-            ["topic", "stage"],
+            "Records sent to dead-letters, by topic, stage and reason code",
+            ["topic", "stage", "reason"],
+            registry=r,
+        )
+        self.dead_letter_failures = Counter(
+            "patronage_dead_letter_failures",
+            "Dead letters the broker refused even cut to a minimal record (logged; processing went on)",
             registry=r,
         )
         self.lifecycle_changes = Counter(
             "patronage_lifecycle_changes",
             "Lifecycle transitions emitted, by target stage",
             ["to_stage"],
+            registry=r,
+        )
+        self.triggers = Counter(
+            "patronage_triggers",
+            "Triggers decided and sent, by type and reason",
+            ["type", "reason"],
+            registry=r,
+        )
+        self.outbox_resent = Counter(
+            "patronage_outbox_resent",
+            "Triggers re-sent after a restart because their send was not confirmed (same records)",
+            registry=r,
+        )
+        self.at_risk = Gauge(
+            "patronage_customers_at_risk",
+            "Customers in a risk stage now (stage: at_risk, lapsed, lost; alerted: an open churn "
+            "alert, i.e. valued customers someone was told about)",
+            ["stage", "alerted"],
             registry=r,
         )
         self.dedupe_beyond_horizon = Counter(
@@ -34,7 +63,7 @@ class Metrics:
         )
         self.batch_seconds = Histogram(
             "patronage_batch_seconds",
-            "Time to process one batch: decode, apply, emit, changelog durable",
+            "Time to process one batch: decode, apply, emit, changelog and triggers durable",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
@@ -42,6 +71,17 @@ class Metrics:
             "patronage_batch_records",
             "Records per processed batch",
             buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 20000, 50000),
+            registry=r,
+        )
+        self.tick_seconds = Histogram(
+            "patronage_tick_seconds",
+            "Time of one partition tick (deadlines due, their outputs durable)",
+            buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=r,
+        )
+        self.due = Counter(
+            "patronage_deadlines_due",
+            "Customers popped from the deadline index (by ticks and after batches)",
             registry=r,
         )
         self.changelog_writes = Counter(
@@ -59,3 +99,33 @@ class Metrics:
         self.event_clock_lag = Gauge(
             "patronage_event_time_lag_seconds", "Wall time minus the clock's now (event clock)", registry=r
         )
+        self.model_loaded = Gauge(
+            "patronage_churn_model_loaded",
+            "1 when BG/NBD parameters are loaded (P(alive) available)",
+            registry=r,
+        )
+
+    def _observe_common(self, batch: Batch) -> None:
+        stats = batch.stats
+        for (topic, outcome), n in stats.outcomes.items():
+            self.events.labels(topic, outcome).inc(n)
+        for (topic, stage, reason), n in stats.dead_letters.items():
+            self.dead_letters.labels(topic, stage, reason).inc(n)
+        for stage, n in stats.lifecycle.items():
+            self.lifecycle_changes.labels(stage).inc(n)
+        for (type_, reason), n in stats.triggers.items():
+            self.triggers.labels(type_, reason).inc(n)
+        if stats.beyond_horizon:
+            self.dedupe_beyond_horizon.inc(stats.beyond_horizon)
+        if stats.due:
+            self.due.inc(stats.due)
+        self.changelog_writes.inc(len(batch.changed))
+
+    def observe_batch(self, batch: Batch, seconds: float) -> None:
+        self.batch_seconds.observe(seconds)
+        self.batch_records.observe(batch.stats.records)
+        self._observe_common(batch)
+
+    def observe_tick(self, batch: Batch, seconds: float) -> None:
+        self.tick_seconds.observe(seconds)
+        self._observe_common(batch)

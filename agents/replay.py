@@ -1,15 +1,19 @@
-"""Replay a JSONL or CSV file into a topic, keyed the way the worker expects.
+"""Replay JSONL or CSV files into topics, keyed the way the worker expects.
 
 Keys: purchases and customer-updates by ``customer_id``; touchpoints by ``customer_id``,
 else ``anonymous_id``; stock-arrivals by ``category``. Partitions are chosen with the Java
 client's murmur2 partitioner, so co-partitioned topics line up. A line that cannot be read
 or has no key goes to ``dead-letters`` with the reason (stage ``replay``) and is counted.
+
+Several files (a directory of ``<topic>.jsonl``) are merged by event time, so the topics
+advance together - what the event clock needs for history to replay as it happened live.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import heapq
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -20,17 +24,12 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from agents.app import KeyPartitioner
 from agents.settings import Settings
+from schemas.errors import Reason, Stage
 from schemas.outputs import dead_letter_record
-from schemas.timestamps import iso_utc
-
-KEY_FIELDS: dict[str, tuple[str, ...]] = {
-    "purchases": ("customer_id",),
-    "touchpoints": ("customer_id", "anonymous_id"),
-    "customer-updates": ("customer_id",),
-    "stock-arrivals": ("category",),
-}
+from schemas.timestamps import iso_utc, parse_ts_ms
+from schemas.topics import INPUTS, KEY_FIELDS, Topic
+from streams.partitioning import KeyPartitioner
 
 
 @dataclass
@@ -38,6 +37,7 @@ class ReplayResult:
     sent: int = 0
     dead_letters: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    by_topic: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -59,8 +59,11 @@ def _csv_cell(value: str) -> Any:
     return value
 
 
-def read_lines(path: Path, fmt: str) -> Iterator[tuple[int, bytes, dict[str, Any] | None, str | None]]:
-    """Yield (line number, original bytes, parsed object or None, error or None)."""
+LineError = tuple[Reason, str]
+
+
+def read_lines(path: Path, fmt: str) -> Iterator[tuple[int, bytes, dict[str, Any] | None, LineError | None]]:
+    """Yield (line number, original bytes, parsed object or None, (reason, detail) or None)."""
     if fmt == "jsonl":
         with path.open("rb") as fh:
             for n, line in enumerate(fh, 1):
@@ -70,10 +73,18 @@ def read_lines(path: Path, fmt: str) -> Iterator[tuple[int, bytes, dict[str, Any
                 try:
                     obj = orjson.loads(raw)
                 except orjson.JSONDecodeError as exc:
-                    yield n, raw, None, f"line {n}: invalid JSON: {exc}"
+                    yield n, raw, None, (Reason.INVALID_JSON, f"line {n}: invalid JSON: {exc}")
                     continue
                 if not isinstance(obj, dict):
-                    yield n, raw, None, f"line {n}: expected a JSON object, got {type(obj).__name__}"
+                    yield (
+                        n,
+                        raw,
+                        None,
+                        (
+                            Reason.NOT_AN_OBJECT,
+                            f"line {n}: expected a JSON object, got {type(obj).__name__}",
+                        ),
+                    )
                     continue
                 yield n, raw, obj, None
     elif fmt == "csv":
@@ -87,7 +98,12 @@ def read_lines(path: Path, fmt: str) -> Iterator[tuple[int, bytes, dict[str, Any
                 csv.writer(buf).writerow([row.get(k) or "" for k in reader.fieldnames])
                 original = buf.getvalue().rstrip("\r\n").encode("utf-8", "surrogateescape")
                 if None in row:
-                    yield n, original, None, f"line {n}: more cells than header columns"
+                    yield (
+                        n,
+                        original,
+                        None,
+                        (Reason.INVALID_FIELD, f"line {n}: more cells than header columns"),
+                    )
                     continue
                 obj = {k: _csv_cell(v) for k, v in row.items() if k and v is not None and v.strip() != ""}
                 yield n, orjson.dumps(obj), obj, None
@@ -101,10 +117,35 @@ def detect_format(path: Path, fmt: str | None) -> str:
     return "csv" if path.suffix.lower() == ".csv" else "jsonl"
 
 
+def sources_in(directory: Path) -> list[tuple[Path, Topic]]:
+    """``<topic>.jsonl`` / ``<topic>.csv`` files of a directory, for every input topic."""
+    found = []
+    for topic in INPUTS:
+        for suffix in (".jsonl", ".csv"):
+            path = directory / f"{topic.value}{suffix}"
+            if path.is_file():
+                found.append((path, topic))
+    return found
+
+
+_Line = tuple[int, int, int, Topic, bytes, dict[str, Any] | None, LineError | None, str]
+
+
+def _timed(path: Path, topic: Topic, order: int, fmt: str | None) -> Iterator[_Line]:
+    """(event time or -inf, file order, line order, topic, raw, obj, error, file name)."""
+    for n, raw, obj, error in read_lines(path, detect_format(path, fmt)):
+        ts = -(2**63)
+        if obj is not None:
+            try:
+                ts = parse_ts_ms(obj.get("ts"))
+            except ValueError:
+                pass
+        yield ts, order, n, topic, raw, obj, error, path.name
+
+
 async def replay(
     settings: Settings,
-    path: Path,
-    topic: str,
+    sources: list[tuple[Path, Topic]],
     *,
     fmt: str | None = None,
     rate: float | None = None,
@@ -112,14 +153,10 @@ async def replay(
     progress: Callable[[int], None] | None = None,
     batch_size: int = 2000,
 ) -> ReplayResult:
-    """Send every line of ``path`` to ``topic``; returns counts. ``partitions`` maps real topic
-    names (the input topic and dead-letters) to their partition counts."""
-    if topic not in KEY_FIELDS:
-        raise ValueError(f"unknown topic {topic!r}: one of {', '.join(KEY_FIELDS)}")
-    real_topic = settings.topic(topic)
-    dl_topic = settings.topic("dead-letters")
+    """Send every line of every ``(path, topic)`` source; returns counts. Several sources are
+    merged by event time. ``partitions`` maps real topic names to their partition counts."""
+    dl_topic = settings.topic(Topic.DEAD_LETTERS)
     partitioner = KeyPartitioner(partitions)
-    fields = KEY_FIELDS[topic]
     result = ReplayResult()
     producer = AIOKafkaProducer(
         bootstrap_servers=",".join(settings.bootstrap_servers),
@@ -156,23 +193,28 @@ async def replay(
                 batch.append(key=key, value=value, timestamp=None)
             in_batch += 1
 
-        for n, raw, obj, error in read_lines(path, detect_format(path, fmt)):
+        streams = [_timed(path, topic, i, fmt) for i, (path, topic) in enumerate(sources)]
+        lines = heapq.merge(*streams) if len(streams) > 1 else streams[0]
+        for _ts, _order, n, topic, raw, obj, error, name in lines:
+            fields = KEY_FIELDS[topic]
+            real_topic = settings.topic(topic)
             key = None if obj is None else _key_of(obj, fields)
             if obj is not None and key is None:
-                error = f"line {n}: no key: needs {' or '.join(fields)}"
+                error = (Reason.NO_KEY, f"line {n}: no key: needs {' or '.join(fields)}")
             if error is not None:
-                reason = error.split(": ", 1)[1] if ": " in error else error
-                reason = reason.split(":", 1)[0]
-                result.reasons[reason] = result.reasons.get(reason, 0) + 1
+                code, detail = error
+                result.reasons[code.value] = result.reasons.get(code.value, 0) + 1
                 record = dead_letter_record(
                     topic=real_topic,
                     partition=None,
                     offset=None,
                     key=None,
                     value=raw,
-                    error=f"{path.name} {error}",
-                    stage="replay",
+                    reason=code,
+                    error=f"{name} {detail}",
+                    stage=Stage.REPLAY,
                     at=iso_utc(int(time.time() * 1000)) or "",
+                    max_bytes=settings.dead_letter_max_bytes,
                 )
                 await add(dl_topic, 0, None, orjson.dumps(record))
                 result.dead_letters += 1
@@ -181,6 +223,7 @@ async def replay(
                 value = raw if isinstance(raw, bytes) else orjson.dumps(obj)
                 await add(real_topic, partitioner(real_topic, key), key.encode(), value)
                 result.sent += 1
+                result.by_topic[topic.value] = result.by_topic.get(topic.value, 0) + 1
             if in_batch >= batch_size:
                 await flush_all()
                 if progress is not None:

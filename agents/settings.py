@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import socket
-from typing import Literal
+from datetime import UTC, date, datetime
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from streams.policy import Policy
+from schemas.timestamps import SECONDS_GUARD_BELOW_MS
+from schemas.topics import Topic, TopicNames
+from streams.policy import ChurnPolicy, Policy
+
+_CHURN = ChurnPolicy()
+
+
+# a comma-separated list in the environment ("core,regular"), not JSON
+NameSet = Annotated[frozenset[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -36,7 +45,38 @@ class Settings(BaseSettings):
     allowed_lateness_s: float = Field(
         0.0, ge=0, description="event clock: now = newest event time minus this lateness"
     )
+    event_clock_idle_s: float = Field(
+        5.0,
+        gt=0,
+        description="event clock: an input topic that sent nothing to a partition for this many wall "
+        "seconds stops holding that partition's clock back",
+    )
+    tick_interval_s: float = Field(
+        0.5, gt=0, le=60, description="how often each partition's deadlines are checked (wall seconds)"
+    )
     currency: str = Field("EUR", pattern=r"^[A-Z]{3}$", description="currency of purchase amounts")
+    ts_floor: date = Field(
+        date(1970, 1, 1), description="earliest plausible event time (older: dead letter ts_out_of_range)"
+    )
+    ts_max_future_s: float = Field(
+        86_400.0, ge=0, description="how far past the wall clock an event time may lie (clock skew)"
+    )
+    ts_seconds_below_ms: int = Field(
+        SECONDS_GUARD_BELOW_MS,
+        ge=0,
+        description="epoch values below this (1973-03-03 in ms) are taken for seconds: dead letter "
+        "ts_in_seconds; 0 turns the guard off",
+    )
+    max_amount: float = Field(
+        1e11, gt=0, description="largest plausible purchase amount or item price, major units"
+    )
+    dead_letter_max_bytes: int = Field(
+        65_536,
+        ge=256,
+        le=262_144,
+        description="bytes of the original key and value a dead letter keeps (then cut; size and "
+        "SHA-256 of the whole value are kept)",
+    )
     batch_max_records: int = Field(
         50_000,
         ge=1,
@@ -78,6 +118,81 @@ class Settings(BaseSettings):
     touch_id_cap: int = Field(
         4096, ge=8, description="idempotency: touchpoint ids remembered per customer (16 bytes each)"
     )
+    # --- churn (streams/policy.py ChurnPolicy; README "Churn risk") ---
+    churn_at_risk_factor: float = Field(
+        _CHURN.at_risk_factor, gt=0, description="at_risk after silence > this x the usual interval"
+    )
+    churn_lapsed_factor: float = Field(
+        _CHURN.lapsed_factor, gt=0, description="lapsed after silence > this x the usual interval"
+    )
+    churn_lost_factor: float = Field(
+        _CHURN.lost_factor, gt=0, description="lost after silence > this x the usual interval"
+    )
+    churn_at_risk_min_days: float = Field(
+        _CHURN.at_risk_min_days, ge=0, description="never at_risk before this many silent days"
+    )
+    churn_lapsed_min_days: float = Field(
+        _CHURN.lapsed_min_days, ge=0, description="never lapsed before this many silent days"
+    )
+    churn_lost_min_days: float = Field(
+        _CHURN.lost_min_days, ge=0, description="never lost before this many silent days"
+    )
+    churn_prior_interval_days: float = Field(
+        _CHURN.prior_interval_days,
+        gt=0,
+        description="usual interval assumed until the population has enough history of its own",
+    )
+    churn_prior_weight: float = Field(
+        _CHURN.prior_weight, ge=0, description="pseudo-gaps of the population prior in a usual interval"
+    )
+    churn_prior_min_customers: int = Field(
+        _CHURN.prior_min_customers,
+        ge=1,
+        description="customers with >= 3 gaps needed before the live median replaces the fixed prior",
+    )
+    churn_core_share: float = Field(
+        _CHURN.core_share, gt=0, le=1, description="top share of buyers by spend that is tier 'core'"
+    )
+    churn_alert_tiers: NameSet = Field(
+        _CHURN.alert_tiers, description="tiers whose risk raises a churn trigger (comma list: core,regular)"
+    )
+    churn_alert_min_purchases: int = Field(
+        _CHURN.alert_min_purchases, ge=1, description="... or customers with at least this many purchases"
+    )
+    churn_complaint_max_rating: int = Field(
+        _CHURN.complaint_max_rating, ge=0, le=5, description="a rating <= this counts as a complaint"
+    )
+    churn_experience_drop: float = Field(
+        _CHURN.experience_drop, gt=0, description="peak-end score fall that raises risk (reason experience)"
+    )
+    churn_experience_floor: float = Field(
+        _CHURN.experience_floor, gt=0, le=5, description="... when the score ends below this"
+    )
+    churn_stalled_ask_types: NameSet = Field(
+        _CHURN.ask_types, description="touchpoint types that count as asking (comma list)"
+    )
+    churn_stalled_min_asks: int = Field(
+        _CHURN.stalled_min_asks, ge=1, description="asks without a purchase that make a stalled prospect"
+    )
+    churn_stalled_after_days: float = Field(
+        _CHURN.stalled_after_days, ge=0, description="... counted once the first ask is this old"
+    )
+    churn_default_recipient: str = Field(
+        _CHURN.default_recipient, min_length=1, description="team for churn alerts without owner or store"
+    )
+    churn_sales_recipient: str = Field(
+        _CHURN.sales_recipient, min_length=1, description="team for stalled prospects without owner or store"
+    )
+    churn_model_refresh_s: float = Field(
+        30.0, gt=0, description="how often workers re-read the BG/NBD parameters from the churn-model topic"
+    )
+
+    @field_validator("churn_alert_tiers", "churn_stalled_ask_types", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(v.strip() for v in value.split(",") if v.strip())
+        return value
 
     @field_validator("broker")
     @classmethod
@@ -95,17 +210,42 @@ class Settings(BaseSettings):
             host = socket.gethostname() if self.web_host in ("0.0.0.0", "::", "") else self.web_host
         return f"http://{host}:{self.web_port}"
 
-    def topic(self, name: str) -> str:
-        """Full topic name for a logical name (``purchases`` -> ``<prefix>purchases``)."""
-        return f"{self.topic_prefix}{name}"
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.topic_prefix, self.app_id)
 
-    def internal_topic(self, name: str) -> str:
-        return f"{self.topic_prefix}{self.app_id}-{name}"
+    def topic(self, name: str | Topic) -> str:
+        """Real topic name for a logical name (``purchases`` -> ``<prefix>purchases``)."""
+        return self.topics.real(Topic(name))
 
     @property
     def bootstrap_servers(self) -> list[str]:
         """host:port list for plain Kafka clients."""
         return [url.removeprefix("kafka://") for url in self.broker.split(";")]
+
+    def churn_policy(self) -> ChurnPolicy:
+        return ChurnPolicy(
+            at_risk_factor=self.churn_at_risk_factor,
+            lapsed_factor=self.churn_lapsed_factor,
+            lost_factor=self.churn_lost_factor,
+            at_risk_min_days=self.churn_at_risk_min_days,
+            lapsed_min_days=self.churn_lapsed_min_days,
+            lost_min_days=self.churn_lost_min_days,
+            prior_interval_days=self.churn_prior_interval_days,
+            prior_weight=self.churn_prior_weight,
+            prior_min_customers=self.churn_prior_min_customers,
+            core_share=self.churn_core_share,
+            alert_tiers=self.churn_alert_tiers,
+            alert_min_purchases=self.churn_alert_min_purchases,
+            complaint_max_rating=self.churn_complaint_max_rating,
+            experience_drop=self.churn_experience_drop,
+            experience_floor=self.churn_experience_floor,
+            ask_types=self.churn_stalled_ask_types,
+            stalled_min_asks=self.churn_stalled_min_asks,
+            stalled_after_days=self.churn_stalled_after_days,
+            default_recipient=self.churn_default_recipient,
+            sales_recipient=self.churn_sales_recipient,
+        )
 
     def policy(self) -> Policy:
         return Policy(
@@ -113,4 +253,10 @@ class Settings(BaseSettings):
             purchase_id_cap=self.purchase_id_cap,
             touch_id_cap=self.touch_id_cap,
             accept_currency=self.currency,
+            ts_floor_ms=int(datetime.combine(self.ts_floor, datetime.min.time(), UTC).timestamp() * 1000),
+            ts_max_future_ms=int(self.ts_max_future_s * 1000),
+            ts_seconds_below_ms=self.ts_seconds_below_ms,
+            max_amount_cents=round(self.max_amount * 100),
+            dead_letter_max_bytes=self.dead_letter_max_bytes,
+            churn=self.churn_policy(),
         )

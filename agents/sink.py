@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 
-from schemas.outputs import dead_letter_record
-from schemas.timestamps import iso_utc
+from schemas.topics import TopicNames
+from streams.core import Emit
+
+if TYPE_CHECKING:
+    from agents.metrics import Metrics
+
+log = logging.getLogger(__name__)
+# a dead letter bigger than this is sent as a minimal record (reason, origin, size, digest)
+MAX_DEAD_LETTER_BYTES = 900_000
 
 
 class OutRecord(NamedTuple):
@@ -21,23 +28,12 @@ class OutRecord(NamedTuple):
     value: bytes | None
 
 
-def dead_letter(
-    record: Any, stage: str, reason: str, topic: str, partition_for: Callable[[str, str], int]
-) -> OutRecord:
-    """The dead-letter record for an input record (original bytes, where it came from, why)."""
-    key = record.key
-    value = dead_letter_record(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=key,
-        value=record.value,
-        error=reason,
-        stage=stage,
-        at=iso_utc(int(time.time() * 1000)) or "",
-    )
-    partition = partition_for(topic, key.decode("utf-8", "replace")) if key else 0
-    return OutRecord(topic, partition, key, orjson.dumps(value))
+def encode(emit: Emit, topics: TopicNames, partition_for: Callable[[str, str], int]) -> OutRecord:
+    """An emitted record as a Kafka record: real topic, key partition (murmur2), JSON value."""
+    real = topics.real(emit.topic)
+    key = emit.key.encode() if emit.key else None
+    partition = partition_for(real, emit.key) if emit.key else 0
+    return OutRecord(real, partition, key, orjson.dumps(emit.value, option=orjson.OPT_NON_STR_KEYS))
 
 
 class Sink(Protocol):
@@ -87,3 +83,44 @@ class MemorySink:
 
     def on(self, topic: str) -> list[OutRecord]:
         return [r for r in self.records if r.topic == topic]
+
+
+def _minimal(record: OutRecord) -> OutRecord:
+    """A dead letter cut to what always fits: where from, why, size and digest."""
+    try:
+        full = orjson.loads(record.value or b"{}")
+    except orjson.JSONDecodeError:
+        full = {}
+    keep = ("topic", "partition", "offset", "reason", "stage", "at", "value_bytes", "value_sha256")
+    value: dict[str, Any] = {k: full.get(k) for k in keep}
+    value.update(key=None, value=None, truncated=True, error=str(full.get("error", ""))[:500])
+    key = None if record.key is None else record.key[:200]
+    return OutRecord(record.topic, record.partition, key, orjson.dumps(value))
+
+
+async def send_dead_letters(sink: Sink, records: Sequence[OutRecord], metrics: Metrics | None) -> None:
+    """Dead letters must never stop the worker: a record the broker refuses is cut down to a
+    minimal one; what it refuses still is logged and counted
+    (``patronage_dead_letter_failures_total``), and processing goes on."""
+    fitted = [
+        r if r.value is None or len(r.value) + len(r.key or b"") <= MAX_DEAD_LETTER_BYTES else _minimal(r)
+        for r in records
+    ]
+    try:
+        await sink.send(fitted)
+        return
+    except Exception as exc:  # refused as a whole: try each, smaller if need be
+        log.warning("sending %d dead letters failed (%r); retrying one by one", len(fitted), exc)
+    for record in fitted:
+        error: Exception | None = None
+        for attempt in (record, _minimal(record)):
+            try:
+                await sink.send([attempt])
+                error = None
+                break
+            except Exception as exc:
+                error = exc
+        if error is not None:
+            log.error("a dead letter for %s could not be written: %r", record.topic, error)
+            if metrics is not None:
+                metrics.dead_letter_failures.inc()

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.localstack import LocalStack, Service, free_port, wait_worker_ready
-from streams.synthetic import iter_purchases_fast
+from synthetic import iter_purchases_fast
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -89,25 +89,24 @@ def pure_core(keys: list[bytes], values: list[bytes], partitions: int, batch: in
     from agents.app import tune_gc
 
     tune_gc()
-    from agents.app import KeyPartitioner, topic_names
-    from agents.clock import EventClock
-    from agents.processor import CustomerProcessor
+    from agents.clock import system_ms
     from agents.settings import Settings
-    from agents.sink import MemorySink
-    from streams.population import Population
+    from schemas.topics import Topic
+    from streams.clock import EventClock
+    from streams.partitioning import KeyPartitioner
+    from streams.pipeline import CustomerPipeline
 
     settings = Settings(partitions=partitions, topic_prefix="core-")
-    names = topic_names(settings)
-    partitioner = KeyPartitioner({n: partitions for n in names.values()})
+    topics = settings.topics
+    partitioner = KeyPartitioner({n: partitions for n in topics.all()})
+    identity = topics.real(Topic.IDENTITY)
     store: dict = {}
-    processor = CustomerProcessor(
+    pipeline = CustomerPipeline(
         policy=settings.policy(),
         store=store,
-        population=Population(),
-        clock=EventClock(),
-        sink=MemorySink(),
-        topic_names=names,
-        partition_for=partitioner,
+        clock=EventClock(system_ms),
+        topics=topics,
+        partition_of=lambda subject: partitioner(identity, subject),
     )
 
     class Rec:
@@ -123,7 +122,7 @@ def pure_core(keys: list[bytes], values: list[bytes], partitions: int, batch: in
             )
 
     by_part: dict[int, list[Rec]] = {}
-    topic = names["purchases"]
+    topic = topics.real(Topic.PURCHASES)
     for k, v in zip(keys, values, strict=True):
         p = partitioner(topic, k.decode())
         part = by_part.setdefault(p, [])
@@ -132,7 +131,7 @@ def pure_core(keys: list[bytes], values: list[bytes], partitions: int, batch: in
     wall = time.perf_counter()
     for p, recs in by_part.items():
         for i in range(0, len(recs), batch):
-            _, changed, _ = processor.process(p, recs[i : i + batch])
+            changed = pipeline.apply(p, recs[i : i + batch]).changed
             for st in changed.values():
                 if st is not None:
                     st.to_json()

@@ -8,9 +8,10 @@ Validation errors name the field: ``items.0.qty: Input should be greater than 0`
 from __future__ import annotations
 
 import math
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from collections.abc import Sequence
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     BaseModel,
@@ -21,11 +22,20 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from schemas.errors import Reason
 from schemas.timestamps import parse_ts_ms
+
+_DECIMAL = Context(prec=80, rounding=ROUND_HALF_EVEN, Emax=999_999, Emin=-999_999)
 
 
 def _to_cents(value: object) -> int:
+    """Major units (number or numeric string) -> exact integer cents, half-even.
+
+    No upper bound here: the plausibility cap is a setting (``PATRONAGE_MAX_AMOUNT``)
+    checked by the pipeline, with the reason code ``amount_out_of_range``.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise ValueError("must be a number")
     if isinstance(value, float) and not math.isfinite(value * 100):
@@ -34,19 +44,22 @@ def _to_cents(value: object) -> int:
         scaled = value * 100
         cents = round(scaled)
         # Fast path: values with at most two decimals land within float noise of an integer.
-        if abs(scaled - cents) < 1e-6 and 0 <= cents <= 10**13:
+        if abs(scaled - cents) < 1e-6 and 0 <= cents <= 2**53:
             return int(cents)
     try:
-        amount = Decimal(str(value))
+        amount = Decimal(str(value).strip()[:1000])
     except InvalidOperation:
-        raise ValueError(f"not a number: {value!r}") from None
+        raise ValueError(f"not a number: {str(value)[:80]!r}") from None
     if not amount.is_finite():
         raise ValueError("must be a finite number")
-    cents = int((amount * 100).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-    if cents < 0:
+    if amount < 0:
         raise ValueError("must not be negative (send refunds as their own event type)")
-    if cents > 10**13:
-        raise ValueError("is implausibly large (> 100 billion)")
+    try:
+        cents = int(_DECIMAL.quantize(_DECIMAL.multiply(amount, 100), Decimal(1)))
+    except (InvalidOperation, ArithmeticError):
+        raise PydanticCustomError(
+            Reason.AMOUNT_OUT_OF_RANGE.value, f"amount {str(value)[:40]} is out of range"
+        ) from None
     return cents
 
 
@@ -60,10 +73,12 @@ Timestamp = Annotated[
     BeforeValidator(parse_ts_ms),
     WithJsonSchema(
         {
-            "description": "ISO-8601 with UTC offset, or epoch milliseconds",
+            "description": "ISO-8601 with UTC offset, or epoch milliseconds. Plausible range is a "
+            "setting: from PATRONAGE_TS_FLOOR (default 1970-01-01) to PATRONAGE_TS_MAX_FUTURE_S "
+            "(default 1 day) past the wall clock",
             "oneOf": [
                 {"type": "string", "format": "date-time"},
-                {"type": "integer", "minimum": 946684800000, "maximum": 4102444800000},
+                {"type": "integer"},
             ],
         }
     ),
@@ -71,7 +86,13 @@ Timestamp = Annotated[
 Cents = Annotated[
     int,
     BeforeValidator(_to_cents),
-    WithJsonSchema({"type": "number", "minimum": 0, "description": "major units, e.g. 12.50"}),
+    WithJsonSchema(
+        {
+            "type": "number",
+            "minimum": 0,
+            "description": "major units, e.g. 12.50; at most PATRONAGE_MAX_AMOUNT (default 100 billion)",
+        }
+    ),
 ]
 ShortStr = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -86,7 +107,7 @@ class Item(_Event):
     category: ShortStr
     qty: int = Field(gt=0, le=1_000_000)
     # unit price in major units; validated in Rust (no Python hook per line item)
-    price: float = Field(ge=0, le=1e11, allow_inf_nan=False)
+    price: float = Field(ge=0, allow_inf_nan=False)
 
     @property
     def price_cents(self) -> int:
@@ -207,6 +228,9 @@ class CustomerUpdate(_Event):
     quiet_hours: QuietHours | None = None
     household_id: Id | None = None
     payer_id: Id | None = None
+    owner_id: Id | None = Field(
+        default=None, description="account owner / relationship manager who acts on churn alerts"
+    )
     erase: bool = False
 
     @property
@@ -215,13 +239,88 @@ class CustomerUpdate(_Event):
 
     def changed_fields(self) -> dict[str, Any]:
         """The profile fields this update sets (those present in the message)."""
-        fields = ("loyalty_member", "consent", "timezone", "quiet_hours", "household_id", "payer_id")
+        fields = (
+            "loyalty_member",
+            "consent",
+            "timezone",
+            "quiet_hours",
+            "household_id",
+            "payer_id",
+            "owner_id",
+        )
         out: dict[str, Any] = {}
         for name in fields:
             if name in self.model_fields_set:
                 value = getattr(self, name)
                 out[name] = value.model_dump() if isinstance(value, BaseModel) else value
         return out
+
+
+class ItemLike(Protocol):
+    @property
+    def sku(self) -> str: ...
+    @property
+    def category(self) -> str: ...
+    @property
+    def qty(self) -> int: ...
+    @property
+    def price(self) -> float: ...
+
+
+class PurchaseLike(Protocol):
+    """What the purchase step reads: a :class:`Purchase` or a fast-accepted ``FastPurchase``."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def customer_id(self) -> str: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def amount_cents(self) -> int: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def items(self) -> Sequence[ItemLike]: ...
+    @property
+    def store_id(self) -> str | None: ...
+    @property
+    def channel(self) -> str | None: ...
+    @property
+    def payer_id(self) -> str | None: ...
+    @property
+    def subject(self) -> str: ...
+
+
+class TouchpointLike(Protocol):
+    """What the touchpoint step reads: a :class:`Touchpoint` or a fast-accepted ``FastTouchpoint``."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def customer_id(self) -> str | None: ...
+    @property
+    def anonymous_id(self) -> str | None: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def type(self) -> TouchType: ...
+    @property
+    def channel(self) -> str | None: ...
+    @property
+    def store_id(self) -> str | None: ...
+    @property
+    def category(self) -> str | None: ...
+    @property
+    def sku(self) -> str | None: ...
+    @property
+    def rating(self) -> int | None: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def anonymous_alias(self) -> str | None: ...
+
+    def model_dump(self, mode: str = "json", exclude_none: bool = True) -> dict[str, Any]: ...
 
 
 InputEvent = Purchase | Touchpoint | StockArrival | CustomerUpdate
@@ -235,13 +334,26 @@ TOPIC_MODELS: dict[str, type[_Event]] = {
 }
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line naming each bad field: ``amount: must not be negative; items.0.qty: ...``."""
+def describe_validation_error(exc: ValidationError) -> tuple[Reason, str]:
+    """The reason code of the first error and one line naming each bad field:
+    ``amount: must not be negative; items.0.qty: ...``."""
     parts = []
+    reason: Reason | None = None
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "(event)"
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
+        if reason is None:
+            kind = err["type"]
+            if kind in _REASONS:
+                reason = Reason(kind)
+            elif kind == "missing":
+                reason = Reason.MISSING_FIELD
+            else:
+                reason = Reason.INVALID_FIELD
+    return reason or Reason.INVALID_FIELD, "; ".join(parts)
+
+
+_REASONS = {r.value for r in Reason}

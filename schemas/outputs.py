@@ -7,10 +7,12 @@ models document the shape and generate ``schemas/json/*.schema.json``.
 from __future__ import annotations
 
 import base64
-from hashlib import blake2b
+from hashlib import blake2b, sha256
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.errors import Reason, Stage
 
 
 def deterministic_id(*parts: object) -> str:
@@ -21,7 +23,7 @@ def deterministic_id(*parts: object) -> str:
 class LifecycleCause(BaseModel):
     event_id: str
     topic: str
-    type: str = Field(description="purchase, touchpoint type, customer-update, merge")
+    type: str = Field(description="purchase, touchpoint type, customer-update, merge, deadline")
     rule: str = Field(description="the lifecycle rule now satisfied, in words")
 
 
@@ -33,7 +35,10 @@ class LifecycleChange(BaseModel):
     anonymous: bool = False
     from_stage: str
     to_stage: str
-    ts: str = Field(description="event time of the cause, ISO-8601 UTC")
+    ts: str = Field(
+        description="when it happened, ISO-8601 UTC: the event time of the cause, or for risk "
+        "stages (at_risk, lapsed, lost) the deadline on the configured clock"
+    )
     cause: LifecycleCause
 
 
@@ -47,13 +52,27 @@ class DeadLetter(BaseModel):
     key_b64: str | None = None
     value: str | None = Field(description="original value as utf-8 text when it is text")
     value_b64: str | None = Field(default=None, description="original bytes when not utf-8")
-    error: str
-    stage: Literal["decode", "validate", "process", "replay"]
+    value_bytes: int | None = Field(default=None, description="size of the original value")
+    value_sha256: str | None = Field(default=None, description="digest of the original value (hex)")
+    truncated: bool = Field(
+        default=False,
+        description="the kept key/value are cut to PATRONAGE_DEAD_LETTER_MAX_BYTES (size and digest "
+        "describe the original)",
+    )
+    reason: Reason = Field(description="stable reason code (group and alert on this)")
+    error: str = Field(description="the detail in words, naming the field")
+    stage: Stage
     at: str = Field(description="when it was dead-lettered (wall clock, ISO-8601 UTC)")
 
 
 class IdentityRecord(BaseModel):
-    """Internal ``<app>-identity`` topic (co-partitioned with the inputs, keyed by subject)."""
+    """Internal ``<app>-identity`` topic (co-partitioned with the inputs, keyed by subject).
+
+    ``link`` (at the anonymous id) and ``merge`` (at the customer) carry the merge protocol;
+    ``event`` carries an input event to the partition that owns its subject.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     kind: Literal["link", "merge", "event"]
     anon: str | None = None
@@ -64,13 +83,77 @@ class IdentityRecord(BaseModel):
     topic: str | None = Field(default=None, description="kind=event: original input topic")
     event: dict[str, Any] | None = Field(default=None, description="kind=event: the input event")
 
+    @field_validator("anon", "customer", "event_id", mode="before")
+    @classmethod
+    def _ids_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
-def _text_or_b64(raw: bytes | None) -> tuple[str | None, str | None]:
+    def require(self, *names: str) -> None:
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"identity {self.kind!r} record needs {', '.join(missing)}")
+
+
+TriggerType = Literal["churn_risk", "stalled_prospect", "won_back"]
+TriggerReason = Literal["lapse", "complaint", "experience", "stalled", "came_back"]
+RecipientKind = Literal["account_owner", "store", "team"]
+
+
+class Trigger(BaseModel):
+    """``triggers``: a decision that someone should act, keyed by customer id.
+
+    ``trigger_id`` is deterministic (same type, customer and episode, same id - also after a
+    restart or a replay), and the whole record is decided once and stored before it is sent,
+    so a re-send after a crash is byte-for-byte the same record.
+    """
+
+    trigger_id: str = Field(description="deterministic: hash of (type, customer, episode)")
+    type: TriggerType
+    customer_id: str
+    recipient_id: str = Field(description="who should act: store id, account owner id or team")
+    recipient_kind: RecipientKind
+    ts: str = Field(description="when the condition arose, on the configured clock (ISO-8601 UTC)")
+    reason: TriggerReason
+    episode: int = Field(description="the customer's churn episode (a come-back starts the next)")
+    details: dict[str, Any] = Field(
+        description="churn_risk: days_silent, usual_interval_days, p_alive, expected_purchases_90d, "
+        "lifetime_value, currency, tier, purchases, risk_stage, complaint{...}, experience{...}; "
+        "stalled_prospect: asks{type: n}, first_ask_at, last_ask_at, touchpoints[...]; "
+        "won_back: purchase_event_id, purchase_at, alerted_at, days_silent"
+    )
+
+
+class ChurnModelRecord(BaseModel):
+    """``<app>-churn-model`` (compacted, key ``bgnbd``): BG/NBD parameters for P(alive).
+
+    Written by ``patronage churn-model fit --publish``; workers read the latest record."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: Literal["bgnbd"] = "bgnbd"
+    r: float = Field(gt=0, allow_inf_nan=False)
+    alpha: float = Field(gt=0, allow_inf_nan=False)
+    a: float = Field(gt=0, allow_inf_nan=False)
+    b: float = Field(gt=0, allow_inf_nan=False)
+    unit: Literal["days", "weeks"] = "days"
+    log_likelihood: float | None = None
+    customers: int | None = None
+    until: str | None = Field(default=None, description="end of the calibration period (ISO-8601)")
+    fitted_at: str | None = Field(default=None, description="when the fit ran (ISO-8601)")
+
+
+def _text_or_b64(raw: bytes | None, cut: bool = False) -> tuple[str | None, str | None]:
+    """UTF-8 text when it is text (a ``cut`` value may end inside a character), else base64."""
     if raw is None:
         return None, None
     try:
         return raw.decode("utf-8"), None
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as exc:
+        if cut and exc.start >= len(raw) - 3:
+            try:
+                return raw[: exc.start].decode("utf-8"), None
+            except UnicodeDecodeError:
+                pass
         return None, base64.b64encode(raw).decode("ascii")
 
 
@@ -81,31 +164,50 @@ def dead_letter_record(
     offset: int | None,
     key: bytes | None,
     value: bytes | None,
+    reason: Reason,
     error: str,
-    stage: str,
+    stage: Stage,
     at: str,
+    max_bytes: int = 65_536,
 ) -> dict[str, Any]:
-    key_text, key_b64 = _text_or_b64(key)
-    value_text, value_b64 = _text_or_b64(value)
+    """The dead-letter record. Key and value are kept up to ``max_bytes`` each (then cut,
+    ``truncated: true``), so the record always fits a broker's message limit; the original
+    size and SHA-256 always describe the whole value."""
+    truncated = False
+    if key is not None and len(key) > max_bytes:
+        key, truncated = key[:max_bytes], True
+    kept = value
+    if value is not None and len(value) > max_bytes:
+        kept, truncated = value[:max_bytes], True
+    key_text, key_b64 = _text_or_b64(key, truncated)
+    value_text, value_b64 = _text_or_b64(kept, truncated)
     rec: dict[str, Any] = {
         "topic": topic,
         "partition": partition,
         "offset": offset,
         "key": key_text,
         "value": value_text,
-        "error": error,
-        "stage": stage,
+        "reason": reason.value,
+        "error": error if len(error) <= 2000 else error[:2000] + "…",
+        "stage": stage.value,
         "at": at,
     }
     if key_b64 is not None:
         rec["key_b64"] = key_b64
     if value_b64 is not None:
         rec["value_b64"] = value_b64
+    if value is not None:
+        rec["value_bytes"] = len(value)
+        rec["value_sha256"] = sha256(value).hexdigest()
+    if truncated:
+        rec["truncated"] = True
     return rec
 
 
 OUTPUT_MODELS: dict[str, type[BaseModel]] = {
+    "triggers": Trigger,
     "lifecycle-changes": LifecycleChange,
     "dead-letters": DeadLetter,
     "identity": IdentityRecord,
+    "churn-model": ChurnModelRecord,
 }

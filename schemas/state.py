@@ -12,11 +12,52 @@ from __future__ import annotations
 import base64
 import sys
 from array import array
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-STATE_VERSION = 1
+# 2: typed facts, stores, churn (risk, episode, alert), experience, stalled prospect, outbox.
+# Version 1 records (the foundation's) load with those fields empty.
+STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+
+
+class Fact(NamedTuple):
+    """A profile field from ``customer-updates``: the newest (ts, event_id) wins."""
+
+    ts_ms: int
+    event_id: str
+    value: Any
+
+
+class Alert(NamedTuple):
+    """The churn alert of the current episode (at most one per episode)."""
+
+    ts_ms: int  # when the condition arose (configured clock)
+    reason: str  # lapse | complaint | experience
+    trigger_id: str
+
+
+class Experience(NamedTuple):
+    """Rated moments (reviews, rated support, complaints as 1), for the peak-end score."""
+
+    count: int
+    total: int  # sum of ratings
+    worst: int
+    best: int
+    last: int  # rating of the most recent moment (event time)
+    last_ms: int
+    score: float  # peak-end score after the latest rated moment, 1..5
+
+
+class Ask(NamedTuple):
+    """A recent "ask" touchpoint of a prospect who has not bought (for stalled-prospect alerts)."""
+
+    ts_ms: int
+    type: str
+    channel: str | None
+    store_id: str | None
+    category: str | None
 
 
 class IdMemory:
@@ -93,8 +134,22 @@ class CustomerState:
         "last_touch_ms",
         "positive_reviews",
         "touch_ids",
-        # profile facts from customer-updates: field -> [ts_ms, event_id, value]
+        # profile facts from customer-updates: field -> Fact
         "facts",
+        # where they shop: store id -> purchases + visits (bounded, see policy.max_stores)
+        "stores",
+        # churn: risk stage (at_risk | lapsed | lost | None) on the configured clock
+        "risk",
+        "risk_since_ms",
+        "episode",  # churn episodes closed so far (a come-back closes one)
+        "alert",  # Alert of the current episode, or None
+        "experience",
+        # stalled prospect
+        "asks",
+        "stalled_ms",
+        # triggers decided but not yet confirmed sent (outbox), and the last one per type
+        "outbox",
+        "last_triggers",
         # lifecycle
         "stage",
         "stage_since_ms",
@@ -121,7 +176,17 @@ class CustomerState:
         self.last_touch_ms: int | None = None
         self.positive_reviews = 0
         self.touch_ids = IdMemory()
-        self.facts: dict[str, list[Any]] = {}
+        self.facts: dict[str, Fact] = {}
+        self.stores: dict[str, int] = {}
+        self.risk: str | None = None
+        self.risk_since_ms: int | None = None
+        self.episode = 0
+        self.alert: Alert | None = None
+        self.experience: Experience | None = None
+        self.asks: list[Ask] = []
+        self.stalled_ms: int | None = None
+        self.outbox: list[dict[str, Any]] = []
+        self.last_triggers: dict[str, list[Any]] = {}  # type -> [trigger_id, ts_ms]
         self.stage = "stranger"
         self.stage_since_ms: int | None = None
         self.aliases: list[str] = []
@@ -149,7 +214,26 @@ class CustomerState:
         if self.positive_reviews:
             d["pr"] = self.positive_reviews
         if self.facts:
-            d["facts"] = self.facts
+            d["facts"] = {k: list(f) for k, f in self.facts.items()}
+        if self.stores:
+            d["sto"] = self.stores
+        if self.risk is not None:
+            d["rk"] = self.risk
+            d["rks"] = self.risk_since_ms
+        if self.episode:
+            d["ep"] = self.episode
+        if self.alert is not None:
+            d["alr"] = list(self.alert)
+        if self.experience is not None:
+            d["exp"] = list(self.experience)
+        if self.asks:
+            d["ask"] = [list(a) for a in self.asks]
+        if self.stalled_ms is not None:
+            d["stl"] = self.stalled_ms
+        if self.outbox:
+            d["out"] = self.outbox
+        if self.last_triggers:
+            d["ltr"] = self.last_triggers
         d["st"] = self.stage
         if self.stage_since_ms is not None:
             d["ss"] = self.stage_since_ms
@@ -169,7 +253,7 @@ class CustomerState:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CustomerState:
         version = d.get("v")
-        if version != STATE_VERSION:
+        if version not in _READABLE_VERSIONS:
             raise ValueError(f"unsupported customer state version {version!r}")
         s = cls(d["s"], bool(d.get("anon", False)))
         if "f" in d:
@@ -185,7 +269,19 @@ class CustomerState:
             s.last_touch_ms = d["lt"]
             s.touch_ids = IdMemory.decode(d["tid"])
         s.positive_reviews = d.get("pr", 0)
-        s.facts = d.get("facts", {})
+        s.facts = {k: Fact(*f) for k, f in d.get("facts", {}).items()}
+        s.stores = d.get("sto", {})
+        s.risk = d.get("rk")
+        s.risk_since_ms = d.get("rks")
+        s.episode = d.get("ep", 0)
+        alert = d.get("alr")
+        s.alert = None if alert is None else Alert(*alert)
+        exp = d.get("exp")
+        s.experience = None if exp is None else Experience(*exp)
+        s.asks = [Ask(*a) for a in d.get("ask", ())]
+        s.stalled_ms = d.get("stl")
+        s.outbox = d.get("out", [])
+        s.last_triggers = d.get("ltr", {})
         s.stage = d.get("st", "stranger")
         s.stage_since_ms = d.get("ss")
         s.aliases = d.get("al", [])
@@ -209,4 +305,4 @@ class CustomerState:
     def fact(self, name: str, default: Any = None) -> Any:
         """Current value of a customer-update field (``loyalty_member``, ``timezone``...)."""
         entry = self.facts.get(name)
-        return default if entry is None else entry[2]
+        return default if entry is None else entry.value

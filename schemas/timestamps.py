@@ -1,51 +1,110 @@
-"""Timestamp parsing shared by every contract.
+"""Timestamp parsing and plausibility bounds shared by every contract.
 
 Producers may send either ISO-8601 with a UTC offset (``2026-11-01T09:30:00+01:00`` or
 ``...Z``) or epoch milliseconds (an integer). Everything is stored as UTC epoch milliseconds.
+
+Parsing (:func:`parse_ts_ms`) only checks the form. Plausibility is a separate check
+(:meth:`TsBounds.check`) against settings: a floor (default 1970-01-01) and a skew past the
+wall clock (default 1 day), so a purchase log from the 1990s loads and a unit mistake
+(seconds, microseconds) is caught with a reason code.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic_core import PydanticCustomError
+
+from schemas.errors import Reason
+
 DAY_MS = 86_400_000
-# Plausibility bounds: 2000-01-01 .. 2100-01-01. Anything outside is almost certainly a
-# unit mistake (seconds instead of milliseconds, microseconds, ...).
-MIN_TS_MS = 946_684_800_000
-MAX_TS_MS = 4_102_444_800_000
+
+
+def _err(reason: Reason, message: str) -> PydanticCustomError:
+    # a ValueError whose type pydantic reports as the reason code
+    return PydanticCustomError(reason.value, message)
 
 
 def parse_ts_ms(value: object) -> int:
     """Return epoch milliseconds (UTC) for an ISO-8601-with-offset string or epoch-ms number.
 
-    Raises ValueError with a message that says what was wrong.
+    Raises ValueError (a pydantic custom error whose type is a :class:`Reason` code) with a
+    message that says what was wrong. Range is checked separately (:class:`TsBounds`).
     """
     if isinstance(value, bool):
-        raise ValueError("timestamp must be ISO-8601 with offset or epoch milliseconds, not a boolean")
-    if isinstance(value, int | float):
+        raise _err(
+            Reason.TS_INVALID, "timestamp must be ISO-8601 with offset or epoch milliseconds, not a boolean"
+        )
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _err(Reason.TS_INVALID, "timestamp must be a finite number")
         ms = int(value)
         if ms != value:
-            raise ValueError("epoch timestamp must be whole milliseconds")
-    elif isinstance(value, str):
+            raise _err(Reason.TS_INVALID, "epoch timestamp must be whole milliseconds")
+        return ms
+    if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
-            ms = int(text)
-        else:
-            try:
-                parsed = datetime.fromisoformat(text)
-            except ValueError:
-                raise ValueError(f"not an ISO-8601 timestamp: {value!r}") from None
-            if parsed.tzinfo is None or parsed.utcoffset() is None:
-                raise ValueError(f"timestamp {value!r} has no UTC offset (add 'Z' or '+hh:mm')")
-            ms = int(parsed.timestamp() * 1000)
-    else:
-        raise ValueError("timestamp must be ISO-8601 with offset or epoch milliseconds")
-    if not MIN_TS_MS <= ms < MAX_TS_MS:
-        if MIN_TS_MS // 1000 <= ms < MAX_TS_MS // 1000:
-            raise ValueError(f"timestamp {ms} looks like epoch seconds; send milliseconds")
-        raise ValueError(f"timestamp {ms} is outside 2000-01-01..2100-01-01")
-    return ms
+        if text.isdigit() and text.isascii():
+            return int(text)
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise _err(Reason.TS_INVALID, f"not an ISO-8601 timestamp: {value[:80]!r}") from None
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            raise _err(
+                Reason.TS_NO_OFFSET, f"timestamp {value[:80]!r} has no UTC offset (add 'Z' or '+hh:mm')"
+            )
+        try:
+            return int(parsed.timestamp() * 1000)
+        except (OverflowError, ValueError, OSError):
+            raise _err(Reason.TS_OUT_OF_RANGE, f"timestamp {value[:80]!r} is out of range") from None
+    raise _err(Reason.TS_INVALID, "timestamp must be ISO-8601 with offset or epoch milliseconds")
+
+
+# Epoch values below this (1973-03-03 as milliseconds, year 5138 as seconds) are almost
+# always seconds sent where milliseconds belong; the default of PATRONAGE_TS_SECONDS_BELOW_MS.
+SECONDS_GUARD_BELOW_MS = 100_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TsBounds:
+    """What counts as a plausible event time, as of one wall-clock reading.
+
+    ``floor_ms`` <= ts <= ``ceiling_ms``, and ts >= ``seconds_below_ms`` (a time before it,
+    read as milliseconds, is early 1973 or before: almost surely epoch *seconds*; 0 turns
+    the guard off).
+    """
+
+    floor_ms: int
+    ceiling_ms: int
+    seconds_below_ms: int = SECONDS_GUARD_BELOW_MS
+
+    def check(self, ts_ms: int) -> Reason | None:
+        """None when plausible, else the reason code."""
+        if self.floor_ms <= ts_ms <= self.ceiling_ms:
+            return Reason.TS_IN_SECONDS if ts_ms < self.seconds_below_ms else None
+        return Reason.TS_OUT_OF_RANGE
+
+    def explain(self, ts_ms: int, reason: Reason) -> str:
+        if reason is Reason.TS_IN_SECONDS:
+            return (
+                f"timestamp {ts_ms} reads as {iso_utc_safe(ts_ms)} in milliseconds; it looks like epoch "
+                f"seconds ({iso_utc_safe(ts_ms * 1000)}): send milliseconds (times before "
+                f"{iso_utc_safe(self.seconds_below_ms)} need PATRONAGE_TS_SECONDS_BELOW_MS=0)"
+            )
+        hint = ""
+        if self.floor_ms <= ts_ms * 1000 <= self.ceiling_ms:
+            hint = " (looks like epoch seconds; send milliseconds)"
+        elif self.floor_ms <= ts_ms // 1000 <= self.ceiling_ms:
+            hint = " (looks like epoch microseconds; send milliseconds)"
+        return (
+            f"timestamp {ts_ms} ({iso_utc_safe(ts_ms)}) is outside {iso_utc_safe(self.floor_ms)} .. "
+            f"{iso_utc_safe(self.ceiling_ms)} (PATRONAGE_TS_FLOOR, PATRONAGE_TS_MAX_FUTURE_S){hint}"
+        )
 
 
 def iso_utc(ms: int | None) -> str | None:
@@ -54,3 +113,11 @@ def iso_utc(ms: int | None) -> str | None:
         return None
     seconds, millis = divmod(ms, 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def iso_utc_safe(ms: int) -> str:
+    """:func:`iso_utc`, or the bare number for a value no calendar can show."""
+    try:
+        return iso_utc(ms) or str(ms)
+    except (OverflowError, ValueError, OSError):
+        return f"{ms} ms"

@@ -15,7 +15,16 @@ from bisect import bisect_left
 from enum import Enum
 from hashlib import blake2b
 
+from schemas.events import TouchType
 from schemas.state import IdMemory
+
+# A remembered touchpoint id carries its type in the low 4 bits, so identity merges can
+# tell exactly which of a visitor's events the customer already counted.
+TOUCH_TYPES = tuple(t.value for t in TouchType)
+TOUCH_CODES = {t: i for i, t in enumerate(TOUCH_TYPES)}
+POSITIVE_REVIEW_CODE = len(TOUCH_TYPES)
+TOUCH_CODE_MASK = 0xF
+assert POSITIVE_REVIEW_CODE <= TOUCH_CODE_MASK
 
 
 class Seen(Enum):

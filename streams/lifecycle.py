@@ -8,22 +8,70 @@
     advocate  -> a member who referred someone or left a positive review (rating >= 4)
 
 Because the stage is derived from order-independent aggregates, replaying events in any
-order ends in the same stage. (at-risk / lapsed / lost come with churn detection.)
+order ends in the same stage. On top of it, a buyer who goes silent for far longer than
+their usual rhythm is ``at_risk``, then ``lapsed``, then ``lost`` (:mod:`streams.churn`,
+on the configured clock); a purchase brings them back to their base stage.
 """
 
 from __future__ import annotations
 
 from schemas.state import CustomerState
+from schemas.topics import Topic
+from streams.core import Emit, lifecycle_change
 from streams.policy import Policy
 
-STAGES = ("stranger", "visitor", "prospect", "customer", "member", "advocate")
+BASE_STAGES = ("stranger", "visitor", "prospect", "customer", "member", "advocate")
+RISK_STAGES = ("at_risk", "lapsed", "lost")
+STAGES = BASE_STAGES + RISK_STAGES
+
+
+def effective_stage(state: CustomerState, policy: Policy) -> str:
+    """The risk stage while there is one, else the base stage."""
+    return state.risk or stage_only(state, policy)
+
+
+def note_event_time(state: CustomerState, ts_ms: int) -> None:
+    if state.last_event_ms is None or ts_ms > state.last_event_ms:
+        state.last_event_ms = ts_ms
+
+
+def restage(
+    state: CustomerState,
+    policy: Policy,
+    *,
+    event_id: str,
+    topic: Topic | str,
+    cause_type: str,
+    ts_ms: int,
+    rule: str | None = None,
+) -> Emit | None:
+    """Recompute the stage; on change update ``state`` and return the lifecycle record."""
+    stage = effective_stage(state, policy)
+    if stage == state.stage:
+        return None
+    if rule is None:
+        rule = stage_of(state, policy)[1]
+    before = state.stage
+    state.stage = stage
+    state.stage_since_ms = ts_ms
+    return lifecycle_change(
+        state.subject,
+        state.anonymous,
+        before,
+        stage,
+        event_id=event_id,
+        topic=str(topic),
+        cause_type=cause_type,
+        rule=rule,
+        ts_ms=ts_ms,
+    )
 
 
 def stage_only(state: CustomerState, policy: Policy) -> str:
     """The stage alone (hot path: called after every event; the rule text only on change)."""
     touches = state.touch_counts
     if state.frequency >= policy.member_min_purchases or (
-        "loyalty_member" in state.facts and state.facts["loyalty_member"][2]
+        "loyalty_member" in state.facts and state.facts["loyalty_member"].value
     ):
         if touches.get("referral", 0) > 0 or state.positive_reviews > 0:
             return "advocate"

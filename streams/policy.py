@@ -1,8 +1,79 @@
-"""Business thresholds in one frozen dataclass (the single place a rule's number lives)."""
+"""Business thresholds in frozen dataclasses (the single place a rule's number lives).
+
+Every field has a ``PATRONAGE_*`` setting (agents/settings.py) and is documented in the
+README; the defaults here are the documented defaults.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from schemas.timestamps import DAY_MS, SECONDS_GUARD_BELOW_MS
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnPolicy:
+    """Who is slipping away, when, and who hears about it."""
+
+    # -- cadence: silence relative to the customer's own usual interval between purchases --
+    # silent longer than factor x usual interval (and at least min days) -> stage
+    at_risk_factor: float = 3.0
+    lapsed_factor: float = 6.0
+    lost_factor: float = 12.0
+    at_risk_min_days: float = 14.0
+    lapsed_min_days: float = 30.0
+    lost_min_days: float = 90.0
+    # usual interval = (n x own median gap + prior_weight x prior) / (n + prior_weight), n = own gaps
+    prior_weight: float = 2.0
+    # the prior: the live population's median usual interval once enough customers have
+    # >= 3 gaps of their own, else this fixed value
+    prior_interval_days: float = 30.0
+    prior_min_customers: int = 20
+    # -- who matters (80/20 and loyalty) --
+    core_share: float = 0.20  # top share of buyers by lifetime spend = tier "core"
+    watch_purchases: int = 3  # milestone "watch"
+    care_purchases: int = 5  # milestone "care"
+    # a churn-risk trigger goes out for customers in these tiers OR with >= this many purchases
+    alert_tiers: frozenset[str] = frozenset({"core"})
+    alert_min_purchases: int = 5
+    # -- bad experiences --
+    complaint_max_rating: int = 2  # a rating <= this counts as a complaint
+    experience_drop: float = 1.0  # the peak-end score falling by >= this ...
+    experience_floor: float = 3.0  # ... to below this raises risk (reason experience)
+    # -- stalled prospects (asks again and again, never buys) --
+    ask_types: frozenset[str] = frozenset({"inquiry", "cart", "visit"})
+    stalled_min_asks: int = 3
+    stalled_after_days: float = 14.0  # at least this long since the first ask
+    # -- recipients --
+    default_recipient: str = "crm"  # team for churn alerts without an owner or a store
+    sales_recipient: str = "sales"  # team for stalled prospects without an owner or a store
+    max_stores: int = 8  # stores remembered per customer (most visited kept)
+    # -- P(alive) --
+    expected_horizon_days: int = 90
+
+    def __post_init__(self) -> None:
+        if not 0 < self.at_risk_factor <= self.lapsed_factor <= self.lost_factor:
+            raise ValueError("churn factors must satisfy 0 < at_risk <= lapsed <= lost")
+        if not 0 <= self.at_risk_min_days <= self.lapsed_min_days <= self.lost_min_days:
+            raise ValueError("churn minimum days must satisfy 0 <= at_risk <= lapsed <= lost")
+        if self.prior_interval_days <= 0:
+            raise ValueError("prior_interval_days must be > 0")
+        if not 0 < self.core_share <= 1:
+            raise ValueError("core_share must be in (0, 1]")
+        if self.stalled_min_asks < 1:
+            raise ValueError("stalled_min_asks must be >= 1")
+
+    @property
+    def factors(self) -> tuple[float, float, float]:
+        return (self.at_risk_factor, self.lapsed_factor, self.lost_factor)
+
+    @property
+    def min_ms(self) -> tuple[int, int, int]:
+        return (
+            int(self.at_risk_min_days * DAY_MS),
+            int(self.lapsed_min_days * DAY_MS),
+            int(self.lost_min_days * DAY_MS),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +95,14 @@ class Policy:
     max_aliases: int = 1000
     # identity
     accept_currency: str = "EUR"
+    # input plausibility (reason codes ts_out_of_range, ts_in_seconds, amount_out_of_range)
+    ts_floor_ms: int = 0  # 1970-01-01T00:00:00Z
+    ts_max_future_ms: int = DAY_MS  # how far past the wall clock an event time may be
+    ts_seconds_below_ms: int = SECONDS_GUARD_BELOW_MS  # earlier epoch values: ts_in_seconds (0: off)
+    max_amount_cents: int = 10**13  # 100 billion in major units
+    # dead letters keep at most this many bytes of the original key and value each
+    dead_letter_max_bytes: int = 65_536
+    churn: ChurnPolicy = field(default_factory=ChurnPolicy)
 
     def __post_init__(self) -> None:
         if self.bucket_retention_days <= max(self.windows_days):

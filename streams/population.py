@@ -6,6 +6,10 @@ ranks higher). Ties share a score. Only customers with at least one purchase tak
 Each dimension is a value -> count histogram: O(1) per update on the hot path. Reading a
 score builds (once per change of the population) a table of "how many buyers are below
 each value", so scores are always computed against the current population.
+
+The same index gives the value tier (top ``core_share`` of buyers by spend = ``core``) and
+the churn prior: the median of the customers' own usual intervals (whole days, customers
+with at least three gaps between purchase days).
 """
 
 from __future__ import annotations
@@ -14,7 +18,11 @@ from dataclasses import dataclass
 
 from schemas.state import CustomerState
 from schemas.timestamps import DAY_MS
-from streams.rfm import quintile_score, segment
+from streams.rfm import own_gaps, quintile_score, segment
+
+# contribution of one buyer: (last purchase day, frequency, cents, own median gap days or -1, partition)
+Contribution = tuple[int, int, int, int, int]
+MIN_OWN_GAPS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +40,18 @@ class RfmScores:
         return f"{self.r}{self.f}{self.m}"
 
 
-def _contribution(state: CustomerState) -> tuple[int, int, int] | None:
+def _rfm(state: CustomerState) -> tuple[int, int, int] | None:
     if state.frequency <= 0 or state.merged_into is not None or state.last_purchase_ms is None:
         return None
     return (state.last_purchase_ms // DAY_MS, state.frequency, state.monetary_cents)
+
+
+def _median_gap(state: CustomerState) -> int:
+    gaps = own_gaps(state)
+    if len(gaps) < MIN_OWN_GAPS:
+        return -1
+    gaps.sort()
+    return gaps[len(gaps) // 2]
 
 
 def _dec(hist: dict[int, int], value: int) -> None:
@@ -56,39 +72,89 @@ def _cumulative(hist: dict[int, int]) -> dict[int, int]:
 
 
 class Population:
-    """Rank index over the buyers this process holds (keyed by subject id)."""
+    """Rank index over the buyers this process holds (keyed by subject id); a StateIndex."""
 
-    __slots__ = ("_below", "_by_subject", "_hists")
+    __slots__ = ("_below", "_by_subject", "_hists", "_prior")
 
     def __init__(self) -> None:
-        self._by_subject: dict[str, tuple[int, int, int]] = {}
-        # recency (last purchase day), frequency, monetary (cents): value -> buyers
-        self._hists: tuple[dict[int, int], dict[int, int], dict[int, int]] = ({}, {}, {})
+        self._by_subject: dict[str, Contribution] = {}
+        # recency (last purchase day), frequency, monetary (cents), own median gap (days):
+        # value -> buyers (the gap histogram holds only customers with enough gaps)
+        self._hists: tuple[dict[int, int], dict[int, int], dict[int, int], dict[int, int]] = ({}, {}, {}, {})
         # cached "how many buyers have a smaller value" tables, dropped on every change
         self._below: list[dict[int, int] | None] = [None, None, None]
+        self._prior: tuple[int, float | None] | None = None
 
     def __len__(self) -> int:
         return len(self._by_subject)
 
-    def update(self, subject: str, state: CustomerState | None) -> None:
+    def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
         """Replace ``subject``'s contribution with the one from ``state`` (None removes it)."""
-        new = None if state is None else _contribution(state)
+        rfm = None if state is None else _rfm(state)
+        new = None if rfm is None or state is None else (*rfm, _median_gap(state), partition)
         old = self._by_subject.get(subject)
         if old == new:
             return
-        self._below = [None, None, None]
         hists = self._hists
         if old is not None:
-            for hist, value in zip(hists, old, strict=True):
+            if new is None or old[:3] != new[:3]:
+                self._below = [None, None, None]
+            for hist, value in zip(hists[:3], old[:3], strict=True):
                 _dec(hist, value)
+            if old[3] >= 0:
+                _dec(hists[3], old[3])
+                self._prior = None
             del self._by_subject[subject]
+        else:
+            self._below = [None, None, None]
         if new is not None:
-            for hist, value in zip(hists, new, strict=True):
+            for hist, value in zip(hists[:3], new[:3], strict=True):
                 hist[value] = hist.get(value, 0) + 1
+            if new[3] >= 0:
+                hists[3][new[3]] = hists[3].get(new[3], 0) + 1
+                self._prior = None
             self._by_subject[subject] = new
 
-    def clear(self) -> None:
-        self.__init__()  # type: ignore[misc]
+    def clear(self, partition: int | None = None) -> None:
+        if partition is None:
+            self.__init__()  # type: ignore[misc]
+            return
+        for subject, c in list(self._by_subject.items()):
+            if c[4] == partition:
+                self.update(partition, subject, None)
+
+    def median_interval_days(self, min_customers: int) -> float | None:
+        """Median of the buyers' own usual intervals (customers with >= 3 gaps), or None when
+        fewer than ``min_customers`` have that much history."""
+        cached = self._prior
+        if cached is not None and cached[0] == min_customers:
+            return cached[1]
+        hist = self._hists[3]
+        n = sum(hist.values())
+        value: float | None = None
+        if n >= max(1, min_customers):
+            half = (n - 1) // 2
+            seen = 0
+            for gap in sorted(hist):
+                seen += hist[gap]
+                if seen > half:
+                    value = float(gap)
+                    break
+        self._prior = (min_customers, value)
+        return value
+
+    def is_core(self, state: CustomerState, share: float) -> bool:
+        """In the top ``share`` of buyers by lifetime spend (ties included)."""
+        c = _rfm(state)
+        if c is None:
+            return False
+        n = len(self._by_subject)
+        indexed = self._by_subject.get(state.subject)
+        if indexed is None or indexed[:3] != c:
+            n += 1
+        below = self._count_below(2, c[2])
+        at_or_above = n - below
+        return at_or_above <= max(1.0, share * n)
 
     def _count_below(self, which: int, value: int) -> int:
         table = self._below[which]
@@ -101,11 +167,12 @@ class Population:
 
     def scores(self, state: CustomerState) -> RfmScores | None:
         """The customer's R, F, M scores (1-5) against the population, None for non-buyers."""
-        c = _contribution(state)
+        c = _rfm(state)
         if c is None:
             return None
         n = len(self._by_subject)
-        if self._by_subject.get(state.subject) != c:
+        indexed = self._by_subject.get(state.subject)
+        if indexed is None or indexed[:3] != c:
             n += 1  # not (yet) indexed: rank it as if it were
         return RfmScores(
             r=quintile_score(self._count_below(0, c[0]), n),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from schemas.state import CustomerState
-from schemas.timestamps import iso_utc
-from streams.policy import Policy
+from schemas.timestamps import DAY_MS, iso_utc
+from streams import bgnbd, churn
+from streams.core import Context
+from streams.lifecycle import stage_only
 from streams.population import Population
 from streams.rfm import mean_interpurchase_days, recency_days, trailing_windows
 
@@ -15,10 +18,45 @@ def _money(cents: int) -> float:
     return cents / 100
 
 
-def build_profile(
-    state: CustomerState, population: Population, now_ms: int, policy: Policy, clock: str
-) -> dict[str, Any]:
-    """Profile as of ``now_ms`` (the clock's now); RFM scores against ``population``."""
+def churn_view(state: CustomerState, ctx: Context) -> dict[str, Any] | None:
+    """The churn part of a profile: risk, rhythm, value, P(alive), the open alert."""
+    if state.frequency <= 0:
+        return None
+    policy = ctx.policy.churn
+    usual = churn.usual_interval_days(state, ctx.prior_days, policy)
+    last = state.last_purchase_ms
+    assert last is not None
+    times = churn.risk_times(state, usual, policy)
+    exp = state.experience
+    return {
+        "risk_stage": state.risk,
+        "risk_since": iso_utc(state.risk_since_ms),
+        "days_silent": round(max(0, ctx.now_ms - last) / DAY_MS, 1),
+        "usual_interval_days": round(usual, 1),
+        "at_risk_after": iso_utc(times[0]),
+        "lapsed_after": iso_utc(times[1]),
+        "lost_after": iso_utc(times[2]),
+        "next_deadline": iso_utc(churn.next_deadline(state, ctx.prior_days, policy)),
+        "tier": churn.tier(state, ctx),
+        "milestone": churn.milestone(state, policy),
+        "valued": churn.valued(state, ctx),
+        "episode": state.episode,
+        "alert": None
+        if state.alert is None
+        else {
+            "at": iso_utc(state.alert.ts_ms),
+            "reason": state.alert.reason,
+            "trigger_id": state.alert.trigger_id,
+        },
+        "experience_score": None if exp is None else exp.score,
+        "recipient": dict(zip(("kind", "id"), churn.recipient(state, policy.default_recipient), strict=True)),
+        **churn.alive(state, ctx.model, ctx.now_ms, policy.expected_horizon_days),
+    }
+
+
+def build_profile(state: CustomerState, ctx: Context, clock: str) -> dict[str, Any]:
+    """Profile as of ``ctx.now_ms`` (the clock's now); RFM scores against the population."""
+    population, now_ms, policy = ctx.population, ctx.now_ms, ctx.policy
     scores = population.scores(state)
     mean_gap = mean_interpurchase_days(state)
     return {
@@ -26,7 +64,8 @@ def build_profile(
         "anonymous": state.anonymous,
         "as_of": iso_utc(now_ms),
         "clock": clock,
-        "lifecycle_stage": state.stage,
+        "lifecycle_stage": state.stage,  # the risk stage while there is one
+        "base_stage": stage_only(state, policy),  # stranger .. advocate, ignoring risk
         "lifecycle_since": iso_utc(state.stage_since_ms),
         "frequency": state.frequency,
         "monetary": _money(state.monetary_cents),
@@ -54,11 +93,32 @@ def build_profile(
         "last_touch_at": iso_utc(state.last_touch_ms),
         "positive_reviews": state.positive_reviews,
         "loyalty_member": bool(state.fact("loyalty_member", False)),
-        "facts": {name: entry[2] for name, entry in sorted(state.facts.items())},
+        "facts": {name: entry.value for name, entry in sorted(state.facts.items())},
+        "stores": dict(sorted(state.stores.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "churn": churn_view(state, ctx),
+        "stalled_prospect_at": iso_utc(state.stalled_ms),
+        "last_triggers": {
+            t: {"trigger_id": v[0], "at": iso_utc(v[1])} for t, v in sorted(state.last_triggers.items())
+        },
         "merged_anonymous_ids": list(state.aliases),
         "merged_into": state.merged_into,
         "last_event_at": iso_utc(state.last_event_ms),
     }
+
+
+def churn_summary_rows(states: Iterable[CustomerState], until_ms: int, unit: str) -> list[list[float]]:
+    """BG/NBD inputs from the table: ``[x, t_x, T, customers]`` rows (identical triples
+    counted once), from each buyer's remembered purchase times up to ``until_ms``."""
+    if unit not in bgnbd.UNIT_DAYS:
+        raise ValueError(f"unit must be one of {', '.join(bgnbd.UNIT_DAYS)}")
+    counts: dict[tuple[int, float, float], int] = {}
+    for state in states:
+        if state.frequency <= 0 or state.merged_into is not None:
+            continue
+        summary = bgnbd.summarize(state.purchase_ids.ts, until_ms, unit)
+        if summary is not None:
+            counts[summary] = counts.get(summary, 0) + 1
+    return [[x, t_x, big_t, n] for (x, t_x, big_t), n in sorted(counts.items())]
 
 
 def summarize(states: Any, population: Population) -> dict[str, Any]:

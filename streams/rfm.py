@@ -12,6 +12,7 @@ the same state; duplicates are rejected by the bounded id memory in :mod:`stream
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from schemas.state import CustomerState
@@ -83,6 +84,16 @@ def mean_interpurchase_days(state: CustomerState) -> float | None:
     if state.frequency < 2 or state.first_purchase_ms is None or state.last_purchase_ms is None:
         return None
     return (state.last_purchase_ms - state.first_purchase_ms) / DAY_MS / (state.frequency - 1)
+
+
+def own_gaps(state: CustomerState) -> list[int]:
+    """Whole days between consecutive distinct purchase days in the retained buckets (the
+    last ``bucket_retention_days`` before the newest purchase): the customer's own rhythm."""
+    days = state.days
+    if len(days) < 2:
+        return []
+    ordered = sorted(days)
+    return [b - a for a, b in itertools.pairwise(ordered)]
 
 
 # RFM segments from the (R, F) grid, the common 10-segment map.

@@ -1,9 +1,9 @@
 #!/bin/sh
-# Create every topic a patronage worker needs (the list of `agents.cli.all_topics`), all with
+# Create every topic a patronage worker needs (the list of `agents.cli.all_topics`, i.e. schemas.topics.Topic), all with
 # PATRONAGE_PARTITIONS partitions, using the Apache Kafka image's kafka-topics.sh. Shared by
 # deploy/compose.yaml (service "topics") and the Kubernetes Job "patronage-topics" (kustomize mounts
 # this file from a generated ConfigMap). The worker would create missing topics itself; creating
-# them here first gives the table changelog its compaction and fails before any worker starts.
+# them here first gives the table changelog and the churn model their compaction and fails before any worker starts.
 #
 # Idempotent: existing topics are kept. A co-partitioned topic (the customer inputs, the identity
 # topic, the table changelog) that exists with another partition count fails the run, because
@@ -26,11 +26,12 @@ COMMAND_CONFIG="${KAFKA_COMMAND_CONFIG:-}"
 # Faust URL form -> bootstrap list: kafka://a:9092;kafka://b:9092 -> a:9092,b:9092
 BOOTSTRAP="$(printf '%s' "${PATRONAGE_BROKER:?PATRONAGE_BROKER must be set}" | sed -e 's#kafka://##g' -e 's#;#,#g')"
 
-# Names as agents.app.topic_names builds them (tests/unit/test_deploy_files.py compares them).
+# Names as schemas.topics.TopicNames builds them (tests/unit/test_deploy_files.py compares them).
 IDENTITY="${PREFIX}${APP_ID}-identity"
+MODEL="${PREFIX}${APP_ID}-churn-model"
 CHANGELOG="${APP_ID}-customers-changelog"
-TOPICS="${PREFIX}purchases ${PREFIX}touchpoints ${PREFIX}stock-arrivals ${PREFIX}customer-updates"
-TOPICS="$TOPICS ${PREFIX}triggers ${PREFIX}lifecycle-changes ${PREFIX}dead-letters $IDENTITY $CHANGELOG"
+TOPICS="${PREFIX}purchases ${PREFIX}touchpoints ${PREFIX}customer-updates ${PREFIX}stock-arrivals"
+TOPICS="$TOPICS ${PREFIX}triggers ${PREFIX}lifecycle-changes ${PREFIX}dead-letters $IDENTITY $MODEL $CHANGELOG"
 CO_PARTITIONED="${PREFIX}purchases ${PREFIX}touchpoints ${PREFIX}customer-updates $IDENTITY $CHANGELOG"
 
 kt() {
@@ -53,8 +54,8 @@ done
 
 failed=0
 for topic in $TOPICS; do
-    if [ "$topic" = "$CHANGELOG" ]; then
-        # customer state: keep the latest record per key forever (restored on rebalance)
+    if [ "$topic" = "$CHANGELOG" ] || [ "$topic" = "$MODEL" ]; then
+        # customer state / model parameters: keep the latest record per key forever
         kt --create --if-not-exists --topic "$topic" \
             --partitions "$PARTITIONS" --replication-factor "$REPLICATION" --config cleanup.policy=compact
     else

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -47,6 +48,8 @@ class Cluster:
             "PATRONAGE_TOPIC_PREFIX": f"{name}-",
             "PATRONAGE_PARTITIONS": str(partitions),
             "PATRONAGE_LOG_LEVEL": "info",
+            # a finished replay stops holding the event clock back after 1 s (default 5 s)
+            "PATRONAGE_EVENT_CLOCK_IDLE_S": "1",
             **env,
         }
         self.workers: dict[int, tuple[Service, int]] = {}
@@ -112,8 +115,11 @@ class Cluster:
     def replay(self, path: Path, topic: str) -> str:
         return self.run("replay", str(path), "--topic", topic, "--quiet").stderr
 
-    def wait(self, timeout: float = 180) -> None:
+    def wait(self, timeout: float = 180, settle_s: float = 1.5) -> None:
+        """Until the group committed everything, then ``settle_s`` more: the event clock
+        treats the inputs as idle and ticks to the newest event time (deadlines fire)."""
         self.run("wait", "--timeout", str(timeout), "--quiet", timeout=timeout + 30)
+        time.sleep(settle_s)
 
     def read_topic(self, logical: str) -> list[dict[str, Any]]:
         proc = self.run("tail", logical, "--limit", "10000000", "--json")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from schemas.timestamps import DAY_MS, parse_ts_ms
-from streams.synthetic import generate
+from synthetic import generate
 from tests import oracle
 from tests.integration.conftest import Cluster
 
@@ -47,7 +47,8 @@ def check_customer(doc: dict[str, Any], e: oracle.Expected, scores: dict[str, tu
         assert (w["purchases"], round(w["monetary"] * 100)) == (n, c), (cid, days)
     assert doc["touchpoints"] == dict(sorted(e.touches.items())), cid
     assert doc["positive_reviews"] == e.positive_reviews, cid
-    assert doc["lifecycle_stage"] == e.stage(), cid
+    assert doc["base_stage"] == e.stage(), cid
+    assert doc["lifecycle_stage"] in (e.stage(), "at_risk", "lapsed", "lost"), cid
     assert set(doc["merged_anonymous_ids"]) == e.aliases, cid
     if e.frequency:
         assert (doc["rfm"]["r"], doc["rfm"]["f"], doc["rfm"]["m"]) == scores[cid], cid
@@ -97,10 +98,12 @@ def test_replay_with_duplicates_shuffle_and_garbage_gives_exact_state(
     expected = oracle.compute([*data.purchases, *csv_rows], data.touchpoints, data.customer_updates)
     scores = oracle.rfm_scores(expected)
     assert len(expected) >= 250
+    final_stage = {}
     for cid, e in expected.items():
         doc = cluster.profile(cid)
         assert doc is not None, f"no profile for {cid}"
         check_customer(doc, e, scores)
+        final_stage[cid] = doc["lifecycle_stage"]
     assert cluster.profile("c-bad") is None
     assert cluster.profile("never-seen") is None
     cli = cluster.run("profile", "never-seen", "--url", cluster.url(), check=False)
@@ -129,8 +132,11 @@ def test_replay_with_duplicates_shuffle_and_garbage_gives_exact_state(
     for cid, e in expected.items():
         chain = chains.get(cid, [])
         stages = {c["from_stage"] for c in chain} | {c["to_stage"] for c in chain}
-        if e.stage() != "stranger":
-            assert e.stage() in {c["to_stage"] for c in chain}, cid
+        now_stage = final_stage[cid]
+        # the chain ends where the profile is (a risk stage hides base-stage moves under it)
+        assert now_stage in {c["to_stage"] for c in chain} or now_stage == "stranger", cid
+        if now_stage not in ("at_risk", "lapsed", "lost"):
+            assert now_stage == e.stage(), cid
         assert "stranger" in stages or not chain, cid
 
     status, summary = cluster.get("/summary/")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.synthetic import generate
+from synthetic import generate
 from tests import oracle
 from tests.integration.conftest import Cluster
 
@@ -30,4 +30,5 @@ def test_two_workers_share_partitions_and_route_profile_requests(cluster: Cluste
         a, b = cluster.profile(cid, 0), cluster.profile(cid, 1)
         assert a is not None and b is not None, cid
         assert a["frequency"] == b["frequency"] == e.frequency, cid
-        assert a["lifecycle_stage"] == b["lifecycle_stage"] == e.stage(), cid
+        assert a["base_stage"] == b["base_stage"] == e.stage(), cid
+        assert a["lifecycle_stage"] == b["lifecycle_stage"], cid

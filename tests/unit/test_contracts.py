@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from schemas.errors import Reason
 from schemas.events import CustomerUpdate, Purchase, StockArrival, Touchpoint, describe_validation_error
-from schemas.state import CustomerState
-from schemas.timestamps import iso_utc, parse_ts_ms
+from schemas.state import CustomerState, Fact
+from schemas.timestamps import DAY_MS, TsBounds, iso_utc, parse_ts_ms
 from streams.dedupe import remember
+
+WALL = 1793523600000  # 2026-11-01T09:00:00Z
+BOUNDS = TsBounds(0, WALL + DAY_MS)
 
 
 def test_timestamps_iso_with_offset_and_epoch_ms_agree() -> None:
@@ -23,16 +27,42 @@ def test_timestamps_iso_with_offset_and_epoch_ms_agree() -> None:
     ("value", "message"),
     [
         ("2026-11-01T10:00:00", "no UTC offset"),
-        (1793523600, "looks like epoch seconds"),
         ("yesterday", "not an ISO-8601"),
         (True, "not a boolean"),
         (1.5e12 + 0.5, "whole milliseconds"),
-        (10**15, "outside"),
+        (float("nan"), "finite"),
     ],
 )
 def test_bad_timestamps_say_why(value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_ts_ms(value)
+
+
+@pytest.mark.parametrize(
+    ("ts", "reason", "message"),
+    [
+        (1793523600, Reason.TS_IN_SECONDS, "looks like epoch seconds (2026-11-01T09:00:00.000Z)"),
+        (10**15, Reason.TS_OUT_OF_RANGE, "looks like epoch microseconds"),
+        (WALL + 2 * DAY_MS, Reason.TS_OUT_OF_RANGE, "PATRONAGE_TS_MAX_FUTURE_S"),
+        (-1, Reason.TS_OUT_OF_RANGE, "outside 1970-01-01"),
+    ],
+)
+def test_implausible_times_get_a_reason_code(ts: int, reason: Reason, message: str) -> None:
+    assert BOUNDS.check(ts) is reason
+    assert message in BOUNDS.explain(ts, reason)
+
+
+def test_history_from_the_nineties_is_plausible_and_bounds_are_settings() -> None:
+    for text in ("1997-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "1985-06-30T12:00:00+02:00"):
+        ms = parse_ts_ms(text)
+        expected = None if ms >= BOUNDS.seconds_below_ms else Reason.TS_IN_SECONDS
+        assert BOUNDS.check(ms) is expected, text
+    assert BOUNDS.check(parse_ts_ms("1997-03-25T10:00:00Z")) is None
+    assert BOUNDS.check(WALL + DAY_MS - 1) is None
+    assert TsBounds(0, WALL, seconds_below_ms=0).check(1_000) is None  # guard off
+    assert TsBounds(parse_ts_ms("2000-01-01T00:00:00Z"), WALL).check(parse_ts_ms("1997-01-01T00:00:00Z")) is (
+        Reason.TS_OUT_OF_RANGE
+    )
 
 
 def _purchase(**over: object) -> dict:
@@ -72,7 +102,36 @@ def test_purchase_amounts_become_exact_cents() -> None:
 def test_invalid_purchase_names_the_field(over: dict, field: str) -> None:
     with pytest.raises(ValidationError) as info:
         Purchase.model_validate(_purchase(**over))
-    assert field in describe_validation_error(info.value)
+    reason, detail = describe_validation_error(info.value)
+    assert field in detail
+    assert reason in (Reason.INVALID_FIELD, Reason.MISSING_FIELD, Reason.TS_NO_OFFSET)
+
+
+def test_reason_codes_group_errors_independent_of_the_value() -> None:
+    codes = {}
+    for over in ({"customer_id": None}, {"ts": "2026-11-01"}, {"ts": "soon"}, {"amount": "x"}):
+        with pytest.raises(ValidationError) as info:
+            Purchase.model_validate(_purchase(**over))
+        codes[next(iter(over))] = describe_validation_error(info.value)[0]
+    missing = {k: v for k, v in _purchase().items() if k != "event_id"}
+    with pytest.raises(ValidationError) as info:
+        Purchase.model_validate(missing)
+    assert describe_validation_error(info.value)[0] is Reason.MISSING_FIELD
+    assert codes["customer_id"] is Reason.INVALID_FIELD
+    assert codes["amount"] is Reason.INVALID_FIELD
+
+
+@pytest.mark.parametrize("amount", [1e30, "1e30", "1E+30", 10**30])
+def test_huge_amounts_are_exact_cents_not_an_internal_error(amount: object) -> None:
+    # the plausibility cap is a setting checked by the pipeline (amount_out_of_range)
+    assert Purchase.model_validate(_purchase(amount=amount)).amount_cents == 10**32
+
+
+def test_absurd_amount_strings_are_a_validation_error() -> None:
+    with pytest.raises(ValidationError) as info:
+        Purchase.model_validate(_purchase(amount="1e999999"))
+    reason, detail = describe_validation_error(info.value)
+    assert reason is Reason.AMOUNT_OUT_OF_RANGE and "amount" in detail
 
 
 def test_touchpoint_needs_someone_and_identify_needs_both_ids() -> None:
@@ -131,7 +190,7 @@ def test_state_round_trips_through_changelog_encoding() -> None:
     s.touch_counts = {"view": 3}
     s.first_touch_ms = s.last_touch_ms = 1
     remember(s.touch_ids, 9, 1, cap=10)
-    s.facts = {"loyalty_member": [1, "u1", True]}
+    s.facts = {"loyalty_member": Fact(1, "u1", True)}
     s.aliases = ["a1"]
     s.stage, s.stage_since_ms, s.last_event_ms = "customer", 1, 2
     again = CustomerState.from_json(s.to_json())
@@ -140,3 +199,12 @@ def test_state_round_trips_through_changelog_encoding() -> None:
     assert list(again.purchase_ids.ids) == [5, 6] and list(again.purchase_ids.ts) == [1, 2]
     with pytest.raises(ValueError, match="version"):
         CustomerState.from_dict({"v": 99, "s": "x"})
+
+
+def test_version_1_state_from_the_foundation_still_loads() -> None:
+    v1 = {"v": 1, "s": "c1", "f": 1, "m": 500, "fp": 5, "lp": 5, "days": {"0": [1, 500]}, "pid": "",
+          "facts": {"timezone": [3, "u1", "Europe/Paris"]}, "st": "customer"}  # fmt: skip
+    s = CustomerState.from_dict(v1)
+    assert s.fact("timezone") == "Europe/Paris" and s.facts["timezone"].ts_ms == 3
+    assert (s.risk, s.episode, s.alert, s.outbox) == (None, 0, None, [])
+    assert CustomerState.from_json(s.to_json()) == s

@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 import yaml
 
-from agents.app import topic_names
 from agents.cli import all_topics
 from agents.metrics import Metrics
 from agents.settings import Settings
@@ -310,9 +309,9 @@ def created_topics(calls: list[list[str]]) -> dict[str, dict[str, str]]:
 
 def app_topics(settings: Settings) -> tuple[set[str], set[str]]:
     """(every topic the worker needs, the co-partitioned ones), as the worker computes them."""
-    every, co = all_topics(settings)
+    every, co, _ = all_topics(settings)
     assert {settings.topic(t) for t in EXPECTED_INPUTS + EXPECTED_OUTPUTS} <= set(every)
-    assert settings.internal_topic("identity") in every
+    assert settings.topic("identity") in every
     return set(every), set(co)
 
 
@@ -330,9 +329,11 @@ def test_topics_script_creates_every_topic_the_worker_needs(
         assert opts["--replication-factor"] == str(settings.replication_factor), topic
         assert opts["--bootstrap-server"] == "kafka:9092"
         assert "--if-not-exists" in opts, topic  # idempotent: compose re-runs it on every `up`
-    changelog = topic_names(settings)["changelog"]
-    assert created[changelog]["--config"] == "cleanup.policy=compact"
-    assert all("--config" not in opts for topic, opts in created.items() if topic != changelog)
+    compacted = set(all_topics(settings)[2])
+    assert compacted == {settings.topic("customers-changelog"), settings.topic("churn-model")}
+    for topic in compacted:
+        assert created[topic]["--config"] == "cleanup.policy=compact"
+    assert all("--config" not in opts for topic, opts in created.items() if topic not in compacted)
 
 
 def test_topics_script_honours_prefix_app_id_and_several_brokers(

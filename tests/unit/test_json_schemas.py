@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from schemas import export
-from streams.synthetic import generate
+from synthetic import generate
 
 DIR = Path(export.__file__).parent / "json"
 

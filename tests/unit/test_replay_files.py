@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.replay import KEY_FIELDS, _key_of, detect_format, read_lines
+from schemas.errors import Reason
 
 
 def test_jsonl_lines_parse_and_bad_lines_say_why(tmp_path: Path) -> None:
@@ -12,8 +13,10 @@ def test_jsonl_lines_parse_and_bad_lines_say_why(tmp_path: Path) -> None:
     f.write_bytes(b'{"event_id":"p1","customer_id":"c1"}\n\n[1,2]\n{oops\n')
     rows = list(read_lines(f, "jsonl"))
     assert [(n, obj is not None) for n, _, obj, _ in rows] == [(1, True), (3, False), (4, False)]
-    assert "expected a JSON object, got list" in rows[1][3]
-    assert rows[2][3].startswith("line 4: invalid JSON")
+    assert rows[1][3] is not None and rows[1][3][0] is Reason.NOT_AN_OBJECT
+    assert "expected a JSON object, got list" in rows[1][3][1]
+    assert rows[2][3] is not None and rows[2][3][0] is Reason.INVALID_JSON
+    assert rows[2][3][1].startswith("line 4: invalid JSON")
     assert rows[2][1] == b"{oops"  # the original bytes travel to the dead letter
 
 
@@ -34,7 +37,8 @@ def test_csv_rows_become_events_with_json_cells(tmp_path: Path) -> None:
         "currency": "EUR",
         "items": [{"sku": "a", "category": "beer", "qty": 1, "price": 12.5}],
     }
-    assert rows[1][2] is None and "more cells than header columns" in rows[1][3]
+    assert rows[1][2] is None and rows[1][3] is not None
+    assert "more cells than header columns" in rows[1][3][1]
 
 
 def test_keys_follow_the_contract() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from schemas.events import CustomerUpdate, Purchase, StockArrival, Touchpoint
 from schemas.timestamps import DAY_MS, parse_ts_ms
-from streams.synthetic import CATEGORIES, DEFAULT_END_MS, STORES, generate, iter_purchases_fast
+from synthetic import CATEGORIES, DEFAULT_END_MS, STORES, generate, iter_purchases_fast
 
 N = 400
 SEED = 11

@@ -1,0 +1,421 @@
+"""Churn risk: cadence-aware lapse, bad experiences, stalled prospects - and who should act.
+
+Pure functions of (state, event, context); ``context.now_ms`` is the configured clock.
+
+**Lapse.** A buyer's *usual interval* is the median gap between their distinct purchase
+days (the retained 400 days), blended with a population prior for short histories:
+``(n x own + w x prior) / (n + w)`` with n own gaps and w = ``prior_weight``. Silent longer
+than ``factor x usual`` (and at least ``min days``) moves the risk stage
+at_risk -> lapsed -> lost; each is a lifecycle change stamped with its deadline. A purchase
+after that brings the customer back (lifecycle change "won back").
+
+**Episodes.** The time from a first sign of risk until the customer comes back is one
+episode; at most one churn-risk trigger per episode (``trigger_id`` = hash of type,
+customer, episode). A purchase after the alert closes it (a ``won_back`` trigger to the same
+recipient) and the next episode begins.
+
+**Who matters.** Value tier from the live spend distribution (top ``core_share`` = core)
+and purchase milestones (watch >= 3, care >= 5). Triggers go out for customers in
+``alert_tiers`` or with >= ``alert_min_purchases`` purchases; everyone else's risk changes
+are lifecycle records and metrics only.
+
+**Bad experiences.** A complaint, or a rating <= ``complaint_max_rating``, from a valued
+customer raises the alert at once (reason ``complaint``). Rated moments also feed a
+peak-end experience score (the most recent and the worst moments weigh most, then the
+best, then the mean); a fall of >= ``experience_drop`` to below ``experience_floor``
+raises it with reason ``experience``.
+
+**Stalled prospects.** A known customer with no purchase who asked (inquiry, cart add,
+store visit) >= ``stalled_min_asks`` times, the first ask >= ``stalled_after_days`` ago,
+raises one ``stalled_prospect`` trigger for sales, listing the touchpoints behind it.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from statistics import median
+from typing import Any
+
+from schemas.events import TouchpointLike
+from schemas.outputs import deterministic_id
+from schemas.state import Alert, Ask, CustomerState, Experience
+from schemas.timestamps import DAY_MS, iso_utc
+from schemas.topics import Topic
+from streams import bgnbd
+from streams.core import ChurnModel, Context, Emit, lifecycle_change
+from streams.policy import ChurnPolicy
+from streams.rfm import mean_interpurchase_days, own_gaps
+
+RISK_STAGES = ("at_risk", "lapsed", "lost")
+ASKS_KEPT_NEWEST = 2  # asks kept beyond the first stalled_min_asks (for the trigger's details)
+
+
+# --- cadence ---------------------------------------------------------------------------------
+def usual_interval_days(state: CustomerState, prior_days: float, policy: ChurnPolicy) -> float:
+    """The customer's usual interval between purchase days, shrunk towards the prior."""
+    gaps = own_gaps(state)
+    if len(gaps) >= 2:
+        own, n = float(median(gaps)), float(len(gaps))
+    else:
+        mean = mean_interpurchase_days(state)
+        if not mean:
+            return prior_days
+        own, n = mean, 1.0
+    w = policy.prior_weight
+    return (n * own + w * prior_days) / (n + w)
+
+
+def risk_times(state: CustomerState, usual_days: float, policy: ChurnPolicy) -> tuple[int, int, int]:
+    """Absolute times (configured clock) at which silence makes the customer at_risk, lapsed, lost."""
+    last = state.last_purchase_ms
+    assert last is not None
+    usual_ms = usual_days * DAY_MS
+    f1, f2, f3 = policy.factors
+    m1, m2, m3 = policy.min_ms
+    return (
+        last + max(int(f1 * usual_ms), m1),
+        last + max(int(f2 * usual_ms), m2),
+        last + max(int(f3 * usual_ms), m3),
+    )
+
+
+def risk_level(state: CustomerState) -> int:
+    """-1 when not at risk, else the index in RISK_STAGES."""
+    return -1 if state.risk is None else RISK_STAGES.index(state.risk)
+
+
+def _churn_subject(state: CustomerState) -> bool:
+    return state.frequency > 0 and not state.anonymous and state.merged_into is None
+
+
+def stalled_at(state: CustomerState, policy: ChurnPolicy) -> int | None:
+    """When a prospect counts as stalled (enough asks, the first long enough ago)."""
+    asks = state.asks
+    n = policy.stalled_min_asks
+    if len(asks) < n:
+        return None
+    return max(asks[0].ts_ms + int(policy.stalled_after_days * DAY_MS), asks[n - 1].ts_ms)
+
+
+def next_deadline(state: CustomerState, prior_days: float, policy: ChurnPolicy) -> int | None:
+    """The next time the clock alone changes something for this customer (for the index)."""
+    if _churn_subject(state):
+        level = risk_level(state)
+        if level >= len(RISK_STAGES) - 1:
+            return None
+        return risk_times(state, usual_interval_days(state, prior_days, policy), policy)[level + 1]
+    if state.frequency == 0 and state.stalled_ms is None and state.asks and not state.anonymous:
+        return stalled_at(state, policy)
+    return None
+
+
+# --- who matters, who acts -------------------------------------------------------------------
+def tier(state: CustomerState, ctx: Context) -> str | None:
+    """``core`` (top share by spend), ``regular`` (other buyers) or None (not a buyer)."""
+    if state.frequency <= 0:
+        return None
+    return "core" if ctx.population.is_core(state, ctx.policy.churn.core_share) else "regular"
+
+
+def milestone(state: CustomerState, policy: ChurnPolicy) -> str | None:
+    if state.frequency >= policy.care_purchases:
+        return "care"
+    if state.frequency >= policy.watch_purchases:
+        return "watch"
+    return None
+
+
+def valued(state: CustomerState, ctx: Context) -> bool:
+    policy = ctx.policy.churn
+    if state.frequency >= policy.alert_min_purchases:
+        return True
+    return tier(state, ctx) in policy.alert_tiers
+
+
+def recipient(state: CustomerState, team: str) -> tuple[str, str]:
+    """(kind, id) of who should act: the account owner, else the most frequent store, else a team."""
+    owner = state.fact("owner_id")
+    if owner:
+        return "account_owner", str(owner)
+    if state.stores:
+        store = min(state.stores.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        return "store", store
+    return "team", team
+
+
+def note_store(state: CustomerState, store_id: str | None, policy: ChurnPolicy) -> None:
+    """Count a purchase or visit at ``store_id`` (the most visited ``max_stores`` are kept)."""
+    if store_id is None:
+        return
+    stores = state.stores
+    stores[store_id] = stores.get(store_id, 0) + 1
+    if len(stores) > policy.max_stores:
+        fewest = min(stores.values())
+        del stores[max(s for s, n in stores.items() if n == fewest)]
+
+
+# --- P(alive) --------------------------------------------------------------------------------
+def alive(state: CustomerState, model: ChurnModel | None, at_ms: int, horizon_days: int) -> dict[str, Any]:
+    """P(alive) and expected purchases in the next ``horizon_days`` (BG/NBD), as of ``at_ms``.
+
+    Occasions are distinct UTC purchase days among the remembered purchase ids (exact while
+    a customer has fewer purchases than the id memory holds)."""
+    if model is None or state.frequency <= 0:
+        return {"p_alive": None, f"expected_purchases_{horizon_days}d": None}
+    summary = bgnbd.summarize(state.purchase_ids.ts, at_ms, model.unit)
+    if summary is None:
+        return {"p_alive": None, f"expected_purchases_{horizon_days}d": None}
+    x, t_x, big_t = summary
+    horizon = horizon_days / bgnbd.UNIT_DAYS[model.unit]
+    return {
+        "p_alive": round(bgnbd.p_alive(model.params, x, t_x, big_t), 4),
+        f"expected_purchases_{horizon_days}d": round(
+            bgnbd.expected_purchases(model.params, horizon, x, t_x, big_t), 3
+        ),
+    }
+
+
+# --- triggers --------------------------------------------------------------------------------
+def trigger(
+    state: CustomerState,
+    type_: str,
+    reason: str,
+    ts_ms: int,
+    episode: int,
+    recipient_of: tuple[str, str],
+    details: dict[str, Any],
+) -> Emit:
+    """Decide a trigger: the record goes into the customer's outbox (sent after the state is
+    durable, re-sent unchanged after a crash) and is remembered as the last of its type."""
+    trigger_id = deterministic_id("trigger", type_, state.subject, episode)
+    kind, who = recipient_of
+    record = {
+        "trigger_id": trigger_id,
+        "type": type_,
+        "customer_id": state.subject,
+        "recipient_id": who,
+        "recipient_kind": kind,
+        "ts": iso_utc(ts_ms),
+        "reason": reason,
+        "episode": episode,
+        "details": details,
+    }
+    state.outbox.append(record)
+    state.last_triggers[type_] = [trigger_id, ts_ms]
+    return Emit(Topic.TRIGGERS, state.subject, record)
+
+
+def churn_details(state: CustomerState, ctx: Context, at_ms: int) -> dict[str, Any]:
+    policy = ctx.policy.churn
+    last = state.last_purchase_ms
+    details: dict[str, Any] = {
+        "days_silent": None if last is None else round((at_ms - last) / DAY_MS, 1),
+        "usual_interval_days": round(usual_interval_days(state, ctx.prior_days, policy), 1),
+        "last_purchase_at": iso_utc(last),
+        "purchases": state.frequency,
+        "lifetime_value": state.monetary_cents / 100,
+        "currency": ctx.policy.accept_currency,
+        "tier": tier(state, ctx),
+        "milestone": milestone(state, policy),
+        "risk_stage": state.risk,
+    }
+    details.update(alive(state, ctx.model, at_ms, policy.expected_horizon_days))
+    return details
+
+
+def _alert(state: CustomerState, ctx: Context, reason: str, ts_ms: int, extra: dict[str, Any]) -> Emit:
+    details = churn_details(state, ctx, ts_ms)
+    details.update(extra)
+    emit = trigger(
+        state,
+        "churn_risk",
+        reason,
+        ts_ms,
+        state.episode,
+        recipient(state, ctx.policy.churn.default_recipient),
+        details,
+    )
+    state.alert = Alert(ts_ms, reason, emit.value["trigger_id"])
+    return emit
+
+
+# --- the clock moved -------------------------------------------------------------------------
+def advance(state: CustomerState, ctx: Context) -> list[Emit]:
+    """Apply what the clock alone changed by ``ctx.now_ms``: risk stages, stalled prospects."""
+    policy = ctx.policy.churn
+    emits: list[Emit] = []
+    if _churn_subject(state):
+        usual = usual_interval_days(state, ctx.prior_days, policy)
+        times = risk_times(state, usual, policy)
+        last = state.last_purchase_ms
+        assert last is not None
+        level = risk_level(state)
+        first_new: int | None = None
+        while level < len(RISK_STAGES) - 1 and times[level + 1] <= ctx.now_ms:
+            level += 1
+            stage = RISK_STAGES[level]
+            before = state.stage
+            state.risk, state.risk_since_ms, state.stage = stage, times[level], stage
+            silent = (times[level] - last) / DAY_MS
+            emits.append(
+                lifecycle_change(
+                    state.subject,
+                    False,
+                    before,
+                    stage,
+                    event_id=f"silence-since:{last}",
+                    topic="clock",
+                    cause_type="deadline",
+                    rule=f"no purchase for {silent:.0f} days; usual interval {usual:.1f} days "
+                    f"(> {policy.factors[level]:g}x)",
+                    ts_ms=times[level],
+                )
+            )
+            if first_new is None:
+                first_new = times[level]
+        if first_new is not None and state.alert is None and valued(state, ctx):
+            emits.append(_alert(state, ctx, "lapse", first_new, {}))
+    elif state.frequency == 0 and state.stalled_ms is None and not state.anonymous:
+        when = stalled_at(state, policy)
+        if when is not None and when <= ctx.now_ms:
+            emits.append(_stalled(state, ctx, when))
+    return emits
+
+
+def _stalled(state: CustomerState, ctx: Context, ts_ms: int) -> Emit:
+    policy = ctx.policy.churn
+    asks = {t: n for t, n in sorted(state.touch_counts.items()) if t in policy.ask_types and n}
+    details = {
+        "asks": asks,
+        "first_ask_at": iso_utc(state.asks[0].ts_ms),
+        "last_ask_at": iso_utc(state.asks[-1].ts_ms),
+        "touchpoints": [
+            {
+                "type": a.type,
+                "at": iso_utc(a.ts_ms),
+                "channel": a.channel,
+                "store_id": a.store_id,
+                "category": a.category,
+            }
+            for a in state.asks
+        ],
+        "touchpoints_total": sum(state.touch_counts.values()),
+    }
+    state.stalled_ms = ts_ms
+    return trigger(
+        state, "stalled_prospect", "stalled", ts_ms, 0, recipient(state, policy.sales_recipient), details
+    )
+
+
+# --- events ----------------------------------------------------------------------------------
+def after_purchase(
+    state: CustomerState, event_id: str, ts_ms: int, previous_last_ms: int | None, ctx: Context
+) -> tuple[list[Emit], str | None]:
+    """A new purchase was applied: maybe back from risk, maybe the end of an episode.
+
+    Returns the triggers and, when the risk stage went down, the rule text for the lifecycle
+    change the caller emits."""
+    policy = ctx.policy.churn
+    state.asks = []  # a buyer is no longer a prospect
+    emits: list[Emit] = []
+    rule = None
+    level = risk_level(state)
+    # Only a purchase that ends the silence (a new newest purchase) lowers the risk; a late
+    # older one changes the rhythm but not the fact that they have been silent since.
+    if level >= 0 and state.last_purchase_ms != previous_last_ms:
+        at = max(ctx.now_ms, ts_ms)
+        usual = usual_interval_days(state, ctx.prior_days, policy)
+        times = risk_times(state, usual, policy)
+        new = level
+        while new >= 0 and times[new] > at:
+            new -= 1
+        if new < level:
+            silent = None if previous_last_ms is None else (ts_ms - previous_last_ms) / DAY_MS
+            if new < 0:
+                state.risk, state.risk_since_ms = None, None
+                rule = "won back" + (
+                    f" after {silent:.0f} days without a purchase" if silent is not None else ""
+                )
+            else:
+                state.risk, state.risk_since_ms = RISK_STAGES[new], times[new]
+                rule = f"purchase moved the risk back to {RISK_STAGES[new]}"
+    alert = state.alert
+    if alert is not None and (ts_ms >= alert.ts_ms or (alert.reason == "lapse" and state.risk is None)):
+        details = {
+            "purchase_event_id": event_id,
+            "purchase_at": iso_utc(ts_ms),
+            "alerted_at": iso_utc(alert.ts_ms),
+            "alert_reason": alert.reason,
+            "alert_trigger_id": alert.trigger_id,
+            "days_silent": None
+            if previous_last_ms is None
+            else round((ts_ms - previous_last_ms) / DAY_MS, 1),
+        }
+        emits.append(
+            trigger(
+                state,
+                "won_back",
+                "came_back",
+                ts_ms,
+                state.episode,
+                recipient(state, policy.default_recipient),
+                details,
+            )
+        )
+        state.alert = None
+        state.episode += 1
+    elif level >= 0 and state.risk is None:
+        state.episode += 1  # came back before anyone was alerted: a new episode all the same
+    return emits, rule
+
+
+def peak_end_score(worst: int, best: int, last: int, mean: float) -> float:
+    return round(0.35 * last + 0.30 * worst + 0.15 * best + 0.20 * mean, 2)
+
+
+def after_touch(state: CustomerState, ev: TouchpointLike, ctx: Context) -> list[Emit]:
+    """A new touchpoint was applied: asks of a prospect, stores, bad experiences."""
+    policy = ctx.policy.churn
+    kind = ev.type.value
+    if kind == "visit":
+        note_store(state, ev.store_id, policy)
+    if kind in policy.ask_types and state.frequency == 0 and state.stalled_ms is None and not state.anonymous:
+        insort(state.asks, Ask(ev.ts, kind, ev.channel, ev.store_id, ev.category))
+        if len(state.asks) > policy.stalled_min_asks + ASKS_KEPT_NEWEST:
+            del state.asks[policy.stalled_min_asks]
+    complaint = kind == "complaint"
+    rating = ev.rating
+    if rating is None and not complaint:
+        return []
+    r = 1 if rating is None else rating
+    prev = state.experience
+    if prev is None:
+        count, total, worst, best, last, last_ms = 1, r, r, r, r, ev.ts
+    else:
+        count, total = prev.count + 1, prev.total + r
+        worst, best = min(prev.worst, r), max(prev.best, r)
+        last, last_ms = (r, ev.ts) if ev.ts >= prev.last_ms else (prev.last, prev.last_ms)
+    score = peak_end_score(worst, best, last, total / count)
+    state.experience = Experience(count, total, worst, best, last, last_ms, score)
+    if state.alert is not None or not _churn_subject(state):
+        return []
+    if state.last_purchase_ms is not None and ev.ts < state.last_purchase_ms:
+        return []  # they bought after it: not a reason to alert now
+    if not valued(state, ctx):
+        return []
+    if complaint or r <= policy.complaint_max_rating:
+        info = {
+            "event_id": ev.event_id,
+            "type": kind,
+            "at": iso_utc(ev.ts),
+            "rating": rating,
+            "channel": ev.channel,
+            "store_id": ev.store_id,
+            "category": ev.category,
+            "sku": ev.sku,
+        }
+        return [_alert(state, ctx, "complaint", ev.ts, {"complaint": info})]
+    if prev is not None and score <= prev.score - policy.experience_drop and score < policy.experience_floor:
+        info = {"score": score, "previous_score": prev.score, "worst": worst, "last": last, "rated": count}
+        return [_alert(state, ctx, "experience", ev.ts, {"experience": info})]
+    return []

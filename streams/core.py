@@ -1,0 +1,101 @@
+"""Shared vocabulary of the pure core: what a step returns and what it may read.
+
+- :class:`Emit` - a record to send (logical topic, key, JSON-able value);
+- :class:`Outcome` - what happened to an input record (a bounded metric label);
+- :class:`Step` - a step's result: the state to store, the outcome, emits and triggers;
+- :class:`Context` - what a step may read besides the state and the event: the policy, the
+  configured clock's ``now`` (injected), the population index, the churn model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from schemas.outputs import deterministic_id
+from schemas.state import CustomerState
+from schemas.timestamps import iso_utc
+from schemas.topics import Topic
+from streams.policy import Policy
+
+if TYPE_CHECKING:
+    from streams.bgnbd import BgNbdParams
+    from streams.population import Population
+
+
+class Emit(NamedTuple):
+    """A record to send: logical topic, key, JSON-able value."""
+
+    topic: Topic
+    key: str
+    value: dict[str, Any]
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    REDIRECTED = "redirected"  # an event for a merged anonymous id, forwarded to its customer
+    REROUTED = "rerouted"  # keyed to the wrong partition, sent to the right one
+    IGNORED_ERASED = "ignored_erased"
+    ERASED = "erased"
+    LINKED = "linked"
+    MERGED = "merged"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(slots=True)
+class Step:
+    state: CustomerState | None
+    outcome: Outcome
+    emits: list[Emit] = field(default_factory=list)
+    beyond_horizon: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnModel:
+    """BG/NBD parameters and the time unit they were fitted in (``days`` or ``weeks``)."""
+
+    params: BgNbdParams
+    unit: str = "days"
+    fitted_at: str | None = None
+    customers: int | None = None
+
+
+@dataclass(slots=True)
+class Context:
+    """Read-only inputs of a step besides (state, event)."""
+
+    policy: Policy
+    now_ms: int  # the configured clock's now for this partition
+    population: Population
+    model: ChurnModel | None = None
+    prior_days: float = 30.0  # churn prior: usual interval for customers with little history
+
+
+def lifecycle_change(
+    subject: str,
+    anonymous: bool,
+    before: str,
+    after: str,
+    *,
+    event_id: str,
+    topic: str,
+    cause_type: str,
+    rule: str,
+    ts_ms: int,
+) -> Emit:
+    """The ``lifecycle-changes`` record; its id is derived from the transition and its cause."""
+    return Emit(
+        Topic.LIFECYCLE_CHANGES,
+        subject,
+        {
+            "change_id": deterministic_id("lifecycle", subject, before, after, event_id),
+            "customer_id": subject,
+            "anonymous": anonymous,
+            "from_stage": before,
+            "to_stage": after,
+            "ts": iso_utc(ts_ms),
+            "cause": {"event_id": event_id, "topic": topic, "type": cause_type, "rule": rule},
+        },
+    )

@@ -1,0 +1,145 @@
+"""Indexes kept beside the customer table, maintained from the state changes the pipeline
+computes and rebuilt from the table when partitions are assigned.
+
+Each implements :class:`StateIndex`: ``update(partition, subject, state)`` replaces the
+subject's entry (``state=None`` removes it), ``clear(partition)`` forgets a partition
+(``None``: everything).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Hashable
+from typing import Protocol
+
+from schemas.state import CustomerState
+
+
+class StateIndex(Protocol):
+    def update(self, partition: int, subject: str, state: CustomerState | None) -> None: ...
+
+    def clear(self, partition: int | None = None) -> None: ...
+
+
+class DeadlineIndex:
+    """Per partition: each subject's next deadline (epoch ms on the configured clock).
+
+    A heap per partition with lazy deletion: ``update`` pushes the new deadline and the
+    current one is remembered per subject; stale heap entries are skipped when popped and
+    swept out when they outnumber live ones. ``pop_due`` costs O(due x log n), never a scan.
+    """
+
+    __slots__ = ("_deadline_of", "_due", "_heaps", "_swept_at")
+
+    def __init__(self, deadline_of: Callable[[CustomerState], int | None]) -> None:
+        self._deadline_of = deadline_of
+        self._heaps: dict[int, list[tuple[int, str]]] = {}
+        self._due: dict[str, int] = {}
+        self._swept_at: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def deadline(self, subject: str) -> int | None:
+        return self._due.get(subject)
+
+    def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
+        new = None if state is None else self._deadline_of(state)
+        self.set(partition, subject, new)
+
+    def set(self, partition: int, subject: str, deadline: int | None) -> None:
+        current = self._due.get(subject)
+        if current == deadline:
+            return
+        if deadline is None:
+            del self._due[subject]
+            return
+        self._due[subject] = deadline
+        heap = self._heaps.setdefault(partition, [])
+        heapq.heappush(heap, (deadline, subject))
+        if len(heap) > 3 * self._swept_at.get(partition, 0) + 4096:
+            self._sweep(partition)
+
+    def _sweep(self, partition: int) -> None:
+        due = self._due
+        live = {(d, s) for d, s in self._heaps[partition] if due.get(s) == d}
+        heap = list(live)
+        heapq.heapify(heap)
+        self._heaps[partition] = heap
+        self._swept_at[partition] = len(heap)
+
+    def pop_due(self, partition: int, now_ms: int) -> list[str]:
+        """Subjects of ``partition`` whose deadline is <= ``now_ms``, removed from the index."""
+        heap = self._heaps.get(partition)
+        out: list[str] = []
+        if not heap:
+            return out
+        due = self._due
+        pop = heapq.heappop
+        while heap and heap[0][0] <= now_ms:
+            deadline, subject = pop(heap)
+            if due.get(subject) == deadline:
+                del due[subject]
+                out.append(subject)
+        return out
+
+    def next_deadline(self, partition: int) -> int | None:
+        heap = self._heaps.get(partition)
+        due = self._due
+        while heap:
+            deadline, subject = heap[0]
+            if due.get(subject) == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    def clear(self, partition: int | None = None) -> None:
+        if partition is None:
+            self._heaps.clear()
+            self._due.clear()
+            self._swept_at.clear()
+            return
+        for deadline, subject in self._heaps.pop(partition, []):
+            if self._due.get(subject) == deadline:
+                del self._due[subject]
+        self._swept_at.pop(partition, None)
+
+
+class CountIndex:
+    """How many subjects fall in each class (lifecycle stage, open churn alerts, ...), kept
+    incrementally so a metrics scrape never walks the table."""
+
+    __slots__ = ("_class_of", "_counts", "_of")
+
+    def __init__(self, class_of: Callable[[CustomerState], Hashable | None]) -> None:
+        self._class_of = class_of
+        self._of: dict[str, tuple[int, Hashable]] = {}
+        self._counts: dict[Hashable, int] = {}
+
+    def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
+        new = None if state is None else self._class_of(state)
+        old = self._of.get(subject)
+        if old is not None:
+            if new is not None and old[1] == new:
+                return
+            left = self._counts[old[1]] - 1
+            if left:
+                self._counts[old[1]] = left
+            else:
+                del self._counts[old[1]]
+            del self._of[subject]
+        if new is not None:
+            self._of[subject] = (partition, new)
+            self._counts[new] = self._counts.get(new, 0) + 1
+
+    def counts(self) -> dict[Hashable, int]:
+        return dict(self._counts)
+
+    def clear(self, partition: int | None = None) -> None:
+        if partition is None:
+            self._of.clear()
+            self._counts.clear()
+            return
+        for subject, (p, _) in list(self._of.items()):
+            if p == partition:
+                self.update(partition, subject, None)

@@ -1,0 +1,431 @@
+"""The customer pipeline: all customer logic behind two entry points, no I/O.
+
+- ``apply(partition, records)``: incoming records (any mix of purchases, touchpoints,
+  customer-updates and internal identity records of one partition) -> :class:`Batch`;
+- ``tick(partition, now_ms)``: time passing -> :class:`Batch` (risk deadlines, stalled
+  prospects), popping only the customers that are due.
+
+A :class:`Batch` holds what to send (lifecycle changes, identity hops, dead letters), the
+states that changed (the caller writes each to the changelog once), the triggers decided
+(sent *after* the changelog: they are in each state's outbox, so a crash re-sends the very
+same record), and counts for metrics. The caller (agents/processor.py, or
+:class:`streams.testing.PipelineHarness` in tests) encodes, sends, writes and acks.
+
+Decoding is a ``{topic: (decode, step)}`` table; every bad record becomes a dead letter with
+a stable reason code, never an exception out of here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from schemas.errors import Reason, Rejected, Stage
+from schemas.events import CustomerUpdate, Purchase, PurchaseLike, Touchpoint, describe_validation_error
+from schemas.fast import fast_purchase, fast_touchpoint
+from schemas.outputs import dead_letter_record
+from schemas.state import CustomerState
+from schemas.timestamps import TsBounds, iso_utc
+from schemas.topics import CUSTOMER_INPUTS, EVENT_TIME_INPUTS, Topic, TopicNames
+from streams import churn, identity
+from streams import customer as steps
+from streams.clock import Clock
+from streams.core import ChurnModel, Context, Emit, Outcome, Step
+from streams.indexes import CountIndex, DeadlineIndex, StateIndex
+from streams.policy import Policy
+from streams.population import Population
+
+log = logging.getLogger(__name__)
+PRIOR_DRIFT = 0.05  # relative change of the churn prior that re-indexes every deadline
+
+
+class RecordLike(Protocol):
+    """What the pipeline needs of a Kafka record (aiokafka records and Faust messages fit)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(slots=True)
+class BatchStats:
+    records: int = 0
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, outcome)
+    dead_letters: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (topic, stage, reason)
+    lifecycle: Counter[str] = field(default_factory=Counter)  # to_stage
+    triggers: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, reason)
+    beyond_horizon: int = 0
+    due: int = 0  # customers popped from the deadline index
+
+
+@dataclass(slots=True)
+class Batch:
+    partition: int
+    emits: list[Emit] = field(default_factory=list)
+    changed: dict[str, CustomerState | None] = field(default_factory=dict)
+    triggers: list[Emit] = field(default_factory=list)
+    stats: BatchStats = field(default_factory=BatchStats)
+
+    def __bool__(self) -> bool:
+        return bool(self.emits or self.changed or self.triggers)
+
+
+def decode_object(raw: bytes | None) -> dict[str, Any]:
+    """An input record's value as a JSON object, or Rejected at the decode stage."""
+    if raw is None:
+        raise Rejected(Stage.DECODE, Reason.EMPTY_VALUE, "empty value (tombstone) on an input topic")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(Stage.DECODE, Reason.INVALID_JSON, f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise Rejected(
+            Stage.DECODE, Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+        )
+    return obj
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_model(model: type[M], obj: dict[str, Any]) -> M:
+    """``model.model_validate(obj)``, or Rejected with the reason code and the field named."""
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        reason, detail = describe_validation_error(exc)
+        raise Rejected(Stage.VALIDATE, reason, detail) from None
+
+
+def bounds_for(policy: Policy, wall_ms: int) -> TsBounds:
+    return TsBounds(policy.ts_floor_ms, wall_ms + policy.ts_max_future_ms, policy.ts_seconds_below_ms)
+
+
+def check_ts(bounds: TsBounds, ts_ms: int) -> None:
+    reason = bounds.check(ts_ms)
+    if reason is not None:
+        raise Rejected(Stage.VALIDATE, reason, "ts: " + bounds.explain(ts_ms, reason))
+
+
+@dataclass(slots=True)
+class _Work:
+    """One ``apply`` call in progress."""
+
+    partition: int
+    batch: Batch
+    ctx: Context
+    touched: dict[str, CustomerState | None] = field(default_factory=dict)
+    newest: dict[str, int] = field(default_factory=dict)  # topic -> newest applied event time
+
+
+Handler = Callable[[dict[str, Any], _Work], tuple[str, Outcome]]
+
+
+class CustomerPipeline:
+    """Owns the rules; the caller owns the store (a Faust table's dict, or a plain dict)."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        store: MutableMapping[str, CustomerState],
+        clock: Clock,
+        topics: TopicNames,
+        partition_of: Callable[[str], int],
+        key_partitions: MutableMapping[str, int] | None = None,
+        population: Population | None = None,
+    ) -> None:
+        """``partition_of(subject)`` is the partition that owns a subject (murmur2 of the id
+        over the co-partitioned topics' partition count)."""
+        self.policy = policy
+        self.store = store
+        self.clock = clock
+        self.topics = topics
+        self.partition_of = partition_of
+        self.key_partitions = key_partitions
+        self.population = population if population is not None else Population()
+        self.model: ChurnModel | None = None
+        self.deadlines = DeadlineIndex(lambda s: churn.next_deadline(s, self._prior_days, policy.churn))
+        # customers at risk now, per (risk stage, tier-independent "alerted")
+        self.risk = CountIndex(_risk_class)
+        self.indexes: tuple[StateIndex, ...] = (self.population, self.deadlines, self.risk)
+        self._prior_days = self._indexed_prior = policy.churn.prior_interval_days
+        self._table: dict[Topic, Handler] = {
+            Topic.PURCHASES: self._input(Topic.PURCHASES, self._purchase, steps.on_purchase),
+            Topic.TOUCHPOINTS: self._input(Topic.TOUCHPOINTS, self._touchpoint, steps.on_touchpoint),
+            Topic.CUSTOMER_UPDATES: self._input(
+                Topic.CUSTOMER_UPDATES, self._update, steps.on_customer_update
+            ),
+            Topic.IDENTITY: self._identity,
+        }
+        self._bounds = bounds_for(policy, clock.wall_ms())
+
+    # --- entry points ---------------------------------------------------------------------
+    def apply(self, partition: int, records: Sequence[RecordLike], batch: Batch | None = None) -> Batch:
+        """Apply ``records`` of ``partition``; then tick it to the clock's new now."""
+        batch = batch if batch is not None else Batch(partition)
+        work = _Work(partition, batch, self.context(partition))
+        self._bounds = bounds_for(self.policy, self.clock.wall_ms())
+        stats = batch.stats
+        stats.records += len(records)
+        logical = self.topics.logical
+        table = self._table
+        for record in records:
+            topic = logical(record.topic)
+            label = topic.value if topic is not None else record.topic
+            try:
+                handler = table.get(topic) if topic is not None else None
+                if handler is None:
+                    raise Rejected(
+                        Stage.PROCESS, Reason.UNKNOWN_TOPIC, f"topic {record.topic!r} is not a customer input"
+                    )
+                obj = decode_object(record.value)
+                label, outcome = handler(obj, work)
+            except Rejected as exc:
+                outcome = Outcome.DEAD_LETTER
+                batch.emits.append(self._dead_letter(record, exc))
+                stats.dead_letters[(label, exc.stage.value, exc.reason.value)] += 1
+            except Exception as exc:  # a bug must not stop the worker or lose the record
+                log.exception("processing %s[%s]@%s failed", record.topic, record.partition, record.offset)
+                rejected = Rejected(Stage.PROCESS, Reason.INTERNAL_ERROR, f"internal error: {exc!r}")
+                outcome = Outcome.DEAD_LETTER
+                batch.emits.append(self._dead_letter(record, rejected))
+                stats.dead_letters[(label, Stage.PROCESS.value, Reason.INTERNAL_ERROR.value)] += 1
+            stats.outcomes[(label, outcome.value)] += 1
+        for topic_name, ts in work.newest.items():
+            self.clock.observe(partition, topic_name, ts)
+        self._reindex(partition, work.touched)
+        batch.changed.update(work.touched)
+        return self.tick(partition, batch=batch)
+
+    def tick(self, partition: int, now_ms: int | None = None, batch: Batch | None = None) -> Batch:
+        """Apply what the clock alone changed in ``partition`` up to ``now_ms`` (default: the
+        clock's now). Cost: the due customers only."""
+        batch = batch if batch is not None else Batch(partition)
+        now = self.clock.now_ms(partition) if now_ms is None else now_ms
+        ctx = self.context(partition, now)
+        due = self.deadlines.pop_due(partition, now)
+        batch.stats.due += len(due)
+        touched: dict[str, CustomerState | None] = {}
+        for subject in due:
+            state = self.store.get(subject)
+            if state is None:
+                continue
+            emits = churn.advance(state, ctx)
+            if emits:
+                touched[subject] = state
+                self._route(emits, batch)
+            else:  # the deadline moved (the prior changed): index it again
+                self.deadlines.update(partition, subject, state)
+        self._reindex(partition, touched)
+        batch.changed.update(touched)
+        return batch
+
+    def _refresh_prior(self) -> None:
+        """The churn prior from the live population; when it drifted more than 5 % from the
+        one the deadlines were indexed with, index every deadline again (rare once the
+        population is warm), so none fires more than 5 % of an interval late."""
+        prior = self.population.median_interval_days(self.policy.churn.prior_min_customers)
+        self._prior_days = prior if prior is not None else self.policy.churn.prior_interval_days
+        indexed = self._indexed_prior
+        if abs(self._prior_days - indexed) > PRIOR_DRIFT * indexed:
+            self._indexed_prior = self._prior_days
+            for subject, state in self.store.items():
+                self.deadlines.update(self._partition(subject), subject, state)
+
+    def context(self, partition: int, now_ms: int | None = None) -> Context:
+        self._refresh_prior()
+        return Context(
+            policy=self.policy,
+            now_ms=self.clock.now_ms(partition) if now_ms is None else now_ms,
+            population=self.population,
+            model=self.model,
+            prior_days=self._prior_days,
+        )
+
+    def confirm_sent(self, batch: Batch) -> None:
+        """The batch's triggers are acknowledged by the broker: empty those outboxes."""
+        for emit in batch.triggers:
+            state = self.store.get(emit.key)
+            if state is not None:
+                state.outbox.clear()
+
+    def pending_outbox(self) -> list[tuple[int, str, list[dict[str, Any]]]]:
+        """(partition, subject, triggers) decided but perhaps never sent (after a crash)."""
+        out = []
+        for subject, state in self.store.items():
+            if state.outbox:
+                out.append((self._partition(subject), subject, list(state.outbox)))
+        return out
+
+    def rebuild(self) -> None:
+        """Re-derive every index and the clock floor from the store (after assignment)."""
+        for index in self.indexes:
+            index.clear()
+        floors: dict[int, int] = {}
+        for subject, state in self.store.items():
+            p = self._partition(subject)
+            self.population.update(p, subject, state)
+            if state.last_event_ms is not None and state.last_event_ms > floors.get(p, -(2**62)):
+                floors[p] = state.last_event_ms
+        self._refresh_prior()  # deadlines depend on the recovered population's prior
+        self._indexed_prior = self._prior_days
+        for subject, state in self.store.items():
+            p = self._partition(subject)
+            self.deadlines.update(p, subject, state)
+            self.risk.update(p, subject, state)
+        for p, ms in floors.items():
+            self.clock.restore(p, ms)
+
+    def risk_counts(self) -> dict[Any, int]:
+        """Customers per (risk stage or "none", open churn alert) right now."""
+        return self.risk.counts()
+
+    # --- decode + validate per topic ------------------------------------------------------
+    def _purchase(self, obj: dict[str, Any]) -> PurchaseLike:
+        ev: PurchaseLike = fast_purchase(obj) or validate_model(Purchase, obj)
+        check_ts(self._bounds, ev.ts)
+        cap = self.policy.max_amount_cents
+        if ev.amount_cents > cap or any(it.price * 100 > cap for it in ev.items):
+            raise Rejected(
+                Stage.VALIDATE,
+                Reason.AMOUNT_OUT_OF_RANGE,
+                f"amount: {ev.amount_cents / 100:.2f} (or an item price) is above PATRONAGE_MAX_AMOUNT "
+                f"({cap / 100:.0f})",
+            )
+        return ev
+
+    def _touchpoint(self, obj: dict[str, Any]) -> Any:
+        ev = fast_touchpoint(obj) or validate_model(Touchpoint, obj)
+        check_ts(self._bounds, ev.ts)
+        return ev
+
+    def _update(self, obj: dict[str, Any]) -> Any:
+        ev = validate_model(CustomerUpdate, obj)
+        check_ts(self._bounds, ev.ts)
+        return ev
+
+    def _input(
+        self, topic: Topic, decode: Callable[[dict[str, Any]], Any], step: Callable[..., Step]
+    ) -> Handler:
+        name = topic.value
+
+        def handle(obj: dict[str, Any], work: _Work) -> tuple[str, Outcome]:
+            ev = decode(obj)
+            subject = ev.subject
+            if self.partition_of(subject) != work.partition:
+                # Keyed differently from the customer id: carry it to the customer's partition.
+                work.batch.emits.append(identity.redirect_record(subject, topic, obj))
+                return name, Outcome.REROUTED
+            result = step(self.store.get(subject), ev, work.ctx)
+            if result.outcome is not Outcome.DUPLICATE and ev.ts > work.newest.get(name, -(2**62)):
+                work.newest[name] = ev.ts
+            self._commit(subject, result, work)
+            return name, result.outcome
+
+        return handle
+
+    def _identity(self, obj: dict[str, Any], work: _Work) -> tuple[str, Outcome]:
+        rec = identity.parse(obj)
+        if rec.kind == "event":
+            handler = self._table.get(Topic(rec.topic)) if rec.topic in _CUSTOMER_INPUT_NAMES else None
+            if handler is None or rec.event is None:
+                raise Rejected(
+                    Stage.VALIDATE, Reason.INVALID_FIELD, f"identity event record for topic {rec.topic!r}"
+                )
+            return handler(rec.event, work)  # counted under the event's own topic
+        assert rec.anon is not None and rec.customer is not None
+        assert rec.event_id is not None and rec.ts is not None
+        if rec.kind == "link":
+            subject = rec.anon
+            result = identity.on_link(self.store.get(subject), rec.anon, rec.customer, rec.event_id, rec.ts)
+        else:
+            subject = rec.customer
+            result = identity.on_merge(
+                self.store.get(subject), rec.customer, rec.anon, rec.snapshot, rec.event_id, rec.ts, work.ctx
+            )
+        self._commit(subject, result, work)
+        return Topic.IDENTITY.value, result.outcome
+
+    # --- bookkeeping ----------------------------------------------------------------------
+    def _commit(self, subject: str, step: Step, work: _Work) -> None:
+        if step.outcome is not Outcome.DUPLICATE and step.state is not None:
+            self.store[subject] = step.state
+            if self.key_partitions is not None:
+                self.key_partitions[subject] = work.partition
+            work.touched[subject] = step.state
+        if step.beyond_horizon:
+            work.batch.stats.beyond_horizon += 1
+        if step.emits:
+            self._route(step.emits, work.batch)
+
+    def _route(self, emits: list[Emit], batch: Batch) -> None:
+        stats = batch.stats
+        for emit in emits:
+            if emit.topic is Topic.TRIGGERS:
+                batch.triggers.append(emit)
+                stats.triggers[(emit.value["type"], emit.value["reason"])] += 1
+            else:
+                if emit.topic is Topic.LIFECYCLE_CHANGES:
+                    stats.lifecycle[emit.value["to_stage"]] += 1
+                batch.emits.append(emit)
+
+    def _reindex(self, partition: int, touched: dict[str, CustomerState | None]) -> None:
+        if not touched:
+            return
+        for index in self.indexes:
+            update = index.update
+            for subject, state in touched.items():
+                update(partition, subject, state)
+
+    def _partition(self, subject: str) -> int:
+        if self.key_partitions is not None:
+            p = self.key_partitions.get(subject)
+            if p is not None:
+                return p
+        return self.partition_of(subject)
+
+    def _dead_letter(self, record: RecordLike, exc: Rejected) -> Emit:
+        return dead_letter(record, exc, self.clock.wall_ms(), self.policy.dead_letter_max_bytes)
+
+
+def dead_letter(record: RecordLike, exc: Rejected, wall_ms: int, max_bytes: int) -> Emit:
+    """The dead letter for an input record: where it came from, the original bytes (cut to
+    ``max_bytes``), the reason code and the detail. Keyed by the original key."""
+    value = dead_letter_record(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        reason=exc.reason,
+        error=exc.detail,
+        stage=exc.stage,
+        at=iso_utc(wall_ms) or "",
+        max_bytes=max_bytes,
+    )
+    key = "" if record.key is None else record.key[:1000].decode("utf-8", "replace")
+    return Emit(Topic.DEAD_LETTERS, key, value)
+
+
+_CUSTOMER_INPUT_NAMES = {t.value for t in CUSTOMER_INPUTS}
+assert set(EVENT_TIME_INPUTS) <= set(CUSTOMER_INPUTS)
+
+
+def _risk_class(state: CustomerState) -> tuple[str, bool] | None:
+    if state.risk is None and state.alert is None:
+        return None
+    return (state.risk or "none", state.alert is not None)
