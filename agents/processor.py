@@ -9,7 +9,8 @@ caller acks the offsets:
    minimal record; still refused: logged and counted);
 2. write each changed customer's state to the table changelog once (coalesced), wait;
 3. send the triggers (they are in the states' outboxes, now durable), wait, empty the
-   outboxes - a crash before this point re-sends the same trigger records on recovery.
+   outboxes and write those states again - a crash before that re-sends the very same
+   trigger records on recovery (consumers see a repeated ``trigger_id``, never a new one).
 
 A crash anywhere re-delivers the input batch; the per-customer event-id memory (in the same
 changelog record as the state) makes re-applying it a no-op.
@@ -130,6 +131,15 @@ class CustomerProcessor:
         if batch.triggers:
             await self.sink.send([self._encode(e) for e in batch.triggers])
             self.pipeline.confirm_sent(batch)
+            # persist the emptied outboxes, so a restart does not send these again
+            sent = {e.key for e in batch.triggers}
+            await self.sink.send(
+                [
+                    OutRecord(self._changelog, batch.partition, key.encode(), st.to_json())
+                    for key in sent
+                    if (st := self.pipeline.store.get(key)) is not None
+                ]
+            )
 
     def _encode(self, emit: Emit) -> OutRecord:
         return encode(emit, self.topics, self.partition_for)

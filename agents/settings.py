@@ -163,7 +163,9 @@ class Settings(BaseSettings):
         _CHURN.complaint_max_rating, ge=0, le=5, description="a rating <= this counts as a complaint"
     )
     churn_experience_drop: float = Field(
-        _CHURN.experience_drop, gt=0, description="peak-end score fall that raises risk (reason experience)"
+        _CHURN.experience_drop,
+        gt=0,
+        description="fall of the peak-end score below its best that raises risk (reason experience)",
     )
     churn_experience_floor: float = Field(
         _CHURN.experience_floor, gt=0, le=5, description="... when the score ends below this"

@@ -48,6 +48,7 @@ class Experience(NamedTuple):
     last: int  # rating of the most recent moment (event time)
     last_ms: int
     score: float  # peak-end score after the latest rated moment, 1..5
+    peak: float  # the highest score so far (a fall is measured from it)
 
 
 class Ask(NamedTuple):

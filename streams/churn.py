@@ -22,8 +22,8 @@ are lifecycle records and metrics only.
 **Bad experiences.** A complaint, or a rating <= ``complaint_max_rating``, from a valued
 customer raises the alert at once (reason ``complaint``). Rated moments also feed a
 peak-end experience score (the most recent and the worst moments weigh most, then the
-best, then the mean); a fall of >= ``experience_drop`` to below ``experience_floor``
-raises it with reason ``experience``.
+best, then the mean); when it falls to below ``experience_floor``, ``experience_drop`` or
+more under its best so far, that raises it with reason ``experience``.
 
 **Stalled prospects.** A known customer with no purchase who asked (inquiry, cart add,
 store visit) >= ``stalled_min_asks`` times, the first ask >= ``stalled_after_days`` ago,
@@ -250,7 +250,6 @@ def advance(state: CustomerState, ctx: Context) -> list[Emit]:
         last = state.last_purchase_ms
         assert last is not None
         level = risk_level(state)
-        first_new: int | None = None
         while level < len(RISK_STAGES) - 1 and times[level + 1] <= ctx.now_ms:
             level += 1
             stage = RISK_STAGES[level]
@@ -271,10 +270,9 @@ def advance(state: CustomerState, ctx: Context) -> list[Emit]:
                     ts_ms=times[level],
                 )
             )
-            if first_new is None:
-                first_new = times[level]
-        if first_new is not None and state.alert is None and valued(state, ctx):
-            emits.append(_alert(state, ctx, "lapse", first_new, {}))
+            # decided as of this transition (same record however late the tick runs)
+            if state.alert is None and valued(state, ctx):
+                emits.append(_alert(state, ctx, "lapse", times[level], {}))
     elif state.frequency == 0 and state.stalled_ms is None and not state.anonymous:
         when = stalled_at(state, policy)
         if when is not None and when <= ctx.now_ms:
@@ -341,32 +339,38 @@ def after_purchase(
                 rule = f"purchase moved the risk back to {RISK_STAGES[new]}"
     alert = state.alert
     if alert is not None and (ts_ms >= alert.ts_ms or (alert.reason == "lapse" and state.risk is None)):
-        details = {
-            "purchase_event_id": event_id,
-            "purchase_at": iso_utc(ts_ms),
-            "alerted_at": iso_utc(alert.ts_ms),
-            "alert_reason": alert.reason,
-            "alert_trigger_id": alert.trigger_id,
-            "days_silent": None
-            if previous_last_ms is None
-            else round((ts_ms - previous_last_ms) / DAY_MS, 1),
-        }
-        emits.append(
-            trigger(
-                state,
-                "won_back",
-                "came_back",
-                ts_ms,
-                state.episode,
-                recipient(state, policy.default_recipient),
-                details,
-            )
-        )
-        state.alert = None
-        state.episode += 1
+        emits.append(_came_back(state, event_id, ts_ms, previous_last_ms, policy))
     elif level >= 0 and state.risk is None:
         state.episode += 1  # came back before anyone was alerted: a new episode all the same
     return emits, rule
+
+
+def _came_back(
+    state: CustomerState, event_id: str | None, ts_ms: int, previous_last_ms: int | None, policy: ChurnPolicy
+) -> Emit:
+    """Close the open alert's episode with a ``won_back`` trigger to the same recipient."""
+    alert = state.alert
+    assert alert is not None
+    details = {
+        "purchase_event_id": event_id,
+        "purchase_at": iso_utc(ts_ms),
+        "alerted_at": iso_utc(alert.ts_ms),
+        "alert_reason": alert.reason,
+        "alert_trigger_id": alert.trigger_id,
+        "days_silent": None if previous_last_ms is None else round((ts_ms - previous_last_ms) / DAY_MS, 1),
+    }
+    emit = trigger(
+        state,
+        "won_back",
+        "came_back",
+        ts_ms,
+        state.episode,
+        recipient(state, policy.default_recipient),
+        details,
+    )
+    state.alert = None
+    state.episode += 1
+    return emit
 
 
 def peak_end_score(worst: int, best: int, last: int, mean: float) -> float:
@@ -396,13 +400,11 @@ def after_touch(state: CustomerState, ev: TouchpointLike, ctx: Context) -> list[
         worst, best = min(prev.worst, r), max(prev.best, r)
         last, last_ms = (r, ev.ts) if ev.ts >= prev.last_ms else (prev.last, prev.last_ms)
     score = peak_end_score(worst, best, last, total / count)
-    state.experience = Experience(count, total, worst, best, last, last_ms, score)
-    if state.alert is not None or not _churn_subject(state):
+    peak = score if prev is None else max(prev.peak, score)
+    state.experience = Experience(count, total, worst, best, last, last_ms, score, peak)
+    if state.alert is not None or not _churn_subject(state) or not valued(state, ctx):
         return []
-    if state.last_purchase_ms is not None and ev.ts < state.last_purchase_ms:
-        return []  # they bought after it: not a reason to alert now
-    if not valued(state, ctx):
-        return []
+    alert: Emit | None = None
     if complaint or r <= policy.complaint_max_rating:
         info = {
             "event_id": ev.event_id,
@@ -414,8 +416,22 @@ def after_touch(state: CustomerState, ev: TouchpointLike, ctx: Context) -> list[
             "category": ev.category,
             "sku": ev.sku,
         }
-        return [_alert(state, ctx, "complaint", ev.ts, {"complaint": info})]
-    if prev is not None and score <= prev.score - policy.experience_drop and score < policy.experience_floor:
-        info = {"score": score, "previous_score": prev.score, "worst": worst, "last": last, "rated": count}
-        return [_alert(state, ctx, "experience", ev.ts, {"experience": info})]
-    return []
+        alert = _alert(state, ctx, "complaint", ev.ts, {"complaint": info})
+    elif prev is not None and score < prev.score and peak - score >= policy.experience_drop:
+        if score < policy.experience_floor:
+            info = {
+                "score": score,
+                "previous_score": prev.score,
+                "peak_score": peak,
+                "worst": worst,
+                "last": last,
+            }
+            alert = _alert(state, ctx, "experience", ev.ts, {"experience": info})
+    if alert is None:
+        return []
+    last_purchase = state.last_purchase_ms
+    if last_purchase is not None and last_purchase > ev.ts:
+        # the record arrived after a later purchase (late, or fetched after it): as it
+        # would have gone live - the alert, and at once the come-back that ended it
+        return [alert, _came_back(state, None, last_purchase, None, policy)]
+    return [alert]

@@ -21,7 +21,8 @@ import logging
 from collections import Counter
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from operator import itemgetter
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -131,7 +132,17 @@ class _Work:
     newest: dict[str, int] = field(default_factory=dict)  # topic -> newest applied event time
 
 
-Handler = Callable[[dict[str, Any], _Work], tuple[str, Outcome]]
+class _Ready(NamedTuple):
+    """A decoded, valid record waiting for its turn (event-time order within the batch)."""
+
+    label: str  # topic for metrics (a re-routed event counts under its own topic)
+    ts: int
+    run: Callable[[], Outcome]
+
+
+_FIRST = -(2**63)  # re-routing does not touch state: first, whatever its time
+Handler = Callable[[dict[str, Any], _Work], _Ready]
+_ORDER = itemgetter(0, 1)  # (event time, position in the batch)
 
 
 class CustomerPipeline:
@@ -175,7 +186,12 @@ class CustomerPipeline:
 
     # --- entry points ---------------------------------------------------------------------
     def apply(self, partition: int, records: Sequence[RecordLike], batch: Batch | None = None) -> Batch:
-        """Apply ``records`` of ``partition``; then tick it to the clock's new now."""
+        """Apply ``records`` of ``partition`` in event-time order; then tick the partition to
+        the clock's new now.
+
+        Two passes: decode and validate every record (bad ones become dead letters), then
+        apply the good ones sorted by event time (stable), so rules that look at "what
+        happened next" see the batch as it happened, whatever the topics' fetch order."""
         batch = batch if batch is not None else Batch(partition)
         work = _Work(partition, batch, self.context(partition))
         self._bounds = bounds_for(self.policy, self.clock.wall_ms())
@@ -183,7 +199,8 @@ class CustomerPipeline:
         stats.records += len(records)
         logical = self.topics.logical
         table = self._table
-        for record in records:
+        ready: list[tuple[int, int, RecordLike, _Ready]] = []
+        for seq, record in enumerate(records):
             topic = logical(record.topic)
             label = topic.value if topic is not None else record.topic
             try:
@@ -192,24 +209,40 @@ class CustomerPipeline:
                     raise Rejected(
                         Stage.PROCESS, Reason.UNKNOWN_TOPIC, f"topic {record.topic!r} is not a customer input"
                     )
-                obj = decode_object(record.value)
-                label, outcome = handler(obj, work)
+                prepared = handler(decode_object(record.value), work)
+                ready.append((prepared.ts, seq, record, prepared))
+                continue
+            except Rejected as exc:
+                self._reject(record, label, exc, batch)
+            except Exception as exc:  # a bug must not stop the worker or lose the record
+                self._crashed(record, label, exc, batch)
+            stats.outcomes[(label, Outcome.DEAD_LETTER.value)] += 1
+        ready.sort(key=_ORDER)
+        for _ts, _seq, record, prepared in ready:
+            try:
+                outcome = prepared.run()
             except Rejected as exc:
                 outcome = Outcome.DEAD_LETTER
-                batch.emits.append(self._dead_letter(record, exc))
-                stats.dead_letters[(label, exc.stage.value, exc.reason.value)] += 1
-            except Exception as exc:  # a bug must not stop the worker or lose the record
-                log.exception("processing %s[%s]@%s failed", record.topic, record.partition, record.offset)
-                rejected = Rejected(Stage.PROCESS, Reason.INTERNAL_ERROR, f"internal error: {exc!r}")
+                self._reject(record, prepared.label, exc, batch)
+            except Exception as exc:
                 outcome = Outcome.DEAD_LETTER
-                batch.emits.append(self._dead_letter(record, rejected))
-                stats.dead_letters[(label, Stage.PROCESS.value, Reason.INTERNAL_ERROR.value)] += 1
-            stats.outcomes[(label, outcome.value)] += 1
+                self._crashed(record, prepared.label, exc, batch)
+            stats.outcomes[(prepared.label, outcome.value)] += 1
         for topic_name, ts in work.newest.items():
             self.clock.observe(partition, topic_name, ts)
         self._reindex(partition, work.touched)
         batch.changed.update(work.touched)
         return self.tick(partition, batch=batch)
+
+    def _reject(self, record: RecordLike, label: str, exc: Rejected, batch: Batch) -> None:
+        batch.emits.append(self._dead_letter(record, exc))
+        batch.stats.dead_letters[(label, exc.stage.value, exc.reason.value)] += 1
+
+    def _crashed(self, record: RecordLike, label: str, exc: Exception, batch: Batch) -> None:
+        log.exception("processing %s[%s]@%s failed", record.topic, record.partition, record.offset)
+        self._reject(
+            record, label, Rejected(Stage.PROCESS, Reason.INTERNAL_ERROR, f"internal error: {exc!r}"), batch
+        )
 
     def tick(self, partition: int, now_ms: int | None = None, batch: Batch | None = None) -> Batch:
         """Apply what the clock alone changed in ``partition`` up to ``now_ms`` (default: the
@@ -323,22 +356,29 @@ class CustomerPipeline:
     ) -> Handler:
         name = topic.value
 
-        def handle(obj: dict[str, Any], work: _Work) -> tuple[str, Outcome]:
+        def handle(obj: dict[str, Any], work: _Work) -> _Ready:
             ev = decode(obj)
             subject = ev.subject
             if self.partition_of(subject) != work.partition:
                 # Keyed differently from the customer id: carry it to the customer's partition.
-                work.batch.emits.append(identity.redirect_record(subject, topic, obj))
-                return name, Outcome.REROUTED
-            result = step(self.store.get(subject), ev, work.ctx)
-            if result.outcome is not Outcome.DUPLICATE and ev.ts > work.newest.get(name, -(2**62)):
-                work.newest[name] = ev.ts
-            self._commit(subject, result, work)
-            return name, result.outcome
+                def reroute() -> Outcome:
+                    work.batch.emits.append(identity.redirect_record(subject, topic, obj))
+                    return Outcome.REROUTED
+
+                return _Ready(name, _FIRST, reroute)
+
+            def run() -> Outcome:
+                result = step(self.store.get(subject), ev, work.ctx)
+                if result.outcome is not Outcome.DUPLICATE and ev.ts > work.newest.get(name, -(2**62)):
+                    work.newest[name] = ev.ts
+                self._commit(subject, result, work)
+                return result.outcome
+
+            return _Ready(name, ev.ts, run)
 
         return handle
 
-    def _identity(self, obj: dict[str, Any], work: _Work) -> tuple[str, Outcome]:
+    def _identity(self, obj: dict[str, Any], work: _Work) -> _Ready:
         rec = identity.parse(obj)
         if rec.kind == "event":
             handler = self._table.get(Topic(rec.topic)) if rec.topic in _CUSTOMER_INPUT_NAMES else None
@@ -347,18 +387,22 @@ class CustomerPipeline:
                     Stage.VALIDATE, Reason.INVALID_FIELD, f"identity event record for topic {rec.topic!r}"
                 )
             return handler(rec.event, work)  # counted under the event's own topic
-        assert rec.anon is not None and rec.customer is not None
-        assert rec.event_id is not None and rec.ts is not None
-        if rec.kind == "link":
-            subject = rec.anon
-            result = identity.on_link(self.store.get(subject), rec.anon, rec.customer, rec.event_id, rec.ts)
-        else:
-            subject = rec.customer
-            result = identity.on_merge(
-                self.store.get(subject), rec.customer, rec.anon, rec.snapshot, rec.event_id, rec.ts, work.ctx
-            )
-        self._commit(subject, result, work)
-        return Topic.IDENTITY.value, result.outcome
+        anon, customer, event_id, ts = rec.anon, rec.customer, rec.event_id, rec.ts
+        assert anon is not None and customer is not None and event_id is not None and ts is not None
+
+        def run() -> Outcome:
+            if rec.kind == "link":
+                subject = anon
+                result = identity.on_link(self.store.get(subject), anon, customer, event_id, ts)
+            else:
+                subject = customer
+                result = identity.on_merge(
+                    self.store.get(subject), customer, anon, rec.snapshot, event_id, ts, work.ctx
+                )
+            self._commit(subject, result, work)
+            return result.outcome
+
+        return _Ready(Topic.IDENTITY.value, ts, run)
 
     # --- bookkeeping ----------------------------------------------------------------------
     def _commit(self, subject: str, step: Step, work: _Work) -> None:

@@ -38,8 +38,8 @@ class ChurnPolicy:
     alert_min_purchases: int = 5
     # -- bad experiences --
     complaint_max_rating: int = 2  # a rating <= this counts as a complaint
-    experience_drop: float = 1.0  # the peak-end score falling by >= this ...
-    experience_floor: float = 3.0  # ... to below this raises risk (reason experience)
+    experience_drop: float = 1.0  # the peak-end score falling this far below its best so far ...
+    experience_floor: float = 3.75  # ... to below this raises risk (reason experience)
     # -- stalled prospects (asks again and again, never buys) --
     ask_types: frozenset[str] = frozenset({"inquiry", "cart", "visit"})
     stalled_min_asks: int = 3

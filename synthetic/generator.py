@@ -11,7 +11,8 @@ JSON-able dicts that validate against :mod:`schemas.events`:
 - ~8% are *lapsing loyalists*: >= 6 purchases at a steady rhythm, then silent for at least
   four times their median gap (and >= 60 days) before ``end_ms``;
 - anonymous visitors browse; about half later ``identify`` and buy as that customer;
-- customer updates carry consent, time zone, loyalty membership (~20%), households/payers.
+- customer updates carry consent, time zone, loyalty membership (~20%), households/payers;
+- half of the browsers (sign up, never buy) keep asking: store visits and inquiries over weeks.
 
 ``labels`` state what is true by construction, for scoring churn and stock triggers.
 Timestamps are whole seconds; most are ISO-8601 (``Z`` or the local offset), some epoch
@@ -123,6 +124,11 @@ BROWSER_SHARE = 0.04  # signed up, never bought
 OCCASIONAL_SHARE = 0.20  # 1-4 purchases, then gone
 ANONYMOUS_SHARE = 0.10  # anonymous visitors, about half of whom identify
 COMPLAINER_SHARE = 0.02
+ASKER_SHARE = 0.5  # of browsers: ask again and again (visits, inquiries) and never buy
+# what counts as asking, and when a prospect counts as stalled (streams.policy.ChurnPolicy)
+ASK_TYPES = frozenset({"inquiry", "cart", "visit"})
+STALLED_MIN_ASKS = 3
+STALLED_AFTER_DAYS = 14
 LOYALTY_SHARE = 0.20
 HOUSEHOLD_SHARE = 0.12
 
@@ -273,6 +279,7 @@ class _Builder:
         self.updates: list[tuple[int, int, int, dict]] = []
         self.stock: list[tuple[int, int, int, dict]] = []
         self.anon_ids: set[str] = set()
+        self.stalled: list[str] = []  # known customers who ask and ask and never buy
 
     # -- small helpers ------------------------------------------------------------------------
 
@@ -652,6 +659,24 @@ class _Builder:
             t = self.start_ms + self._ri(0, (self.days - 20) * _DAY_S) * _SEC
             channel = self._online(c)
             touches.append((t, self._off(c, t), {"customer_id": cid, "type": "signup", "channel": channel}))
+            if rng.random() < ASKER_SHARE:  # keeps asking - store visits, inquiries - never buys
+                u = t
+                for _ in range(self._ri(3, 6 + 1)):
+                    u += self._ri(2 * _DAY_S, 20 * _DAY_S) * _SEC
+                    if u >= self.end_ms:
+                        break
+                    cat = self._pick(c.favs)
+                    ask: dict[str, Any] = {"customer_id": cid, "category": cat}
+                    if rng.random() < 0.5:
+                        ask.update(
+                            type="visit",
+                            channel="store",
+                            store_id=c.home,
+                            duration_s=float(self._ri(300, 2400)),
+                        )
+                    else:
+                        ask.update(type="inquiry", channel=self._pick(("phone", "chat", "email", "store")))
+                    touches.append((u, self._off(c, u), ask))
             for _ in range(self._ri(2, 10 + 1)):
                 cat = self._pick(c.favs)
                 sku = self.catalogue[cat][int(rng.random() ** 1.6 * _SKUS)][0]
@@ -817,6 +842,13 @@ class _Builder:
 
         for t, off, fields in touches:
             self._push_touch(t, off, fields)
+        if not c.purchases:
+            asks = sorted(t for t, _o, f in touches if f["type"] in ASK_TYPES and "customer_id" in f)
+            if (
+                len(asks) >= STALLED_MIN_ASKS
+                and max(asks[0] + STALLED_AFTER_DAYS * DAY_MS, asks[STALLED_MIN_ASKS - 1]) < self.end_ms
+            ):
+                self.stalled.append(cid)
 
         # profile facts
         if consent is not None or rng.random() < 0.5:
@@ -937,7 +969,10 @@ def generate(
       out-spends every other category and together they hold the majority of the spend;
     - ``anonymous_identified``: ``anonymous_id -> customer_id`` for visitors who browsed
       anonymously, then sent ``identify`` before that customer's first purchase;
-    - ``complainers``: customer ids with a ``complaint`` touchpoint (half are lapsing loyalists).
+    - ``complainers``: customer ids with a ``complaint`` touchpoint (half are lapsing loyalists);
+    - ``stalled_prospects``: known customers who never buy and asked (inquiry, cart add, visit)
+      >= 3 times, the 3rd ask and 14 days after the first both before ``end_ms`` (half the
+      browsers keep asking by construction).
     """
     if customers < 0:
         raise ValueError("customers must be >= 0")
@@ -1042,6 +1077,7 @@ def _generate(customers: int, seed: int, end_ms: int, days: int, currency: str) 
         "favourite_categories": favourites,
         "anonymous_identified": anonymous_identified,
         "complainers": sorted(c.cid for c in complain),
+        "stalled_prospects": sorted(b.stalled),
     }
     return SyntheticData(
         purchases=b.finish(b.purchases, "p"),

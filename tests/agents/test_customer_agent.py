@@ -11,6 +11,7 @@ import pytest
 from agents.app import create_app
 from agents.settings import Settings
 from agents.sink import MemorySink
+from schemas.topics import Topic
 
 T0 = 1_767_225_600_000
 
@@ -103,3 +104,70 @@ async def test_stock_agent_dead_letters_invalid_arrivals(built) -> None:
     assert app.runtime.stock.accepted == 1
     dead = [orjson.loads(r.value) for r in sink.on("dead-letters")]
     assert len(dead) == 1 and "qty: Input should be greater than 0" in dead[0]["error"]
+
+
+class RefusingSink(MemorySink):
+    """A broker with a small message limit: refuses any record above ``limit`` bytes, the
+    way Kafka answers MessageSizeTooLargeError."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.refused = 0
+
+    async def send(self, records):  # type: ignore[no-untyped-def]
+        if any(len(r.value or b"") + len(r.key or b"") > self.limit for r in records):
+            self.refused += 1
+            raise RuntimeError("MessageSizeTooLargeError: the broker refused the request")
+        await super().send(records)
+
+
+async def test_a_dead_letter_the_broker_refuses_never_stops_the_worker() -> None:
+    from agents.processor import CustomerProcessor
+    from streams.testing import PipelineHarness
+
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    sink = RefusingSink(limit=20_000)
+    processor = CustomerProcessor(
+        pipeline=h.pipeline, sink=sink, topics=h.topics, partition_for=h.partitioner
+    )
+    good = {"event_id": "p1", "customer_id": "c1", "ts": T0, "amount": 5, "currency": "EUR"}
+    p = h.pipeline.partition_of("c1")
+    records = [
+        h.record(Topic.PURCHASES, b"x" * 800_000, key="c1", partition=p),  # kept 64 KB > broker limit
+        h.record(Topic.PURCHASES, good, partition=p),
+    ]
+    await processor.handle(p, records)
+    assert sink.refused >= 1
+    (dead,) = [orjson.loads(r.value) for r in sink.on("dead-letters")]
+    assert dead["reason"] == "invalid_json" and dead["truncated"] is True and dead["value"] is None
+    assert dead["value_bytes"] == 800_000 and len(dead["value_sha256"]) == 64
+    state = h.state("c1")
+    assert state is not None and state.frequency == 1  # the good record after it was applied
+    changelog = sink.on("patronage-customers-changelog")
+    assert changelog and orjson.loads(changelog[-1].value)["f"] == 1
+
+
+async def test_triggers_are_sent_after_the_state_that_decided_them_is_durable() -> None:
+    from agents.processor import CustomerProcessor
+    from streams.testing import PipelineHarness
+
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    sink = MemorySink()
+    processor = CustomerProcessor(
+        pipeline=h.pipeline, sink=sink, topics=h.topics, partition_for=h.partitioner
+    )
+    p = h.pipeline.partition_of("c1")
+    for i in range(6):
+        h.wall.ms = T0 + i * 10 * 86_400_000
+        value = {"event_id": f"p{i}", "customer_id": "c1", "ts": h.wall.ms, "amount": 5, "currency": "EUR"}
+        await processor.handle(p, [h.record(Topic.PURCHASES, value, partition=p)])
+    h.wall.ms += 300 * 86_400_000
+    await processor.tick(p)
+    topics = [r.topic for r in sink.records]
+    first_trigger = topics.index("triggers")
+    written = [orjson.loads(r.value) for r in sink.records[:first_trigger] if r.topic.endswith("changelog")]
+    assert written[-1]["out"] and written[-1]["out"][0]["type"] == "churn_risk"  # outbox durable first
+    after = [orjson.loads(r.value) for r in sink.records[first_trigger:] if r.topic.endswith("changelog")]
+    assert after and "out" not in after[-1]  # then the emptied outbox
+    assert await processor.resend_outbox() == 0

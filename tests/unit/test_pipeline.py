@@ -1,0 +1,160 @@
+"""The pipeline seam without Kafka: routing, reason codes, dead-letter sizes, clocks, indexes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+
+import orjson
+import pytest
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+
+from schemas.outputs import DeadLetter
+from schemas.state import CustomerState
+from schemas.topics import Topic, TopicNames
+from streams.clock import EventClock
+from streams.indexes import CountIndex, DeadlineIndex
+from streams.partitioning import murmur2
+from streams.testing import T0, ManualWall, PipelineHarness
+
+DAY = 86_400_000
+
+
+def purchase(eid: str, cid: str, ts: object = T0, amount: object = 10) -> dict:
+    return {"event_id": eid, "customer_id": cid, "ts": ts, "amount": amount, "currency": "EUR"}
+
+
+def test_murmur2_is_the_java_clients_partitioner() -> None:
+    rnd = random.Random(5)
+    keys = [b"", b"a", b"ab", b"abc", b"c000017", "kundé/#?".encode()]
+    keys += [bytes(rnd.randrange(256) for _ in range(rnd.randrange(40))) for _ in range(500)]
+    for key in keys:
+        assert murmur2(key) == aiokafka_murmur2(key), key
+
+
+def test_every_topic_name_comes_from_one_registry() -> None:
+    names = TopicNames(prefix="acme.", app_id="crm")
+    assert names.real(Topic.PURCHASES) == "acme.purchases"
+    assert names.real(Topic.IDENTITY) == "acme.crm-identity"
+    assert names.real(Topic.CHURN_MODEL) == "acme.crm-churn-model"
+    assert names.real(Topic.CHANGELOG) == "crm-customers-changelog"  # Faust names it, no prefix
+    assert all(names.logical(names.real(t)) is t for t in Topic)
+    assert names.logical("somebody-elses") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"{nope", "invalid_json"),
+        (b"[1]", "not_an_object"),
+        (None, "empty_value"),
+        (orjson.dumps({"event_id": "e", "ts": T0, "amount": 1, "currency": "EUR"}), "missing_field"),
+        (orjson.dumps(purchase("e", "c", ts="2026-01-01T00:00:00")), "ts_no_offset"),
+        (orjson.dumps(purchase("e", "c", ts=1767225600)), "ts_in_seconds"),
+        (orjson.dumps(purchase("e", "c", ts=T0 * 1000)), "ts_out_of_range"),
+        (orjson.dumps(purchase("e", "c", ts=T0 + 3 * DAY)), "ts_out_of_range"),  # too far ahead
+        (orjson.dumps(purchase("e", "c", amount=1e30)), "amount_out_of_range"),
+        (orjson.dumps(purchase("e", "c", amount="1e30")), "amount_out_of_range"),
+        (orjson.dumps(purchase("e", "c", amount=-1)), "invalid_field"),
+        (orjson.dumps({**purchase("e", "c"), "currency": "USD"}), "currency_mismatch"),
+    ],
+)
+def test_bad_input_becomes_a_dead_letter_with_a_stable_reason_code(value: bytes | None, reason: str) -> None:
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    h.deliver([h.record(Topic.PURCHASES, value, key="c", partition=h.pipeline.partition_of("c"))])
+    (dead,) = h.dead_letters()
+    assert dead["reason"] == reason, dead["error"]
+    DeadLetter.model_validate(dead)
+    assert h.batches[-1].stats.dead_letters == {("purchases", dead["stage"], reason): 1}
+    assert h.state("c") is None
+
+
+def test_history_from_1997_loads() -> None:
+    h = PipelineHarness(clock="event", start_ms=T0)
+    h.send(Topic.PURCHASES, purchase("old", "c1", ts="1997-03-25T10:00:00Z"))
+    state = h.state("c1")
+    assert not h.dead_letters() and state is not None and state.frequency == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [os.urandom(800_000), b'"' * 600_000, ("é" * 400_000).encode(), b"\x00" * 300_000],
+    ids=["random-bytes", "quotes", "multibyte", "nul"],
+)
+def test_a_dead_letter_always_fits_and_says_what_it_cut(value: bytes) -> None:
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    h.deliver([h.record(Topic.PURCHASES, value, key="k" * 300_000, partition=0)])
+    (dead,) = h.dead_letters()
+    encoded = orjson.dumps(dead)
+    assert len(encoded) < 600_000, len(encoded)  # ~4x under a 1 MB broker limit at worst
+    assert dead["truncated"] is True and dead["value_bytes"] == len(value)
+    assert dead["value_sha256"] == hashlib.sha256(value).hexdigest()
+    kept = dead["value"].encode() if dead["value"] is not None else base64.b64decode(dead["value_b64"])
+    assert value.startswith(kept) and 0 < len(kept) <= 65_536
+
+
+def test_records_keyed_to_the_wrong_partition_are_rerouted_and_counted_under_their_topic() -> None:
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    home = h.pipeline.partition_of("c1")
+    wrong = (home + 1) % h.partitions
+    h.deliver([h.record(Topic.PURCHASES, purchase("p1", "c1"), key="c1", partition=wrong)])
+    state = h.state("c1")
+    assert state is not None and state.frequency == 1
+    first, second = h.batches[0], h.batches[1]
+    assert first.partition == wrong and first.stats.outcomes == {("purchases", "rerouted"): 1}
+    assert second.partition == home and second.stats.outcomes == {("purchases", "applied"): 1}
+
+
+def test_event_clock_is_the_oldest_active_input_per_partition_and_never_goes_back() -> None:
+    wall = ManualWall(T0)
+    clock = EventClock(wall, allowed_lateness_ms=0, idle_ms=5000)
+    assert clock.now_ms(0) == T0  # nothing seen: real time
+    clock.observe(0, "purchases", T0 - 10 * DAY)
+    clock.observe(0, "touchpoints", T0 - 2 * DAY)
+    assert clock.now_ms(0) == T0 - 10 * DAY  # purchases hold it back
+    clock.observe(1, "purchases", T0 - 1 * DAY)
+    wall.advance(6000)  # partition 0's inputs went quiet: it follows the newest event anywhere
+    assert clock.now_ms(0) == T0 - 1 * DAY
+    clock.observe(0, "purchases", T0 - 5 * DAY)  # active again, older: the clock does not go back
+    assert clock.now_ms(0) == T0 - 1 * DAY
+    late = EventClock(wall, allowed_lateness_ms=DAY)
+    late.observe(3, "purchases", T0)
+    assert late.now_ms(3) == T0 - DAY
+    late.restore(4, T0 + DAY)
+    assert late.now_ms(4) == T0
+
+
+def test_deadline_index_keeps_the_newest_deadline_and_sweeps_stale_entries() -> None:
+    index = DeadlineIndex(lambda s: s.last_event_ms)
+    states = {f"c{i}": CustomerState(f"c{i}") for i in range(10_000)}
+    for i, (subject, state) in enumerate(states.items()):
+        state.last_event_ms = i
+        index.update(0, subject, state)
+    for _ in range(3):  # moving every deadline leaves stale heap entries behind ...
+        for state in states.values():
+            assert state.last_event_ms is not None
+            state.last_event_ms += 100_000
+            index.update(0, state.subject, state)
+    assert len(index._heaps[0]) < 4 * 10_000 + 4096  # ... which are swept, not kept forever
+    assert index.pop_due(0, 299_999) == []
+    due = index.pop_due(0, 300_009)
+    assert due == [f"c{i}" for i in range(10)]
+    index.update(0, "c20", None)
+    assert "c20" not in index.pop_due(0, 10**9)
+    index.clear(0)
+    assert len(index) == 0
+
+
+def test_count_index_tracks_classes_incrementally() -> None:
+    index = CountIndex(lambda s: s.risk)
+    a, b = CustomerState("a"), CustomerState("b")
+    a.risk = b.risk = "at_risk"
+    index.update(0, "a", a)
+    index.update(1, "b", b)
+    assert index.counts() == {"at_risk": 2}
+    a.risk = "lapsed"
+    index.update(0, "a", a)
+    index.clear(1)
+    assert index.counts() == {"lapsed": 1}
