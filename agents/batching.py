@@ -62,7 +62,16 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         async def proc_fetch_request(assignment: Any, node_id: Any, request: Any) -> bool:
             has_data = await original(assignment, node_id, request)
             if not has_data:
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.sleep(delay)
+                except asyncio.CancelledError:
+                    # aiokafka's contract for fetch tasks (its own _proc_fetch_request does
+                    # the same): they are cancelled by Fetcher.close() on stop and when the
+                    # assignment changes, and close() then awaits each one *without*
+                    # suppressing CancelledError. Raising here would escape close() and
+                    # AIOKafkaConsumer.stop(), abort the consumer thread's shutdown before
+                    # it signals the main thread, and the worker would hang on SIGTERM.
+                    return False
             return bool(has_data)
 
         fetcher._proc_fetch_request = proc_fetch_request

@@ -1,11 +1,16 @@
 """Integration fixtures: a real Kafka-protocol broker (noida-db) and Redis on free loopback
-ports for the whole session, and per-test workers (own topics prefix and consumer group)."""
+ports for the whole session, and per-test workers (own topics prefix and consumer group).
+
+Workers and CLI commands run as ``patronage`` subprocesses with this checkout first on
+PYTHONPATH, so they run the code under test even when the ``patronage`` script is an
+editable install of another checkout (a git worktree sharing one virtualenv)."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +27,14 @@ import pytest
 from agents.localstack import LocalStack, Service, free_port, wait_worker_ready
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
 _counter = itertools.count()
+
+
+def code_env() -> dict[str, str]:
+    """Environment making subprocesses import ``agents`` etc. from this checkout."""
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": str(ROOT) if not path else f"{ROOT}{os.pathsep}{path}"}
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +43,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     s = LocalStack(run, kafka_port=free_port(), redis_port=free_port(), web_port=free_port())
     s.start_broker()
     s.start_redis()
+    where = subprocess.run(
+        [sys.executable, "-c", "import agents; print(agents.__file__)"],
+        env={**os.environ, **code_env()},
+        cwd=run,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert Path(where).resolve().is_relative_to(ROOT), f"workers would run {where}, not {ROOT}"
     yield s
     s.down()
 
@@ -50,9 +71,13 @@ class Cluster:
             "PATRONAGE_LOG_LEVEL": "info",
             # a finished replay stops holding the event clock back after 1 s (default 5 s)
             "PATRONAGE_EVENT_CLOCK_IDLE_S": "1",
+            # as the local stack runs workers on noida-db (no long poll): see batching.py
+            "PATRONAGE_EMPTY_FETCH_BACKOFF_MS": "5",
+            **code_env(),
             **env,
         }
         self.workers: dict[int, tuple[Service, int]] = {}
+        self.procs: dict[int, subprocess.Popen] = {}
 
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         proc = subprocess.run(
@@ -68,7 +93,7 @@ class Cluster:
             )
         return proc
 
-    def start_worker(self, index: int = 0, **env: str) -> Service:
+    def start_worker(self, index: int = 0, wait_ready: bool = True, **env: str) -> Service:
         port = self.workers[index][1] if index in self.workers else free_port()
         svc = Service(f"w{index}", self.tmp / f"worker{index}.pid", self.tmp / f"worker{index}.log")
         worker_env = {
@@ -79,9 +104,21 @@ class Cluster:
             **env,
         }
         proc = svc.start([str(BIN / "patronage"), "worker"], env=worker_env)
-        wait_worker_ready(port, 120, proc, svc.log_file)
         self.workers[index] = (svc, port)
+        self.procs[index] = proc
+        if wait_ready:
+            wait_worker_ready(port, 120, proc, svc.log_file)
         return svc
+
+    def signal_worker(self, index: int = 0, sig: int = signal.SIGTERM) -> None:
+        os.killpg(self.procs[index].pid, sig)
+
+    def wait_exit(self, index: int = 0, timeout: float = 10.0) -> int | None:
+        """The worker's exit code, or None if it is still running after ``timeout`` s."""
+        try:
+            return self.procs[index].wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop_workers(self) -> None:
         for svc, _ in self.workers.values():
