@@ -32,8 +32,10 @@ setup: system-deps $(STAMP) ## create .venv and install everything tests need
 demo: setup ## run the whole pipeline on the embedded stack with sample data, print results
 	deploy/local/demo.sh
 
-test: setup ## unit + agent + integration tests (starts its own broker/Redis on free ports)
+test: setup ## lint (ruff, mypy, import layers) + unit + agent + integration tests (own broker/Redis on free ports)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q
 
 test-unit: setup ## unit and agent tests only (no broker)
@@ -55,9 +57,11 @@ $(BENCH_STAMP): $(STAMP)
 bench: setup $(BENCH_STAMP) ## benchmark: pure core, worker end-to-end, raw consume, Quix Streams (one table)
 	$(BIN)/python -m bench.run
 
-lint: setup ## ruff
+lint: setup ## ruff, mypy on schemas/ and streams/, the import-layer contract (pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: setup
 	$(BIN)/ruff format .

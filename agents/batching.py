@@ -14,6 +14,11 @@ grouped by partition and given to a batch handler, which returns once its output
 state changelog are acknowledged by the broker. Then the offsets are acked in bulk, and
 Faust's committer commits them. Other topics still go through Faust's normal path.
 
+Event-time alignment: the handler may hold back records newer than the input topics'
+common horizon (a fetch can bring months of purchases and weeks of touchpoints); those are
+offered again with the next fetch of that partition, or when the inputs go quiet, and acked
+only once applied - so a crash re-fetches them from the committed offset.
+
 This subclasses a private method of faust-streaming 0.15.3 (pinned in pyproject.toml).
 """
 
@@ -29,7 +34,7 @@ from faust.types import TP
 
 log = logging.getLogger(__name__)
 
-BatchHandler = Callable[[int, Sequence[Any]], Awaitable[Any]]
+BatchHandler = Callable[..., Awaitable[Any]]  # (partition, records, *, align) -> Batch
 
 
 class BatchingConsumer(faust_aiokafka.Consumer):
@@ -97,11 +102,22 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         set_read_offset = self._read_offset.__setitem__
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
+        held: dict[int, list[Any]] = {}  # partition -> records beyond the event-time horizon
+        held_generation = self.app.consumer_generation_id
+        hold_max = 2 * int(getattr(self.app.conf, "broker_max_poll_records", None) or 50_000)
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self._install_empty_fetch_backoff()
                 records, active = await self._wait_next_records(1.0)
                 await asyncio.sleep(0)
+                if self.app.consumer_generation_id != held_generation:
+                    held.clear()  # rebalanced: never acked, they are fetched again
+                    held_generation = self.app.consumer_generation_id
+                if not records and held and not self.should_stop and self.flow_active:
+                    # the inputs went quiet: what waited for the other topics goes now
+                    for partition in list(held):
+                        await self._dispatch(handler, partition, held.pop(partition), held, align=False)
+                    continue
                 if not records or self.should_stop or not self.flow_active:
                     continue
                 generation = self.app.consumer_generation_id
@@ -124,19 +140,20 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 for partition, parts in grouped.items():
                     if self.app.consumer_generation_id != generation or not self.flow_active:
                         break  # rebalanced meanwhile: these will be fetched again
+                    for tp, recs in parts:  # fetch bookkeeping; acks follow processing
+                        await self._track_gap(tp, get_read_offset(tp), recs[0].offset, acks_enabled_for)
+                        await self._fill_gaps(tp, recs, acks_enabled_for)
+                        set_read_offset(tp, recs[-1].offset)
+                    waiting = held.pop(partition, [])
+                    batch = waiting + [r for _, recs in parts for r in recs]
                     markers = [self._to_message(tp, recs[-1]) for tp, recs in parts]
                     for marker in markers:  # make rebalances wait for this batch (wait_empty)
                         self._unacked_messages.add(marker)
                     try:
-                        await handler(partition, [r for _, recs in parts for r in recs])
+                        await self._dispatch(handler, partition, batch, held, align=len(batch) < hold_max)
                     finally:
                         for marker in markers:
                             self._unacked_messages.discard(marker)
-                    for tp, recs in parts:
-                        await self._track_gap(tp, get_read_offset(tp), recs[0].offset, acks_enabled_for)
-                        self._ack_offsets(tp, [r.offset for r in recs])
-                        await self._fill_gaps(tp, recs, acks_enabled_for)
-                        set_read_offset(tp, recs[-1].offset)
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
@@ -149,6 +166,28 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+    async def _dispatch(
+        self,
+        handler: BatchHandler,
+        partition: int,
+        records: list[Any],
+        held: dict[int, list[Any]],
+        *,
+        align: bool,
+    ) -> None:
+        """Hand ``records`` to the batch handler; ack what it applied, keep what it held back."""
+        result = await handler(partition, records, align=align)
+        waiting = list(getattr(result, "held", ()) or ())
+        if waiting:
+            held[partition] = waiting
+            skip = {id(r) for r in waiting}
+            records = [r for r in records if id(r) not in skip]
+        by_tp: dict[TP, list[int]] = {}
+        for rec in records:
+            by_tp.setdefault(TP(rec.topic, rec.partition), []).append(rec.offset)
+        for tp, offsets in by_tp.items():
+            self._ack_offsets(tp, sorted(offsets))
 
     async def _track_gap(self, tp: TP, r_offset: int | None, offset: int, acks_enabled_for: Callable) -> None:
         if r_offset is not None and offset - r_offset > 1 and acks_enabled_for(tp.topic):

@@ -61,18 +61,18 @@ class CustomerProcessor:
         return lock
 
     # --- entry points ---------------------------------------------------------------------
-    async def handle(self, partition: int, records: Sequence[RecordLike]) -> Batch:
+    async def handle(self, partition: int, records: Sequence[RecordLike], align: bool = False) -> Batch:
         """Process one partition's records; returns once outputs and state are durable.
 
         Large batches are processed in chunks with a yield to the event loop in between
-        (HTTP endpoints stay responsive); outputs and the changelog are written once."""
+        (HTTP endpoints stay responsive); outputs and the changelog are written once.
+        ``align``: records beyond the topics' common event-time horizon come back unapplied
+        in ``batch.held`` (the batching consumer offers them again, and acks them then)."""
         started = time.perf_counter()
         async with self.lock(partition):
             batch = Batch(partition)
-            for i in range(0, len(records), CHUNK):
-                if i:
-                    await asyncio.sleep(0)
-                self.pipeline.apply(partition, records[i : i + CHUNK], batch)
+            for _ in self.pipeline.apply_steps(partition, records, batch, align=align, chunk=CHUNK):
+                await asyncio.sleep(0)
             await self.complete(batch)
         if self.metrics is not None:
             self.metrics.observe_batch(batch, time.perf_counter() - started)

@@ -39,6 +39,16 @@ class FastItem:
 class FastPurchase:
     """Duck-types :class:`schemas.events.Purchase` for the fields the core reads."""
 
+    event_id: str
+    customer_id: str
+    ts: int
+    amount_cents: int
+    currency: str
+    items: list[FastItem]
+    store_id: str | None
+    channel: str | None
+    payer_id: str | None
+
     __slots__ = (
         "amount_cents",
         "channel",
@@ -57,11 +67,24 @@ class FastPurchase:
 
     @property
     def subject(self) -> str:
-        return self.customer_id  # type: ignore[no-any-return]
+        return self.customer_id
 
 
 class FastTouchpoint:
     """Duck-types :class:`schemas.events.Touchpoint`."""
+
+    alias_of: str | None
+    anonymous_id: str | None
+    category: str | None
+    channel: str | None
+    customer_id: str | None
+    duration_s: float | None
+    event_id: str
+    rating: int | None
+    sku: str | None
+    store_id: str | None
+    ts: int
+    type: TouchType
 
     __slots__ = (
         "alias_of",
@@ -84,12 +107,14 @@ class FastTouchpoint:
 
     @property
     def subject(self) -> str:
-        return self.customer_id if self.customer_id is not None else self.anonymous_id  # type: ignore[no-any-return]
+        subject = self.customer_id if self.customer_id is not None else self.anonymous_id
+        assert subject is not None
+        return subject
 
     @property
     def anonymous_alias(self) -> str | None:
         alias = self.alias_of or self.anonymous_id
-        return alias if alias != self.customer_id else None  # type: ignore[no-any-return]
+        return alias if alias != self.customer_id else None
 
     def model_dump(self, mode: str = "json", exclude_none: bool = True) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__slots__}
@@ -118,7 +143,7 @@ def _ts(value: Any) -> int | None:
     """Form only; the plausible range is checked by the pipeline (``TsBounds``)."""
     t = type(value)
     if t is int:
-        return value  # type: ignore[no-any-return]
+        return value
     if t is str:
         try:
             return parse_ts_ms(value)
@@ -179,7 +204,7 @@ def fast_purchase(obj: dict[str, Any]) -> FastPurchase | None:
             sku = it.get("sku")
             cat = it.get("category")
             qty = it.get("qty")
-            price = it.get("price")
+            price: Any = it.get("price")  # type() checks below, not isinstance (hot path)
             if (
                 type(sku) is not str
                 or type(cat) is not str
@@ -226,7 +251,8 @@ def fast_purchase(obj: dict[str, Any]) -> FastPurchase | None:
 def fast_touchpoint(obj: dict[str, Any]) -> FastTouchpoint | None:
     event_id = _id(obj.get("event_id"))
     ts = _ts(obj.get("ts"))
-    type_ = _TOUCH_TYPES.get(obj.get("type")) if type(obj.get("type")) is str else None
+    raw_type = obj.get("type")
+    type_ = _TOUCH_TYPES.get(raw_type) if type(raw_type) is str else None
     if event_id is None or ts is None or type_ is None:
         return None
     ok1, customer_id = _opt_id(obj, "customer_id")

@@ -41,7 +41,7 @@ class Alert(NamedTuple):
 class Experience(NamedTuple):
     """Rated moments (reviews, rated support, complaints as 1), for the peak-end score."""
 
-    count: int
+    rated: int  # how many rated moments
     total: int  # sum of ratings
     worst: int
     best: int

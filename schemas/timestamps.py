@@ -11,15 +11,15 @@ wall clock (default 1 day), so a purchase log from the 1990s loads and a unit mi
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic_core import PydanticCustomError
 
 from schemas.errors import Reason
 
 DAY_MS = 86_400_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _err(reason: Reason, message: str) -> PydanticCustomError:
@@ -112,7 +112,8 @@ def iso_utc(ms: int | None) -> str | None:
     if ms is None:
         return None
     seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    moment = _EPOCH + timedelta(seconds=seconds)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
 
 
 def iso_utc_safe(ms: int) -> str:

@@ -396,7 +396,7 @@ def after_touch(state: CustomerState, ev: TouchpointLike, ctx: Context) -> list[
     if prev is None:
         count, total, worst, best, last, last_ms = 1, r, r, r, r, ev.ts
     else:
-        count, total = prev.count + 1, prev.total + r
+        count, total = prev.rated + 1, prev.total + r
         worst, best = min(prev.worst, r), max(prev.best, r)
         last, last_ms = (r, ev.ts) if ev.ts >= prev.last_ms else (prev.last, prev.last_ms)
     score = peak_end_score(worst, best, last, total / count)
@@ -406,7 +406,7 @@ def after_touch(state: CustomerState, ev: TouchpointLike, ctx: Context) -> list[
         return []
     alert: Emit | None = None
     if complaint or r <= policy.complaint_max_rating:
-        info = {
+        complaint_info: dict[str, Any] = {
             "event_id": ev.event_id,
             "type": kind,
             "at": iso_utc(ev.ts),
@@ -416,10 +416,10 @@ def after_touch(state: CustomerState, ev: TouchpointLike, ctx: Context) -> list[
             "category": ev.category,
             "sku": ev.sku,
         }
-        alert = _alert(state, ctx, "complaint", ev.ts, {"complaint": info})
+        alert = _alert(state, ctx, "complaint", ev.ts, {"complaint": complaint_info})
     elif prev is not None and score < prev.score and peak - score >= policy.experience_drop:
         if score < policy.experience_floor:
-            info = {
+            info: dict[str, Any] = {
                 "score": score,
                 "previous_score": prev.score,
                 "peak_score": peak,

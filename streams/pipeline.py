@@ -18,8 +18,9 @@ a stable reason code, never an exception out of here.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -79,6 +80,7 @@ class Batch:
     changed: dict[str, CustomerState | None] = field(default_factory=dict)
     triggers: list[Emit] = field(default_factory=list)
     stats: BatchStats = field(default_factory=BatchStats)
+    held: list[Any] = field(default_factory=list)  # records not applied yet (apply(align=True))
 
     def __bool__(self) -> bool:
         return bool(self.emits or self.changed or self.triggers)
@@ -143,6 +145,18 @@ class _Ready(NamedTuple):
 _FIRST = -(2**63)  # re-routing does not touch state: first, whatever its time
 Handler = Callable[[dict[str, Any], _Work], _Ready]
 _ORDER = itemgetter(0, 1)  # (event time, position in the batch)
+_TS = itemgetter(0)
+_ALIGNED = frozenset(t.value for t in EVENT_TIME_INPUTS)
+
+
+def _horizon(ready: list[tuple[int, int, Any, _Ready]]) -> int | None:
+    """The oldest of the newest event times of the input topics in the batch (None: fewer
+    than two topics, nothing to align)."""
+    newest: dict[str, int] = {}
+    for ts, _seq, _record, prepared in ready:
+        if prepared.label in _ALIGNED and ts != _FIRST and ts > newest.get(prepared.label, _FIRST):
+            newest[prepared.label] = ts
+    return min(newest.values()) if len(newest) > 1 else None
 
 
 class CustomerPipeline:
@@ -185,22 +199,52 @@ class CustomerPipeline:
         self._bounds = bounds_for(policy, clock.wall_ms())
 
     # --- entry points ---------------------------------------------------------------------
-    def apply(self, partition: int, records: Sequence[RecordLike], batch: Batch | None = None) -> Batch:
+    def apply(
+        self,
+        partition: int,
+        records: Sequence[RecordLike],
+        batch: Batch | None = None,
+        *,
+        align: bool = False,
+    ) -> Batch:
         """Apply ``records`` of ``partition`` in event-time order; then tick the partition to
-        the clock's new now.
+        the clock's new now. See :meth:`apply_steps`."""
+        batch = batch if batch is not None else Batch(partition)
+        for _ in self.apply_steps(partition, records, batch, align=align):
+            pass
+        return batch
+
+    def apply_steps(
+        self,
+        partition: int,
+        records: Sequence[RecordLike],
+        batch: Batch,
+        *,
+        align: bool = False,
+        chunk: int = 5000,
+    ) -> Iterator[None]:
+        """:meth:`apply`, yielding every ``chunk`` records (the async shell gives the event
+        loop a turn there).
 
         Two passes: decode and validate every record (bad ones become dead letters), then
         apply the good ones sorted by event time (stable), so rules that look at "what
-        happened next" see the batch as it happened, whatever the topics' fetch order."""
-        batch = batch if batch is not None else Batch(partition)
+        happened next" see the batch as it happened, whatever order the topics were fetched in.
+
+        ``align``: hold back records newer than the *horizon* - the oldest of the newest
+        event times of the input topics present in the batch - in ``batch.held`` (not
+        applied; the caller offers them again with its next records and acks them only
+        then). A fetch can bring months of one topic and weeks of another; aligned, the
+        topics advance together, as Kafka Streams does by picking the record with the
+        smallest timestamp across a task's partitions."""
         work = _Work(partition, batch, self.context(partition))
         self._bounds = bounds_for(self.policy, self.clock.wall_ms())
         stats = batch.stats
-        stats.records += len(records)
         logical = self.topics.logical
         table = self._table
         ready: list[tuple[int, int, RecordLike, _Ready]] = []
         for seq, record in enumerate(records):
+            if seq and not seq % chunk:
+                yield
             topic = logical(record.topic)
             label = topic.value if topic is not None else record.topic
             try:
@@ -218,7 +262,16 @@ class CustomerPipeline:
                 self._crashed(record, label, exc, batch)
             stats.outcomes[(label, Outcome.DEAD_LETTER.value)] += 1
         ready.sort(key=_ORDER)
-        for _ts, _seq, record, prepared in ready:
+        if align:
+            horizon = _horizon(ready)
+            if horizon is not None:
+                cut = bisect_right(ready, horizon, key=_TS)
+                batch.held.extend(item[2] for item in ready[cut:])
+                del ready[cut:]
+        stats.records += len(records) - len(batch.held)
+        for n, (_ts, _seq, record, prepared) in enumerate(ready):
+            if n and not n % chunk:
+                yield
             try:
                 outcome = prepared.run()
             except Rejected as exc:
@@ -232,7 +285,7 @@ class CustomerPipeline:
             self.clock.observe(partition, topic_name, ts)
         self._reindex(partition, work.touched)
         batch.changed.update(work.touched)
-        return self.tick(partition, batch=batch)
+        self.tick(partition, batch=batch)
 
     def _reject(self, record: RecordLike, label: str, exc: Rejected, batch: Batch) -> None:
         batch.emits.append(self._dead_letter(record, exc))

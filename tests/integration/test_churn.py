@@ -159,7 +159,9 @@ def test_a_silent_customer_is_alerted_within_a_second_of_the_deadline_and_never_
         for i in range(5)
     ]  # fmt: skip
     cluster.replay(cluster.write("p.jsonl", rows), "purchases")
-    deadline_ms = rows[-1]["ts"] + int(3 * unit_s * 1000)  # at_risk: 3 x the usual interval (no gaps: the prior)
+    deadline_ms = rows[-1]["ts"] + int(
+        3 * unit_s * 1000
+    )  # at_risk: 3 x the usual interval (no gaps: the prior)
 
     consumer = _consumer(cluster)
     try:
