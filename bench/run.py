@@ -268,7 +268,8 @@ def main() -> None:
         action="store_true",
         help="py-spy the worker (writes .bench/worker-profile.txt, collapsed stacks)",
     )
-    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: core raw worker quix")
+    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: core raw worker quix churn")
+    ap.add_argument("--churn-customers", type=int, default=1_000_000, help="customers in state for the tick")
     args = ap.parse_args()
 
     run_dir = ROOT / ".bench"
@@ -325,6 +326,11 @@ def main() -> None:
             )
     finally:
         stack.down()
+    if "churn" not in args.skip:
+        log(f"churn: tick with {args.churn_customers:,} customers in state, memory, BG/NBD fit")
+        results["churn"] = run_json(
+            [str(BIN / "python"), "-m", "bench.churn", "--customers", str(args.churn_customers)], timeout=1800
+        )
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     print_table(results)
 
@@ -394,6 +400,29 @@ def print_table(r: dict[str, Any]) -> None:
                 "changelog value / customer (JSON)", f"{r['core']['changelog_bytes_per_customer']:,.0f}"
             )
         console.print(mem)
+    if "churn" in r:
+        c = r["churn"]
+        t2 = Table(title="churn (no Kafka)")
+        t2.add_column("measurement")
+        t2.add_column("value", justify="right")
+        t2.add_column("notes")
+        tick = c["tick"]
+        t2.add_row(
+            f"tick, {tick['customers']:,} customers in state, {tick['due']:,} due",
+            f"{tick['tick_ms']:.1f} ms",
+            f"target < 50 ms; {tick['tick_us_per_due']:.0f} us per due customer, {tick['triggers']} triggers",
+        )
+        m = c["memory"]
+        t2.add_row(
+            "state in memory / customer",
+            f"{m['state_bytes_per_customer']:,.0f} B",
+            "tracemalloc, 8 purchases",
+        )
+        t2.add_row("indexes / customer", f"{m['indexes_bytes_per_customer']:,.0f} B", "rank, deadline, risk")
+        t2.add_row("changelog value / customer", f"{m['changelog_bytes_per_customer']:,.0f} B", "JSON")
+        f = c["bgnbd"]
+        t2.add_row(f"BG/NBD fit, {f['customers']:,} customers", f"{f['fit_seconds']:.2f} s", "best of 3")
+        console.print(t2)
 
 
 if __name__ == "__main__":

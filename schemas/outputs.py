@@ -17,7 +17,7 @@ from schemas.errors import Reason, Stage
 
 def deterministic_id(*parts: object) -> str:
     """A stable 128-bit hex id derived from its parts (same inputs, same id, any process)."""
-    return blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=16).hexdigest()
+    return blake2b("\x1f".join(map(str, parts)).encode(), digest_size=16).hexdigest()
 
 
 class LifecycleCause(BaseModel):

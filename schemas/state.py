@@ -151,6 +151,9 @@ class CustomerState:
         # triggers decided but not yet confirmed sent (outbox), and the last one per type
         "outbox",
         "last_triggers",
+        # derived, never encoded: the own-rhythm summary of the day buckets, recomputed
+        # only when they change (streams.rfm.rhythm)
+        "rhythm_cache",
         # lifecycle
         "stage",
         "stage_since_ms",
@@ -188,6 +191,7 @@ class CustomerState:
         self.stalled_ms: int | None = None
         self.outbox: list[dict[str, Any]] = []
         self.last_triggers: dict[str, list[Any]] = {}  # type -> [trigger_id, ts_ms]
+        self.rhythm_cache: tuple[int, int, float, int] | None = None
         self.stage = "stranger"
         self.stage_since_ms: int | None = None
         self.aliases: list[str] = []

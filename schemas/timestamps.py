@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from pydantic_core import PydanticCustomError
 
@@ -112,8 +113,15 @@ def iso_utc(ms: int | None) -> str | None:
     if ms is None:
         return None
     seconds, millis = divmod(ms, 1000)
-    moment = _EPOCH + timedelta(seconds=seconds)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
+    day, second = divmod(seconds, 86_400)
+    hour, second = divmod(second, 3600)
+    minute, second = divmod(second, 60)
+    return f"{_day(day)}T{hour:02d}:{minute:02d}:{second:02d}.{millis:03d}Z"
+
+
+@lru_cache(maxsize=8192)
+def _day(day: int) -> str:
+    return f"{_EPOCH + timedelta(days=day):%Y-%m-%d}"
 
 
 def iso_utc_safe(ms: int) -> str:

@@ -33,7 +33,6 @@ raises one ``stalled_prospect`` trigger for sales, listing the touchpoints behin
 from __future__ import annotations
 
 from bisect import insort
-from statistics import median
 from typing import Any
 
 from schemas.events import TouchpointLike
@@ -44,7 +43,7 @@ from schemas.topics import Topic
 from streams import bgnbd
 from streams.core import ChurnModel, Context, Emit, lifecycle_change
 from streams.policy import ChurnPolicy
-from streams.rfm import mean_interpurchase_days, own_gaps
+from streams.rfm import mean_interpurchase_days, rhythm
 
 RISK_STAGES = ("at_risk", "lapsed", "lost")
 ASKS_KEPT_NEWEST = 2  # asks kept beyond the first stalled_min_asks (for the trigger's details)
@@ -53,9 +52,9 @@ ASKS_KEPT_NEWEST = 2  # asks kept beyond the first stalled_min_asks (for the tri
 # --- cadence ---------------------------------------------------------------------------------
 def usual_interval_days(state: CustomerState, prior_days: float, policy: ChurnPolicy) -> float:
     """The customer's usual interval between purchase days, shrunk towards the prior."""
-    gaps = own_gaps(state)
-    if len(gaps) >= 2:
-        own, n = float(median(gaps)), float(len(gaps))
+    own, gaps = rhythm(state)
+    if gaps >= 2:
+        n = float(gaps)
     else:
         mean = mean_interpurchase_days(state)
         if not mean:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from schemas.state import CustomerState
 from schemas.timestamps import DAY_MS
-from streams.rfm import own_gaps, quintile_score, segment
+from streams.rfm import quintile_score, rhythm, segment
 
 # contribution of one buyer: (last purchase day, frequency, cents, own median gap days or -1, partition)
 Contribution = tuple[int, int, int, int, int]
@@ -47,11 +47,8 @@ def _rfm(state: CustomerState) -> tuple[int, int, int] | None:
 
 
 def _median_gap(state: CustomerState) -> int:
-    gaps = own_gaps(state)
-    if len(gaps) < MIN_OWN_GAPS:
-        return -1
-    gaps.sort()
-    return gaps[len(gaps) // 2]
+    median, gaps = rhythm(state)
+    return int(median) if gaps >= MIN_OWN_GAPS else -1
 
 
 def _dec(hist: dict[int, int], value: int) -> None:

@@ -96,6 +96,25 @@ def own_gaps(state: CustomerState) -> list[int]:
     return [b - a for a, b in itertools.pairwise(ordered)]
 
 
+def rhythm(state: CustomerState) -> tuple[float, int]:
+    """(median of :func:`own_gaps` or 0.0, how many gaps), cached on the state until its
+    purchases change (it is read on every deadline computation)."""
+    key = (state.frequency, state.last_purchase_ms or 0)
+    cached = state.rhythm_cache
+    if cached is not None and (cached[0], cached[1]) == key:
+        return cached[2], cached[3]
+    gaps = own_gaps(state)
+    n = len(gaps)
+    if n:
+        gaps.sort()
+        half = n // 2
+        median = float(gaps[half]) if n % 2 else (gaps[half - 1] + gaps[half]) / 2
+    else:
+        median = 0.0
+    state.rhythm_cache = (key[0], key[1], median, n)
+    return median, n
+
+
 # RFM segments from the (R, F) grid, the common 10-segment map.
 _SEGMENTS = {
     (1, 1): "hibernating", (1, 2): "hibernating", (2, 1): "hibernating", (2, 2): "hibernating",

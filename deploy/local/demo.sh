@@ -11,6 +11,9 @@ export PATRONAGE_WEB_PORT=${DEMO_WEB_PORT:-16066}
 export PATRONAGE_BROKER=kafka://127.0.0.1:$KAFKA_PORT
 export PATRONAGE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 export PATRONAGE_APP_ID=patronage-demo
+# replayed history: the event clock; a finished replay stops holding it back after 1 s
+export PATRONAGE_EVENT_CLOCK_IDLE_S=${PATRONAGE_EVENT_CLOCK_IDLE_S:-1}
+export PATRONAGE_CHURN_MODEL_REFRESH_S=${PATRONAGE_CHURN_MODEL_REFRESH_S:-2}
 CUSTOMERS=${DEMO_CUSTOMERS:-2000}
 DATA=.run/demo-data
 
@@ -19,18 +22,21 @@ trap cleanup EXIT
 $PAT local down >/dev/null 2>&1 || true
 rm -rf "$PATRONAGE_RUN_DIR" "$DATA"
 
-echo "== 1/5 starting broker (noida-db :$KAFKA_PORT), Redis (:$REDIS_PORT) and a worker (:$PATRONAGE_WEB_PORT)"
+echo "== 1/6 starting broker (noida-db :$KAFKA_PORT), Redis (:$REDIS_PORT) and a worker (:$PATRONAGE_WEB_PORT)"
 $PAT local up
-echo "== 2/5 generating $CUSTOMERS customers (seed 7)"
+echo "== 2/6 generating $CUSTOMERS customers over two years (seed 7)"
 $PAT generate --customers "$CUSTOMERS" --seed 7 --out "$DATA"
-echo "== 3/5 replaying"
-for topic in customer-updates touchpoints purchases stock-arrivals; do
-  $PAT replay "$DATA/$topic.jsonl" --topic "$topic"
-done
-echo "== 4/5 waiting for the worker to process everything"
+echo "== 3/6 fitting the BG/NBD churn model (P(alive)) and handing it to the worker"
+$PAT churn-model fit --events "$DATA/purchases.jsonl" --until 2026-10-31 --publish
+sleep 3
+echo "== 4/6 replaying all four topics, merged by event time (the event clock ticks through two years)"
+$PAT replay "$DATA"
+echo "== 5/6 waiting for the worker to process everything"
 $PAT wait --timeout 240
-echo "== 5/5 results"
-$PAT tail lifecycle-changes --limit 12
+sleep 2
+echo "== 6/6 results"
+$PAT tail lifecycle-changes --limit 8
+$PAT tail triggers --limit 8
 $PAT summary
 who=$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["lapsing_loyalists"][0])' "$DATA/labels.json")
 echo "profile of $who (a loyal customer who has gone quiet, per labels.json):"

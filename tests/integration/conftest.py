@@ -153,10 +153,22 @@ class Cluster:
         return self.run("replay", str(path), "--topic", topic, "--quiet").stderr
 
     def wait(self, timeout: float = 180, settle_s: float = 1.5) -> None:
-        """Until the group committed everything, then ``settle_s`` more: the event clock
-        treats the inputs as idle and ticks to the newest event time (deadlines fire)."""
+        """Until the group committed everything, then until the event clock has treated the
+        inputs as idle and ticked to the newest event time (deadlines fired): the summary's
+        clock and at-risk counts read the same twice, ``settle_s`` apart."""
         self.run("wait", "--timeout", str(timeout), "--quiet", timeout=timeout + 30)
         time.sleep(settle_s)
+        if not self.workers:
+            return
+        last = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status, doc = self.get("/summary/")
+            now = (doc.get("as_of"), doc.get("at_risk")) if status == 200 else None
+            if now is not None and now == last:
+                return
+            last = now
+            time.sleep(settle_s)
 
     def read_topic(self, logical: str) -> list[dict[str, Any]]:
         proc = self.run("tail", logical, "--limit", "10000000", "--json")

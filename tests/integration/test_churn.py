@@ -47,6 +47,9 @@ def test_labelled_churn_complaints_and_stalled_prospects_on_the_event_clock(clus
         for name in ("purchases", "touchpoints")
     }
     cluster.env["PATRONAGE_CHURN_MODEL_REFRESH_S"] = "1"
+    # the default: an input must be silent 5 s before it stops holding the clock back (with
+    # 1 s, a replay slowed down by a busy machine could let one topic race ahead)
+    cluster.env["PATRONAGE_EVENT_CLOCK_IDLE_S"] = "5"
     cluster.start_worker()
     until = datetime.fromtimestamp(labels["end_ms"] / 1000, UTC).date().isoformat()
     fitted = cluster.run(
@@ -64,7 +67,7 @@ def test_labelled_churn_complaints_and_stalled_prospects_on_the_event_clock(clus
     time.sleep(2)  # the worker reads the model topic every second here
     out = cluster.run("replay", str(data_dir), "--quiet").stderr
     assert "purchases" in out and "touchpoints" in out
-    cluster.wait(timeout=300)
+    cluster.wait(timeout=300, settle_s=6)
 
     triggers = by_id_once(cluster.read_topic("triggers"))
     churn = [t for t in triggers.values() if t["type"] == "churn_risk"]
@@ -86,7 +89,11 @@ def test_labelled_churn_complaints_and_stalled_prospects_on_the_event_clock(clus
     assert lapsing <= set(universe)
     hits = len(predicted & lapsing)
     precision, recall = hits / len(predicted), hits / len(lapsing)
-    assert precision >= 0.95 and recall >= 0.95, (precision, recall, len(predicted), len(lapsing))
+    missed = {cid: cluster.profile(cid) for cid in sorted(lapsing - predicted)[:3]}
+    why = {
+        cid: (d or {}).get("as_of") and ((d or {})["as_of"], (d or {})["churn"]) for cid, d in missed.items()
+    }
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall, len(predicted), len(lapsing), why)
 
     # every complaint from a customer valued by purchases (>= 5 before it) escalated that day
     alerts: dict[str, list[dict[str, Any]]] = defaultdict(list)
