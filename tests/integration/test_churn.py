@@ -128,6 +128,12 @@ def test_labelled_churn_complaints_and_stalled_prospects_on_the_event_clock(clus
 
     changes = cluster.read_topic("lifecycle-changes")
     assert {"at_risk", "lapsed", "lost"} <= {c["to_stage"] for c in changes}
+
+    # the same model fitted from the live table instead of the file: close to the file's fit
+    live = json.loads(cluster.run("churn-model", "fit", "--from-workers", cluster.url(), "--json").stdout)
+    assert live["customers"] == model["customers"]
+    for name in ("r", "alpha", "a", "b"):
+        assert live[name] == pytest.approx(model[name], rel=0.15), name
     status, metrics_text = 200, cluster.run("tail", "triggers", "--limit", "3").stdout
     assert status == 200 and "churn_risk: lapse" in metrics_text
 
