@@ -125,7 +125,7 @@ class Runtime:
         self.metrics.model_loaded.set(0 if self.pipeline.model is None else 1)
 
     def partition_of(self, customer_id: str) -> int:
-        return self.pipeline._partition(customer_id)
+        return self.pipeline.home_partition(customer_id)
 
     def profile(self, customer_id: str) -> dict[str, Any] | None:
         state = self.store.get(customer_id)
@@ -290,8 +290,7 @@ def create_app(
 
     loader = ModelLoader(settings, topics.real(Topic.CHURN_MODEL))
 
-    @app.timer(interval=settings.churn_model_refresh_s, on_leader=False)
-    async def refresh_model() -> None:
+    async def load_model() -> None:
         """BG/NBD parameters from the compacted churn-model topic (latest record wins)."""
         model = await loader.latest()
         if model is not None and model != pipeline.model:
@@ -299,9 +298,8 @@ def create_app(
             log.info("churn model loaded: %s (%s, fitted %s)", model.params, model.unit, model.fitted_at)
         metrics.model_loaded.set(0 if pipeline.model is None else 1)
 
-    @app.task
-    async def load_model_at_start() -> None:
-        await refresh_model()
+    app.timer(interval=settings.churn_model_refresh_s, name="refresh-churn-model")(load_model)
+    app.task(load_model)  # once at start, without waiting for the first interval
 
     @app.timer(interval=5.0)
     async def observe_lag() -> None:

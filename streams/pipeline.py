@@ -330,7 +330,7 @@ class CustomerPipeline:
         if abs(self._prior_days - indexed) > PRIOR_DRIFT * indexed:
             self._indexed_prior = self._prior_days
             for subject, state in self.store.items():
-                self.deadlines.update(self._partition(subject), subject, state)
+                self.deadlines.update(self.home_partition(subject), subject, state)
 
     def context(self, partition: int, now_ms: int | None = None) -> Context:
         self._refresh_prior()
@@ -354,7 +354,7 @@ class CustomerPipeline:
         out = []
         for subject, state in self.store.items():
             if state.outbox:
-                out.append((self._partition(subject), subject, list(state.outbox)))
+                out.append((self.home_partition(subject), subject, list(state.outbox)))
         return out
 
     def rebuild(self) -> None:
@@ -363,14 +363,14 @@ class CustomerPipeline:
             index.clear()
         floors: dict[int, int] = {}
         for subject, state in self.store.items():
-            p = self._partition(subject)
+            p = self.home_partition(subject)
             self.population.update(p, subject, state)
             if state.last_event_ms is not None and state.last_event_ms > floors.get(p, -(2**62)):
                 floors[p] = state.last_event_ms
         self._refresh_prior()  # deadlines depend on the recovered population's prior
         self._indexed_prior = self._prior_days
         for subject, state in self.store.items():
-            p = self._partition(subject)
+            p = self.home_partition(subject)
             self.deadlines.update(p, subject, state)
             self.risk.update(p, subject, state)
         for p, ms in floors.items():
@@ -488,7 +488,8 @@ class CustomerPipeline:
             for subject, state in touched.items():
                 update(partition, subject, state)
 
-    def _partition(self, subject: str) -> int:
+    def home_partition(self, subject: str) -> int:
+        """The partition a subject is held in (the table knows; else the key partitioner)."""
         if self.key_partitions is not None:
             p = self.key_partitions.get(subject)
             if p is not None:
