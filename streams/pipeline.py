@@ -320,14 +320,16 @@ class CustomerPipeline:
         batch.changed.update(touched)
         return batch
 
-    def _refresh_prior(self) -> None:
+    def _refresh_prior(self, reindex: bool = True) -> None:
         """The churn prior from the live population; when it drifted more than 5 % from the
         one the deadlines were indexed with, index every deadline again (rare once the
         population is warm), so none fires more than 5 % of an interval late."""
         prior = self.population.median_interval_days(self.policy.churn.prior_min_customers)
         self._prior_days = prior if prior is not None else self.policy.churn.prior_interval_days
         indexed = self._indexed_prior
-        if abs(self._prior_days - indexed) > PRIOR_DRIFT * indexed:
+        if not reindex:
+            self._indexed_prior = self._prior_days
+        elif abs(self._prior_days - indexed) > PRIOR_DRIFT * indexed:
             self._indexed_prior = self._prior_days
             for subject, state in self.store.items():
                 self.deadlines.update(self.home_partition(subject), subject, state)
@@ -367,8 +369,7 @@ class CustomerPipeline:
             self.population.update(p, subject, state)
             if state.last_event_ms is not None and state.last_event_ms > floors.get(p, -(2**62)):
                 floors[p] = state.last_event_ms
-        self._refresh_prior()  # deadlines depend on the recovered population's prior
-        self._indexed_prior = self._prior_days
+        self._refresh_prior(reindex=False)  # deadlines depend on the recovered population's prior
         for subject, state in self.store.items():
             p = self.home_partition(subject)
             self.deadlines.update(p, subject, state)
