@@ -14,13 +14,20 @@ grouped by partition and given to a batch handler, which returns once its output
 state changelog are acknowledged by the broker. Then the offsets are acked in bulk, and
 Faust's committer commits them. Other topics still go through Faust's normal path.
 
+A stop (SIGTERM/SIGINT) must end the process within seconds: the consumer thread always
+completes its shutdown, and a :class:`StopGuard` ends a stop that hangs anyway.
+
 This subclasses a private method of faust-streaming 0.15.3 (pinned in pyproject.toml).
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import os
+import signal
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -32,10 +39,95 @@ log = logging.getLogger(__name__)
 BatchHandler = Callable[[int, Sequence[Any]], Awaitable[Any]]
 
 
+class StopGuard:
+    """Makes sure a worker that was asked to stop does stop, without anyone sending SIGKILL.
+
+    Faust's Worker (mode's) handles SIGTERM and SIGINT on the event loop, ignores any
+    further one once a stop is under way, and on the way out waits for the consumer thread
+    without a bound (part of it a blocking ``Event.wait`` in the main thread). So a stop that
+    hangs anywhere can only be ended with SIGKILL, which also loses the evidence.
+
+    :meth:`install` makes this the Python-level handler of both signals. asyncio's wake-up
+    fd still delivers them to the loop's handlers, so the Worker's graceful stop is
+    unchanged. On top of it: a second signal, or a stop still running ``budget_s`` after
+    the first, writes every thread's stack to stderr (the worker log) and exits at once,
+    with 128 + the signal number, or 1. ``budget_s`` stays below the deployments' 60 s grace
+    period (deploy/); a clean stop takes 1-2 s.
+    """
+
+    def __init__(self, budget_s: float = 45.0) -> None:
+        self.budget_s = budget_s
+        self.signals = 0
+        self._timer: threading.Timer | None = None
+
+    def install(self) -> bool:
+        """Take over SIGTERM/SIGINT (main thread only, after the loop's handlers are set)."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        return True
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals += 1
+        name = signal.Signals(signum).name
+        if self.signals == 1:
+            self._timer = threading.Timer(
+                self.budget_s, self._exit, (f"still stopping {self.budget_s:.0f} s after {name}", 1)
+            )
+            self._timer.daemon = True
+            self._timer.start()
+        else:
+            self._exit(f"{name} while stopping", 128 + signum)
+
+    def _exit(self, why: str, code: int) -> None:
+        # Only fd writes here: this runs inside a signal handler or beside a stuck main thread,
+        # either of which may hold the locks of sys.stderr or of logging.
+        try:
+            os.write(2, f"patronage: forced exit ({why}); stacks of all threads:\n".encode())
+            faulthandler.dump_traceback(file=2, all_threads=True)
+        finally:
+            os._exit(code)
+
+
+class BatchingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, whose shutdown always runs to its end.
+
+    mode's ServiceThread runs ``on_thread_stop()`` (which stops the aiokafka consumer) and
+    only then signals the main thread that the thread has shut down. If stopping the
+    consumer raises, the signal is never sent and the main thread waits for it until
+    mode's 60 s shutdown_timeout; a CancelledError (a BaseException) even kills the thread
+    past mode's ``except Exception`` safety net. Log it and carry on instead.
+    """
+
+    async def on_thread_stop(self) -> None:
+        try:
+            await super().on_thread_stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this shutdown itself is being cancelled
+            log.exception("stopping the Kafka consumer raised a stray CancelledError; shutting down anyway")
+        except Exception:
+            log.exception("stopping the Kafka consumer failed; shutting down anyway")
+
+
 class BatchingConsumer(faust_aiokafka.Consumer):
     """Faust aiokafka consumer whose drain loop dispatches whole batches for chosen topics."""
 
     _fetch_shim_installed = False
+    stop_guard: StopGuard | None = None  # one per process, armed by the first consumer
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return BatchingConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        # In a worker, whose signal handlers were installed before the app and this consumer.
+        if BatchingConsumer.stop_guard is None and getattr(self.app, "in_worker", False):
+            guard = StopGuard()
+            if guard.install():
+                BatchingConsumer.stop_guard = guard
 
     def _install_empty_fetch_backoff(self) -> None:
         """Emulate a broker-side long poll for brokers that answer empty fetches at once.

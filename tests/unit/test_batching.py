@@ -1,13 +1,19 @@
 """The batching consumer's pieces that need no broker: the empty-fetch backoff shim against
-aiokafka's own fetcher shutdown code."""
+aiokafka's own fetcher shutdown code, and the stop guard in a process whose stop hangs."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka.consumer.fetcher import Fetcher
 
 from agents.batching import BatchingConsumer
@@ -57,3 +63,65 @@ async def test_stopping_the_fetcher_during_the_backoff_is_clean() -> None:
     await asyncio.wait_for(Fetcher.close(fetcher), 1)  # type: ignore[arg-type]
     assert fetch.result() is False
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+# A process shaped like a worker: the loop's signal handlers start a graceful stop (mode's
+# Worker), here one that hangs with the main thread blocked, as a stop hung on the consumer
+# thread does (mode's WorkerThread.stop() is a blocking Event.wait).
+HUNG_STOP = """
+import asyncio, signal, sys, threading
+from agents.batching import StopGuard
+
+async def main():
+    loop = asyncio.get_running_loop()
+    def graceful_stop():
+        print("graceful stop", flush=True)
+        threading.Event().wait()
+    loop.add_signal_handler(signal.SIGTERM, graceful_stop)
+    loop.add_signal_handler(signal.SIGINT, graceful_stop)
+    assert StopGuard(budget_s=float(sys.argv[1])).install()
+    print("ready", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def hung_stop(budget_s: float) -> subprocess.Popen:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HUNG_STOP, str(budget_s)],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["TERM-TERM", "TERM-INT"])
+def test_a_second_signal_ends_a_hung_stop_at_once_with_every_threads_stack(second: int) -> None:
+    proc = hung_stop(budget_s=60)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "graceful stop\n"  # the loop's handler still runs
+    started = time.monotonic()
+    proc.send_signal(second)
+    _, err = proc.communicate(timeout=10)
+    assert time.monotonic() - started < 5
+    assert proc.returncode == 128 + second
+    assert f"forced exit ({signal.Signals(second).name} while stopping)" in err
+    assert "Current thread" in err and "graceful_stop" in err  # the stack of the hung stop
+
+
+def test_a_stop_still_hung_after_the_budget_is_ended() -> None:
+    proc = hung_stop(budget_s=1)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+    assert 0.9 < time.monotonic() - started < 5
+    assert out == "graceful stop\n"
+    assert proc.returncode == 1
+    assert "forced exit (still stopping 1 s after SIGTERM)" in err and "graceful_stop" in err
