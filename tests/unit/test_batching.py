@@ -1,5 +1,6 @@
 """The batching consumer's pieces that need no broker: the empty-fetch backoff shim against
-aiokafka's own fetcher shutdown code, and the stop guard in a process whose stop hangs."""
+aiokafka's own fetcher shutdown code, the stop guard in a process whose stop hangs, and a
+batch being handled when the stop cancels the drain loop."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka.consumer.fetcher import Fetcher
+from faust.types import TP
+from intervaltree import IntervalTree
 
 from agents.batching import BatchingConsumer
 
@@ -125,3 +129,61 @@ def test_a_stop_still_hung_after_the_budget_is_ended() -> None:
     assert out == "graceful stop\n"
     assert proc.returncode == 1
     assert "forced exit (still stopping 1 s after SIGTERM)" in err and "graceful_stop" in err
+
+
+def bare_consumer(grace_s: float) -> BatchingConsumer:
+    """A BatchingConsumer with just the offset bookkeeping the batch dispatch touches."""
+    c = BatchingConsumer.__new__(BatchingConsumer)
+    c.__dict__.update(
+        _gap=defaultdict(IntervalTree),
+        _acked=defaultdict(list),
+        _acked_index=defaultdict(set),
+        _read_offset=defaultdict(lambda: None),
+        _committed_offset=defaultdict(lambda: None),
+        _unacked_messages=set(),
+        _waiting_for_ack=None,
+        _n_acked=0,
+        _handled={},
+        stop_batch_grace_s=grace_s,
+        app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)),
+    )
+    c._to_message = lambda tp, rec: (tp, rec.offset)  # type: ignore[method-assign]
+    return c
+
+
+async def dispatch_cancelled_mid_batch(grace_s: float, handler_s: float) -> tuple[BatchingConsumer, bool]:
+    """Cancel the drain loop while the handler waits (for broker acks), as a stop does."""
+    consumer = bare_consumer(grace_s)
+    tp = TP("purchases", 0)
+    records = [SimpleNamespace(offset=o) for o in (5, 6, 7)]
+    done = asyncio.Event()
+
+    async def handler(partition: int, recs: Any) -> None:
+        await asyncio.sleep(handler_s)
+        done.set()
+
+    drain = asyncio.ensure_future(consumer._dispatch(handler, 0, [(tp, records)], lambda topic: True))
+    await asyncio.sleep(0.02)
+    drain.cancel()
+    await asyncio.sleep(0.02)
+    drain.cancel()  # Faust may cancel again while it waits
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(drain, 5)
+    return consumer, done.is_set()
+
+
+async def test_a_stop_lets_the_batch_being_handled_finish_and_acks_its_offsets() -> None:
+    consumer, finished = await dispatch_cancelled_mid_batch(grace_s=5, handler_s=0.2)
+    tp = TP("purchases", 0)
+    assert finished
+    assert consumer._acked[tp] == [5, 6, 7] and consumer._read_offset[tp] == consumer._handled[tp] == 7
+    assert not consumer._unacked_messages
+
+
+async def test_a_batch_still_unfinished_after_the_grace_is_abandoned_unacked() -> None:
+    started = time.monotonic()
+    consumer, finished = await dispatch_cancelled_mid_batch(grace_s=0.2, handler_s=30)
+    assert time.monotonic() - started < 2
+    assert not finished
+    assert not consumer._acked[TP("purchases", 0)]
+    assert not consumer._unacked_messages
