@@ -14,6 +14,10 @@ grouped by partition and given to a batch handler, which returns once its output
 state changelog are acknowledged by the broker. Then the offsets are acked in bulk, and
 Faust's committer commits them. Other topics still go through Faust's normal path.
 
+Records fetched during a rebalance are never handled: Faust seeks the partitions back to
+their committed offsets at its end; the fast path seeks again those it fetched past (see the
+rebalance guard in ``_drain_messages``).
+
 A stop (SIGTERM/SIGINT) must end the process within seconds without losing or repeating
 work: a batch being handled when the stop comes is finished and acked before Faust's final
 commit (see ``_dispatch``), the consumer thread always completes its shutdown, and a
@@ -125,6 +129,40 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._handled: dict[TP, int] = {}  # last offset handled and acked, per partition
+        # The rebalance guard (see _drain_messages): Faust's seeks done, their offsets, and
+        # partitions whose fetched records were not handled: (first offset, seeks when fetched).
+        self._seeks = 0
+        self._seeked: dict[TP, int | None] = {}
+        self._unhandled: dict[TP, tuple[int, int]] = {}
+        self._fetched_in_rebalance = False
+        self._fetched_at_seek = 0
+
+    async def perform_seek(self) -> None:
+        """Faust's seek of every assigned partition to its committed offset (at the end of a
+        rebalance), remembered for :meth:`_refetch_unhandled`."""
+        await super().perform_seek()
+        self._seeked = dict(self._read_offset)
+        self._seeks += 1
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:  # noqa: ASYNC109 (Faust's)
+        self._fetched_in_rebalance = self.app.rebalancing
+        self._fetched_at_seek = self._seeks
+        return await super()._getmany(active_partitions, timeout)
+
+    def _not_handled(self, tp: TP, recs: Sequence[Any]) -> None:
+        first, seeks = self._unhandled.get(tp, (recs[0].offset, self._fetched_at_seek))
+        self._unhandled[tp] = (min(first, recs[0].offset), min(seeks, self._fetched_at_seek))
+
+    async def _refetch_unhandled(self) -> None:
+        """Seek the partitions whose fetched records were not handled to where handling must
+        go on: the offset of the seek that ended the rebalance, if they were fetched before it
+        (it rewound them), else the first record not handled."""
+        assigned = self.assignment()
+        for tp, (first, seeks) in self._unhandled.items():
+            if tp in assigned:
+                seeked = self._seeked.get(tp) if seeks < self._seeks else None
+                await self.seek(tp, first if seeked is None else seeked)
+        self._unhandled.clear()
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return BatchingConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -197,17 +235,36 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         set_read_offset = self._read_offset.__setitem__
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
+        unhandled = self._unhandled
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self._install_empty_fetch_backoff()
+                if unhandled and self.flow_active and not (self.app.rebalancing or self.should_stop):
+                    await self._refetch_unhandled()
                 records, active = await self._wait_next_records(1.0)
                 await asyncio.sleep(0)
-                if not records or self.should_stop or not self.flow_active:
+                if not records:
                     continue
+                # The rebalance guard. During a rebalance Faust discards what it fetches and, at
+                # the end, seeks every partition back to its committed offset. Records fetched
+                # before that (e.g. when all partitions are paused, aiokafka returns every
+                # partition's) must not be handled: the seek would have them fetched and handled
+                # again, and rewinds the read offsets under them (phantom gaps, commits stall).
+                # Nor may any be dropped silently: the fetch position has moved past them. So
+                # they are noted, and their partitions sought again once the rebalance is over.
+                stopping = self.should_stop or not self.flow_active
+                in_rebalance = self._fetched_in_rebalance
                 generation = self.app.consumer_generation_id
                 grouped: dict[int, Parts] = {}
                 for tp, recs in records.items():
-                    if active is not None and tp not in active and tp not in self._buffered_partitions:
+                    batch = tp.topic in batch_topics
+                    if (
+                        stopping
+                        or (batch and in_rebalance)
+                        or (active is not None and tp not in active and tp not in self._buffered_partitions)
+                    ):
+                        if batch:
+                            self._not_handled(tp, recs)
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     r_offset = get_read_offset(tp)

@@ -187,3 +187,27 @@ async def test_a_batch_still_unfinished_after_the_grace_is_abandoned_unacked() -
     assert not finished
     assert not consumer._acked[TP("purchases", 0)]
     assert not consumer._unacked_messages
+
+
+async def test_records_not_handled_in_a_rebalance_are_fetched_again_from_the_right_offset() -> None:
+    """Fetched before Faust's end-of-rebalance seek: from the offset it sought (it rewound
+    them). Fetched after it, or no committed offset to seek to: from the first not handled."""
+    consumer = bare_consumer(grace_s=1)
+    a, b, c = TP("purchases", 0), TP("purchases", 1), TP("touchpoints", 0)
+    sought: dict[TP, int] = {}
+
+    async def seek(tp: TP, offset: int) -> None:
+        sought[tp] = offset
+
+    consumer.__dict__.update(_seeks=0, _seeked={}, _unhandled={}, _fetched_at_seek=0, seek=seek)
+    consumer.assignment = lambda: {a, b, c}  # type: ignore[method-assign]
+    recs = [SimpleNamespace(offset=o) for o in (40, 41)]
+    consumer._not_handled(a, recs)  # fetched in the rebalance, before its seek
+    consumer._not_handled(b, recs)
+    consumer._seeks, consumer._seeked = 1, {a: 37, b: None}  # the seek: a committed at 37, b never
+    consumer._fetched_at_seek = 1
+    consumer._not_handled(c, [SimpleNamespace(offset=9)])  # fetched after it, not handled
+    consumer._not_handled(a, [SimpleNamespace(offset=37)])
+    await consumer._refetch_unhandled()
+    assert sought == {a: 37, b: 40, c: 9}
+    assert not consumer._unhandled
