@@ -23,7 +23,8 @@ work: a batch being handled when the stop comes is finished and acked before Fau
 commit (see ``_dispatch``), the consumer thread always completes its shutdown, and a
 :class:`StopGuard` ends a stop that hangs anyway.
 
-This subclasses a private method of faust-streaming 0.15.3 (pinned in pyproject.toml).
+This overrides private methods of faust-streaming 0.15.3 and aiokafka 0.14.0 (both pinned in
+pyproject.toml).
 """
 
 from __future__ import annotations
