@@ -17,15 +17,30 @@ Faust's committer commits them. Other topics still go through Faust's normal pat
 Event-time alignment: the handler may hold back records newer than the input topics'
 common horizon (a fetch can bring months of purchases and weeks of touchpoints); those are
 offered again with the next fetch of that partition, or when the inputs go quiet, and acked
-only once applied - so a crash re-fetches them from the committed offset.
+only once applied - so a crash re-fetches them from the committed offset, and a rebalance
+has their partitions read again from the first of them.
 
-This subclasses a private method of faust-streaming 0.15.3 (pinned in pyproject.toml).
+Records fetched during a rebalance are never handled: Faust seeks the partitions back to
+their committed offsets at its end; the fast path seeks again those it fetched past (see the
+rebalance guard in ``_drain_messages``).
+
+A stop (SIGTERM/SIGINT) must end the process within seconds without losing or repeating
+work: a batch being handled when the stop comes is finished and acked before Faust's final
+commit (see ``_dispatch``), the consumer thread always completes its shutdown, and a
+:class:`StopGuard` ends a stop that hangs anyway.
+
+This overrides private methods of faust-streaming 0.15.3 and aiokafka 0.14.0 (both pinned in
+pyproject.toml).
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import os
+import signal
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -34,13 +49,142 @@ from faust.types import TP
 
 log = logging.getLogger(__name__)
 
-BatchHandler = Callable[..., Awaitable[Any]]  # (partition, records, *, align) -> Batch
+BatchHandler = Callable[..., Awaitable[Any]]  # (partition, records, *, align) -> Batch (.held)
+Parts = list[tuple[TP, list[Any]]]  # one partition's fetched records, per topic
+
+
+class StopGuard:
+    """Makes sure a worker that was asked to stop does stop, without anyone sending SIGKILL.
+
+    Faust's Worker (mode's) handles SIGTERM and SIGINT on the event loop, ignores any
+    further one once a stop is under way, and on the way out waits for the consumer thread
+    without a bound (part of it a blocking ``Event.wait`` in the main thread). So a stop that
+    hangs anywhere can only be ended with SIGKILL, which also loses the evidence.
+
+    :meth:`install` makes this the Python-level handler of both signals. asyncio's wake-up
+    fd still delivers them to the loop's handlers, so the Worker's graceful stop is
+    unchanged. On top of it: a second signal, or a stop still running ``budget_s`` after
+    the first, writes every thread's stack to stderr (the worker log) and exits at once,
+    with 128 + the signal number, or 1. ``budget_s`` stays below the deployments' 60 s grace
+    period (deploy/); a clean stop takes 1-2 s.
+    """
+
+    def __init__(self, budget_s: float = 45.0) -> None:
+        self.budget_s = budget_s
+        self.signals = 0
+        self._timer: threading.Timer | None = None
+
+    def install(self) -> bool:
+        """Take over SIGTERM/SIGINT (main thread only, after the loop's handlers are set)."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        return True
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals += 1
+        name = signal.Signals(signum).name
+        if self.signals == 1:
+            self._timer = threading.Timer(
+                self.budget_s, self._exit, (f"still stopping {self.budget_s:.0f} s after {name}", 1)
+            )
+            self._timer.daemon = True
+            self._timer.start()
+        else:
+            self._exit(f"{name} while stopping", 128 + signum)
+
+    def _exit(self, why: str, code: int) -> None:
+        # Only fd writes here: this runs inside a signal handler or beside a stuck main thread,
+        # either of which may hold the locks of sys.stderr or of logging.
+        try:
+            os.write(2, f"patronage: forced exit ({why}); stacks of all threads:\n".encode())
+            faulthandler.dump_traceback(file=2, all_threads=True)
+        finally:
+            os._exit(code)
+
+
+class BatchingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, whose shutdown always runs to its end.
+
+    mode's ServiceThread runs ``on_thread_stop()`` (which stops the aiokafka consumer) and
+    only then signals the main thread that the thread has shut down. If stopping the
+    consumer raises, the signal is never sent and the main thread waits for it until
+    mode's 60 s shutdown_timeout; a CancelledError (a BaseException) even kills the thread
+    past mode's ``except Exception`` safety net. Log it and carry on instead.
+    """
+
+    async def on_thread_stop(self) -> None:
+        try:
+            await super().on_thread_stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this shutdown itself is being cancelled
+            log.exception("stopping the Kafka consumer raised a stray CancelledError; shutting down anyway")
+        except Exception:
+            log.exception("stopping the Kafka consumer failed; shutting down anyway")
 
 
 class BatchingConsumer(faust_aiokafka.Consumer):
     """Faust aiokafka consumer whose drain loop dispatches whole batches for chosen topics."""
 
     _fetch_shim_installed = False
+    stop_batch_grace_s = 10.0  # see _dispatch
+    stop_guard: StopGuard | None = None  # one per process, armed by the first consumer
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handled: dict[TP, int] = {}  # last offset handled and acked, per partition
+        # records the handler held back (beyond the event-time horizon): fetched, not acked
+        self._held: dict[int, list[Any]] = {}
+        self._held_generation: int | None = None
+        self.hold_max = 100_000  # more than this waiting in a partition: applied unaligned
+        # The rebalance guard (see _drain_messages): Faust's seeks done, their offsets, and
+        # partitions whose fetched records were not handled: (first offset, seeks when fetched).
+        self._seeks = 0
+        self._seeked: dict[TP, int | None] = {}
+        self._unhandled: dict[TP, tuple[int, int]] = {}
+        self._fetched_in_rebalance = False
+        self._fetched_at_seek = 0
+
+    async def perform_seek(self) -> None:
+        """Faust's seek of every assigned partition to its committed offset (at the end of a
+        rebalance), remembered for :meth:`_refetch_unhandled`."""
+        await super().perform_seek()
+        self._seeked = dict(self._read_offset)
+        self._seeks += 1
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:  # noqa: ASYNC109 (Faust's)
+        self._fetched_in_rebalance = self.app.rebalancing
+        self._fetched_at_seek = self._seeks
+        return await super()._getmany(active_partitions, timeout)
+
+    def _not_handled(self, tp: TP, recs: Sequence[Any]) -> None:
+        first, seeks = self._unhandled.get(tp, (recs[0].offset, self._fetched_at_seek))
+        self._unhandled[tp] = (min(first, recs[0].offset), min(seeks, self._fetched_at_seek))
+
+    async def _refetch_unhandled(self) -> None:
+        """Seek the partitions whose fetched records were not handled to where handling must
+        go on: the offset of the seek that ended the rebalance, if they were fetched before it
+        (it rewound them), else the first record not handled."""
+        assigned = self.assignment()
+        for tp, (first, seeks) in self._unhandled.items():
+            if tp in assigned:
+                seeked = self._seeked.get(tp) if seeks < self._seeks else None
+                await self.seek(tp, first if seeked is None else seeked)
+        self._unhandled.clear()
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return BatchingConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        # In a worker, whose signal handlers were installed before the app and this consumer.
+        if BatchingConsumer.stop_guard is None and getattr(self.app, "in_worker", False):
+            guard = StopGuard()
+            if guard.install():
+                BatchingConsumer.stop_guard = guard
 
     def _install_empty_fetch_backoff(self) -> None:
         """Emulate a broker-side long poll for brokers that answer empty fetches at once.
@@ -102,28 +246,41 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         set_read_offset = self._read_offset.__setitem__
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
-        held: dict[int, list[Any]] = {}  # partition -> records beyond the event-time horizon
-        held_generation = self.app.consumer_generation_id
-        hold_max = 2 * int(getattr(self.app.conf, "broker_max_poll_records", None) or 50_000)
+        unhandled = self._unhandled
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self._install_empty_fetch_backoff()
+                if unhandled and self.flow_active and not (self.app.rebalancing or self.should_stop):
+                    await self._refetch_unhandled()
                 records, active = await self._wait_next_records(1.0)
                 await asyncio.sleep(0)
-                if self.app.consumer_generation_id != held_generation:
-                    held.clear()  # rebalanced: never acked, they are fetched again
-                    held_generation = self.app.consumer_generation_id
-                if not records and held and not self.should_stop and self.flow_active:
-                    # the inputs went quiet: what waited for the other topics goes now
-                    for partition in list(held):
-                        await self._dispatch(handler, partition, held.pop(partition), held, align=False)
+                self._drop_held_on_rebalance()
+                if not records:
+                    if self._held and self.flow_active and not (self.app.rebalancing or self.should_stop):
+                        # the inputs went quiet: what waited for the other topics goes now
+                        for partition in list(self._held):
+                            await self._dispatch(handler, partition, [], acks_enabled_for, align=False)
                     continue
-                if not records or self.should_stop or not self.flow_active:
-                    continue
+                # The rebalance guard. During a rebalance Faust discards what it fetches and, at
+                # the end, seeks every partition back to its committed offset. Records fetched
+                # before that (e.g. when all partitions are paused, aiokafka returns every
+                # partition's) must not be handled: the seek would have them fetched and handled
+                # again, and rewinds the read offsets under them (phantom gaps, commits stall).
+                # Nor may any be dropped silently: the fetch position has moved past them. So
+                # they are noted, and their partitions sought again once the rebalance is over.
+                stopping = self.should_stop or not self.flow_active
+                in_rebalance = self._fetched_in_rebalance
                 generation = self.app.consumer_generation_id
-                grouped: dict[int, list[tuple[TP, list[Any]]]] = {}
+                grouped: dict[int, Parts] = {}
                 for tp, recs in records.items():
-                    if active is not None and tp not in active and tp not in self._buffered_partitions:
+                    batch = tp.topic in batch_topics
+                    if (
+                        stopping
+                        or (batch and in_rebalance)
+                        or (active is not None and tp not in active and tp not in self._buffered_partitions)
+                    ):
+                        if batch:
+                            self._not_handled(tp, recs)
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     r_offset = get_read_offset(tp)
@@ -140,20 +297,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 for partition, parts in grouped.items():
                     if self.app.consumer_generation_id != generation or not self.flow_active:
                         break  # rebalanced meanwhile: these will be fetched again
-                    for tp, recs in parts:  # fetch bookkeeping; acks follow processing
-                        await self._track_gap(tp, get_read_offset(tp), recs[0].offset, acks_enabled_for)
-                        await self._fill_gaps(tp, recs, acks_enabled_for)
-                        set_read_offset(tp, recs[-1].offset)
-                    waiting = held.pop(partition, [])
-                    batch = waiting + [r for _, recs in parts for r in recs]
-                    markers = [self._to_message(tp, recs[-1]) for tp, recs in parts]
-                    for marker in markers:  # make rebalances wait for this batch (wait_empty)
-                        self._unacked_messages.add(marker)
-                    try:
-                        await self._dispatch(handler, partition, batch, held, align=len(batch) < hold_max)
-                    finally:
-                        for marker in markers:
-                            self._unacked_messages.discard(marker)
+                    await self._dispatch(handler, partition, parts, acks_enabled_for)
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
@@ -166,28 +310,117 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+        finally:
+            if self.transport.app.should_stop:  # operators (and the stop tests) check the commit
+                handled = ", ".join(
+                    f"{tp.topic}[{tp.partition}]@{o}" for tp, o in sorted(self._handled.items())
+                )
+                log.info("batch dispatch stopped; last offsets handled: %s", handled or "none")
+
+    def _drop_held_on_rebalance(self) -> None:
+        """Held records belong to the generation that fetched them: after a rebalance their
+        partitions are read again from the first of them (they were never acked)."""
+        generation = self.app.consumer_generation_id
+        if generation == self._held_generation:
+            return
+        self._held_generation = generation
+        for records in self._held.values():
+            by_tp: dict[TP, list[Any]] = {}
+            for rec in records:
+                by_tp.setdefault(TP(rec.topic, rec.partition), []).append(rec)
+            for tp, recs in by_tp.items():
+                self._not_handled(tp, sorted(recs, key=lambda r: r.offset))
+        self._held.clear()
 
     async def _dispatch(
         self,
         handler: BatchHandler,
         partition: int,
-        records: list[Any],
-        held: dict[int, list[Any]],
+        parts: Parts,
+        acks_enabled_for: Callable,
         *,
-        align: bool,
+        align: bool = True,
     ) -> None:
-        """Hand ``records`` to the batch handler; ack what it applied, keep what it held back."""
-        result = await handler(partition, records, align=align)
-        waiting = list(getattr(result, "held", ()) or ())
-        if waiting:
-            held[partition] = waiting
-            skip = {id(r) for r in waiting}
-            records = [r for r in records if id(r) not in skip]
-        by_tp: dict[TP, list[int]] = {}
+        """Hand one partition's fetched records to the handler, then ack their offsets.
+
+        Faust stops the fetcher by cancelling this drain loop wherever it waits, and it
+        mostly waits inside the handler (for the broker's acks). A batch cut off there has
+        applied its records and sent some outputs, but acked no offsets, so after the
+        restart all of it is processed again. So handler and acks run as one task which that
+        cancellation does not interrupt: the stop waits for the batch, at most
+        ``stop_batch_grace_s`` (then abandons it: at-least-once), and goes on; Faust's final
+        commit then includes its offsets.
+        """
+        batch = asyncio.ensure_future(
+            self._handle_and_ack(handler, partition, parts, acks_enabled_for, align)
+        )
+        try:
+            await asyncio.shield(batch)
+        except asyncio.CancelledError:
+            await self._finish(batch, partition)
+            raise
+
+    async def _handle_and_ack(
+        self, handler: BatchHandler, partition: int, parts: Parts, acks_enabled_for: Callable, align: bool
+    ) -> None:
+        read_offset = self._read_offset
+        waiting = self._held.pop(partition, [])
+        records = waiting + [r for _, recs in parts for r in recs]
+        markers = [self._to_message(tp, recs[-1]) for tp, recs in parts]
+        for marker in markers:  # make rebalances wait for this batch (wait_empty)
+            self._unacked_messages.add(marker)
+        try:
+            result = await handler(partition, records, align=align and len(records) <= self.hold_max)
+        except BaseException:
+            if waiting:  # not applied: still waiting (a crash re-fetches them anyway)
+                self._held[partition] = waiting + self._held.get(partition, [])
+            raise
+        finally:
+            for marker in markers:
+                self._unacked_messages.discard(marker)
+        held = list(getattr(result, "held", ()) or ())
+        held_ids = {id(r) for r in held}
+        if held:
+            self._held[partition] = held
+        for tp, recs in parts:  # fetch bookkeeping: gaps in the offsets, what was read
+            await self._track_gap(tp, read_offset[tp], recs[0].offset, acks_enabled_for)
+            await self._fill_gaps(tp, recs, acks_enabled_for)
+            read_offset[tp] = recs[-1].offset
+        applied: dict[TP, list[int]] = {}
+        first_held: dict[TP, int] = {}
         for rec in records:
-            by_tp.setdefault(TP(rec.topic, rec.partition), []).append(rec.offset)
-        for tp, offsets in by_tp.items():
-            self._ack_offsets(tp, sorted(offsets))
+            tp = TP(rec.topic, rec.partition)
+            if id(rec) in held_ids:
+                first_held[tp] = min(first_held.get(tp, rec.offset), rec.offset)
+            else:
+                applied.setdefault(tp, []).append(rec.offset)
+        for tp, offsets in applied.items():
+            offsets.sort()
+            self._ack_offsets(tp, offsets)
+        for tp in applied.keys() | first_held.keys():
+            # everything before the first record still held is acked: that is what commits
+            self._handled[tp] = read_offset[tp] if tp not in first_held else first_held[tp] - 1
+
+    async def _finish(self, batch: asyncio.Future, partition: int) -> None:
+        """Wait (bounded) for a batch whose drain loop is being cancelled."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stop_batch_grace_s
+        while not batch.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning(
+                    "partition %d: batch unfinished %.0f s into the stop; abandoned (processed again on restart)",
+                    partition,
+                    self.stop_batch_grace_s,
+                )
+                batch.cancel()
+                return
+            try:
+                await asyncio.wait({batch}, timeout=remaining)
+            except asyncio.CancelledError:
+                continue  # cancelled again: the deadline still bounds the wait
+        if not batch.cancelled() and batch.exception() is not None:
+            log.error("partition %d: batch failed during the stop", partition, exc_info=batch.exception())
 
     async def _track_gap(self, tp: TP, r_offset: int | None, offset: int, acks_enabled_for: Callable) -> None:
         if r_offset is not None and offset - r_offset > 1 and acks_enabled_for(tp.topic):

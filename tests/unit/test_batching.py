@@ -1,14 +1,24 @@
 """The batching consumer's pieces that need no broker: the empty-fetch backoff shim against
-aiokafka's own fetcher shutdown code."""
+aiokafka's own fetcher shutdown code, the stop guard in a process whose stop hangs, and a
+batch being handled when the stop cancels the drain loop."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
+from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiokafka.consumer.fetcher import Fetcher
+from faust.types import TP
+from intervaltree import IntervalTree
 
 from agents.batching import BatchingConsumer
 
@@ -57,3 +67,168 @@ async def test_stopping_the_fetcher_during_the_backoff_is_clean() -> None:
     await asyncio.wait_for(Fetcher.close(fetcher), 1)  # type: ignore[arg-type]
     assert fetch.result() is False
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+# A process shaped like a worker: the loop's signal handlers start a graceful stop (mode's
+# Worker), here one that hangs with the main thread blocked, as a stop hung on the consumer
+# thread does (mode's WorkerThread.stop() is a blocking Event.wait).
+HUNG_STOP = """
+import asyncio, signal, sys, threading
+from agents.batching import StopGuard
+
+async def main():
+    loop = asyncio.get_running_loop()
+    def graceful_stop():
+        print("graceful stop", flush=True)
+        threading.Event().wait()
+    loop.add_signal_handler(signal.SIGTERM, graceful_stop)
+    loop.add_signal_handler(signal.SIGINT, graceful_stop)
+    assert StopGuard(budget_s=float(sys.argv[1])).install()
+    print("ready", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def hung_stop(budget_s: float) -> subprocess.Popen:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HUNG_STOP, str(budget_s)],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["TERM-TERM", "TERM-INT"])
+def test_a_second_signal_ends_a_hung_stop_at_once_with_every_threads_stack(second: int) -> None:
+    proc = hung_stop(budget_s=60)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "graceful stop\n"  # the loop's handler still runs
+    started = time.monotonic()
+    proc.send_signal(second)
+    _, err = proc.communicate(timeout=10)
+    assert time.monotonic() - started < 5
+    assert proc.returncode == 128 + second
+    assert f"forced exit ({signal.Signals(second).name} while stopping)" in err
+    assert "Current thread" in err and "graceful_stop" in err  # the stack of the hung stop
+
+
+def test_a_stop_still_hung_after_the_budget_is_ended() -> None:
+    proc = hung_stop(budget_s=1)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=10)
+    assert 0.9 < time.monotonic() - started < 5
+    assert out == "graceful stop\n"
+    assert proc.returncode == 1
+    assert "forced exit (still stopping 1 s after SIGTERM)" in err and "graceful_stop" in err
+
+
+def bare_consumer(grace_s: float) -> BatchingConsumer:
+    """A BatchingConsumer with just the offset bookkeeping the batch dispatch touches."""
+    c = BatchingConsumer.__new__(BatchingConsumer)
+    c.__dict__.update(
+        _gap=defaultdict(IntervalTree),
+        _acked=defaultdict(list),
+        _acked_index=defaultdict(set),
+        _read_offset=defaultdict(lambda: None),
+        _committed_offset=defaultdict(lambda: None),
+        _unacked_messages=set(),
+        _waiting_for_ack=None,
+        _n_acked=0,
+        _handled={},
+        _held={},
+        hold_max=100_000,
+        stop_batch_grace_s=grace_s,
+        app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)),
+    )
+    c._to_message = lambda tp, rec: (tp, rec.offset)  # type: ignore[method-assign]
+    return c
+
+
+async def dispatch_cancelled_mid_batch(grace_s: float, handler_s: float) -> tuple[BatchingConsumer, bool]:
+    """Cancel the drain loop while the handler waits (for broker acks), as a stop does."""
+    consumer = bare_consumer(grace_s)
+    tp = TP("purchases", 0)
+    records = [SimpleNamespace(topic="purchases", partition=0, offset=o) for o in (5, 6, 7)]
+    done = asyncio.Event()
+
+    async def handler(partition: int, recs: Any, align: bool = False) -> None:
+        await asyncio.sleep(handler_s)
+        done.set()
+
+    drain = asyncio.ensure_future(consumer._dispatch(handler, 0, [(tp, records)], lambda topic: True))
+    await asyncio.sleep(0.02)
+    drain.cancel()
+    await asyncio.sleep(0.02)
+    drain.cancel()  # Faust may cancel again while it waits
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(drain, 5)
+    return consumer, done.is_set()
+
+
+async def test_a_stop_lets_the_batch_being_handled_finish_and_acks_its_offsets() -> None:
+    consumer, finished = await dispatch_cancelled_mid_batch(grace_s=5, handler_s=0.2)
+    tp = TP("purchases", 0)
+    assert finished
+    assert consumer._acked[tp] == [5, 6, 7] and consumer._read_offset[tp] == consumer._handled[tp] == 7
+    assert not consumer._unacked_messages
+
+
+async def test_a_batch_still_unfinished_after_the_grace_is_abandoned_unacked() -> None:
+    started = time.monotonic()
+    consumer, finished = await dispatch_cancelled_mid_batch(grace_s=0.2, handler_s=30)
+    assert time.monotonic() - started < 2
+    assert not finished
+    assert not consumer._acked[TP("purchases", 0)]
+    assert not consumer._unacked_messages
+
+
+async def test_records_not_handled_in_a_rebalance_are_fetched_again_from_the_right_offset() -> None:
+    """Fetched before Faust's end-of-rebalance seek: from the offset it sought (it rewound
+    them). Fetched after it, or no committed offset to seek to: from the first not handled."""
+    consumer = bare_consumer(grace_s=1)
+    a, b, c = TP("purchases", 0), TP("purchases", 1), TP("touchpoints", 0)
+    sought: dict[TP, int] = {}
+
+    async def seek(tp: TP, offset: int) -> None:
+        sought[tp] = offset
+
+    consumer.__dict__.update(_seeks=0, _seeked={}, _unhandled={}, _fetched_at_seek=0, seek=seek)
+    consumer.assignment = lambda: {a, b, c}  # type: ignore[method-assign]
+    recs = [SimpleNamespace(offset=o) for o in (40, 41)]
+    consumer._not_handled(a, recs)  # fetched in the rebalance, before its seek
+    consumer._not_handled(b, recs)
+    consumer._seeks, consumer._seeked = 1, {a: 37, b: None}  # the seek: a committed at 37, b never
+    consumer._fetched_at_seek = 1
+    consumer._not_handled(c, [SimpleNamespace(offset=9)])  # fetched after it, not handled
+    consumer._not_handled(a, [SimpleNamespace(offset=37)])
+    await consumer._refetch_unhandled()
+    assert sought == {a: 37, b: 40, c: 9}
+    assert not consumer._unhandled
+
+
+async def test_records_held_beyond_the_event_time_horizon_are_acked_only_once_applied() -> None:
+    consumer = bare_consumer(grace_s=1)
+    tp = TP("purchases", 0)
+    first = [SimpleNamespace(topic="purchases", partition=0, offset=o) for o in (5, 6, 7)]
+    calls: list[tuple[list[int], bool]] = []
+
+    async def handler(partition: int, recs: Any, align: bool = False) -> Any:
+        calls.append(([r.offset for r in recs], align))
+        return SimpleNamespace(held=[r for r in recs if r.offset == 7] if len(calls) == 1 else [])
+
+    await consumer._dispatch(handler, 0, [(tp, first)], lambda topic: True)
+    assert consumer._acked[tp] == [5, 6] and consumer._handled[tp] == 6  # 7 waits, unacked
+    assert [r.offset for r in consumer._held[0]] == [7]
+    later = [SimpleNamespace(topic="purchases", partition=0, offset=8)]
+    await consumer._dispatch(handler, 0, [(tp, later)], lambda topic: True)
+    assert calls == [([5, 6, 7], True), ([7, 8], True)]  # offered again, first
+    assert consumer._acked[tp] == [5, 6, 7, 8] and consumer._handled[tp] == 8 and not consumer._held
