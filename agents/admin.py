@@ -125,11 +125,17 @@ class Progress:
 
 def group_progress(settings: Settings, topics: Iterable[str]) -> Progress:
     """End offsets of ``topics`` and the worker group's committed offsets on them."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.app_id}-wait",
-        enable_auto_commit=False,
-    )
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{settings.app_id}-wait",
+            enable_auto_commit=False,
+        )
+    except KafkaError as exc:
+        raise AdminError(
+            f"cannot reach Kafka at {','.join(settings.bootstrap_servers)} ({exc.__class__.__name__}); "
+            "is the broker running? (make up starts a local one; set PATRONAGE_BROKER)"
+        ) from exc
     admin = _admin(settings)
     try:
         tps = []

@@ -159,6 +159,12 @@ class PatronageApp(faust.App):
     def _new_transport(self) -> Any:
         return BatchingTransport(self.conf.broker_consumer, self)
 
+    def observe_backlog(self, topic: str, partition: int, records: int) -> None:
+        """The batching consumer's report: records of an input still to be applied."""
+        logical = self.runtime.topics.logical(topic)
+        if logical is not None:
+            self.runtime.clock.backlog(partition, logical.value, records)
+
     def batch_dispatch(self) -> tuple[Sequence[str], Any]:
         rt = self.runtime
         if not rt.settings.fast_path:
@@ -282,8 +288,11 @@ def create_app(
         """The clock for absence: each assigned partition pops its due deadlines."""
         if not runtime.ready:
             return
+        consumer = app.consumer
         for partition in runtime.assigned_partitions(app):
             try:
+                if settings.fast_path and hasattr(consumer, "report_backlog"):
+                    consumer.report_backlog(partition)  # a quiet input is idle only when read
                 await processor.tick(partition)
             except Exception:
                 log.exception("tick of partition %d failed; trying again next interval", partition)

@@ -227,12 +227,15 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self._fetch_shim_installed = True
         log.info("empty-fetch backoff %.1f ms installed (broker without long poll)", backoff_ms)
 
+    _batch_topics: frozenset[str] = frozenset()
+
     def _batch_setup(self) -> tuple[frozenset[str], BatchHandler | None]:
         hook = getattr(self.app, "batch_dispatch", None)
         if hook is None:
             return frozenset(), None
         topics, handler = hook()
-        return frozenset(topics), handler
+        self._batch_topics = frozenset(topics)
+        return self._batch_topics, handler
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
         batch_topics, handler = self._batch_setup()
@@ -400,6 +403,25 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         for tp in applied.keys() | first_held.keys():
             # everything before the first record still held is acked: that is what commits
             self._handled[tp] = read_offset[tp] if tp not in first_held else first_held[tp] - 1
+        self.report_backlog(partition)
+
+    def report_backlog(self, partition: int) -> None:
+        """Tell the app how much of each of this partition's batch topics is still to be
+        applied (lag to the high watermark plus records held back): the event clock never
+        counts a topic with a backlog as idle."""
+        hook = getattr(self.app, "observe_backlog", None)
+        if hook is None:
+            return
+        held: dict[str, int] = {}
+        for rec in self._held.get(partition, ()):
+            held[rec.topic] = held.get(rec.topic, 0) + 1
+        for tp in self.assignment():
+            if tp.partition != partition or tp.topic not in self._batch_topics:
+                continue
+            high = self.highwater(tp)
+            read = self._read_offset.get(tp)
+            lag = 0 if high is None or high < 0 else max(0, high - (read + 1 if read is not None else 0))
+            hook(tp.topic, partition, lag + held.get(tp.topic, 0))
 
     async def _finish(self, batch: asyncio.Future, partition: int) -> None:
         """Wait (bounded) for a batch whose drain loop is being cancelled."""

@@ -52,7 +52,15 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        console.print(f"[red]invalid configuration:[/red]\n{exc}")
+        lines = []
+        for err in exc.errors(include_url=False):
+            field = ".".join(str(p) for p in err["loc"])
+            where = f"PATRONAGE_{field.upper()}" if field else "settings"
+            msg = err["msg"].removeprefix("Value error, ")
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"  {where}: {msg}{shown}")
+        console.print("[red]invalid configuration:[/red]\n" + "\n".join(lines), soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -324,10 +332,22 @@ def tail(
     """
     import orjson
     from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    from schemas.topics import Topic
 
     settings = load_settings()
-    name = settings.topic(topic)
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    known = {t.value for t in Topic}
+    name = settings.topic(topic) if topic in known else topic  # a logical name, or a real one
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, request_timeout_ms=10_000
+        )
+    except KafkaError as exc:
+        fail(
+            f"cannot reach Kafka at {','.join(settings.bootstrap_servers)} ({exc}); is the broker running?", 2
+        )
+        raise AssertionError from None
     try:
         parts = consumer.partitions_for_topic(name)
         if not parts:
@@ -619,12 +639,28 @@ def topics_create() -> None:
 def show_settings() -> None:
     """List every setting: environment variable, current value, meaning."""
     settings = load_settings()
+
+    def shown(value: Any) -> str:
+        if isinstance(value, frozenset | set | list | tuple):
+            return ",".join(sorted(str(v) for v in value))
+        if isinstance(value, bool):
+            return str(value).lower()
+        return "" if value is None else str(value)
+
+    rows = [
+        (f"PATRONAGE_{name.upper()}", shown(getattr(settings, name)), info.description or "")
+        for name, info in Settings.model_fields.items()
+    ]
+    if not out.is_terminal:  # piped: one line each, nothing cut
+        for env, value, meaning in rows:
+            sys.stdout.write(f"{env}={value}  # {meaning}\n")
+        return
     table = Table(title="patronage settings")
-    table.add_column("environment variable")
+    table.add_column("environment variable", no_wrap=True)
     table.add_column("value")
     table.add_column("meaning")
-    for name, info in Settings.model_fields.items():
-        table.add_row(f"PATRONAGE_{name.upper()}", str(getattr(settings, name)), info.description or "")
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
 
 

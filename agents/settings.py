@@ -6,7 +6,7 @@ import socket
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.timestamps import SECONDS_GUARD_BELOW_MS
@@ -193,8 +193,33 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
-            return frozenset(v.strip() for v in value.split(",") if v.strip())
+            return frozenset(v.strip().lower() for v in value.split(",") if v.strip())
         return value
+
+    @field_validator("churn_alert_tiers")
+    @classmethod
+    def _known_tiers(cls, value: frozenset[str]) -> frozenset[str]:
+        unknown = sorted(value - {"core", "regular"})
+        if unknown:
+            raise ValueError(f"unknown tier(s) {', '.join(unknown)}: use core and/or regular")
+        return value
+
+    @field_validator("churn_stalled_ask_types")
+    @classmethod
+    def _known_touch_types(cls, value: frozenset[str]) -> frozenset[str]:
+        from schemas.events import TouchType
+
+        unknown = sorted(value - {t.value for t in TouchType})
+        if unknown:
+            raise ValueError(
+                f"unknown touchpoint type(s) {', '.join(unknown)}: one of {', '.join(t.value for t in TouchType)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent_policy(self) -> Settings:
+        self.policy()  # the rules' own checks (e.g. at_risk <= lapsed <= lost), at start-up
+        return self
 
     @field_validator("broker")
     @classmethod

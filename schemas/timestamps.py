@@ -98,9 +98,10 @@ class TsBounds:
                 f"{iso_utc_safe(self.seconds_below_ms)} need PATRONAGE_TS_SECONDS_BELOW_MS=0)"
             )
         hint = ""
-        if self.floor_ms <= ts_ms * 1000 <= self.ceiling_ms:
+        plausible_ms = max(self.floor_ms, self.seconds_below_ms)
+        if ts_ms < plausible_ms and plausible_ms <= ts_ms * 1000 <= self.ceiling_ms:
             hint = " (looks like epoch seconds; send milliseconds)"
-        elif self.floor_ms <= ts_ms // 1000 <= self.ceiling_ms:
+        elif ts_ms > self.ceiling_ms and plausible_ms <= ts_ms // 1000 <= self.ceiling_ms:
             hint = " (looks like epoch microseconds; send milliseconds)"
         return (
             f"timestamp {ts_ms} ({iso_utc_safe(ts_ms)}) is outside {iso_utc_safe(self.floor_ms)} .. "

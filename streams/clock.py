@@ -2,11 +2,14 @@
 
 - :class:`WallClock`: now = real time. For live use.
 - :class:`EventClock`: now = event time, per partition, like a stream-time watermark: the
-  *oldest* of the newest event times of the input topics still flowing into the partition
-  (a topic that sent nothing for ``idle_ms`` of wall time no longer holds it back); a
-  partition with no flowing input follows the newest event time seen anywhere. Minus the
-  allowed lateness; it never goes backwards. So a replay of history ticks through time as
-  it would have live, and a deadline fires only once every active input has passed it.
+  *oldest* of the newest event times of the input topics still flowing into the partition.
+  A topic stops holding it back only when it is *idle*: nothing left to read
+  (``backlog(...) == 0``, reported by the consumer: lag plus records held back) and nothing
+  seen for ``idle_ms`` of wall time. A partition whose inputs are all idle follows the
+  newest event time seen anywhere; one that has seen nothing since a restart stays where
+  it was restored. Minus the allowed lateness; it never goes backwards. So a replay of
+  history ticks through time as it would have live, a deadline fires only once every input
+  with data still to read has passed it, and a busy worker never lets one topic run ahead.
 
 Both take ``wall: () -> epoch ms`` (agents pass the system clock; tests a value they move).
 """
@@ -36,6 +39,10 @@ class Clock(Protocol):
         """After recovery: the clock of ``partition`` is at least ``event_ms``."""
         ...
 
+    def backlog(self, partition: int, topic: str, records: int) -> None:
+        """Records of ``topic`` in ``partition`` still to be applied (event clock only)."""
+        ...
+
 
 class WallClock:
     name = "wall"
@@ -55,6 +62,9 @@ class WallClock:
     def restore(self, partition: int, event_ms: int) -> None:
         return None
 
+    def backlog(self, partition: int, topic: str, records: int) -> None:
+        return None
+
 
 class EventClock:
     name = "event"
@@ -67,6 +77,7 @@ class EventClock:
         self._marks: dict[int, dict[str, list[int]]] = {}
         self._now: dict[int, int] = {}
         self._newest: int | None = None  # newest event time seen in any partition
+        self._backlog: dict[tuple[int, str], int] = {}  # (partition, topic) -> records to read
 
     def wall_ms(self) -> int:
         return self._wall()
@@ -84,13 +95,29 @@ class EventClock:
                 mark[0] = event_ms
             mark[1] = wall
 
+    def backlog(self, partition: int, topic: str, records: int) -> None:
+        """How many records of ``topic`` in ``partition`` are still to be applied (the
+        consumer's lag plus what it holds back). A topic with a backlog is never idle."""
+        self._backlog[(partition, topic)] = records
+
     def now_ms(self, partition: int | None = None) -> int:
         previous = self._now.get(partition) if partition is not None else None
         marks = self._marks.get(partition) if partition is not None else None
+        if partition is not None and not marks:
+            # nothing seen here (since a restart): stay where it was restored, and never pin
+            # a partition to another's time before its own inputs arrive
+            if previous is not None:
+                return previous
+            return self._newest - self.allowed_lateness_ms if self._newest is not None else self._wall()
         active: list[int] = []
         if marks:
             wall = self._wall()
-            active = [newest for newest, seen in marks.values() if wall - seen <= self.idle_ms]
+            backlog = self._backlog
+            active = [
+                newest
+                for topic, (newest, seen) in marks.items()
+                if wall - seen <= self.idle_ms or backlog.get((partition, topic), 0) > 0  # type: ignore[arg-type]
+            ]
         if active:
             value = min(active) - self.allowed_lateness_ms
         elif self._newest is not None:
@@ -117,3 +144,5 @@ class EventClock:
         """The partition moved to another worker."""
         self._marks.pop(partition, None)
         self._now.pop(partition, None)
+        for key in [k for k in self._backlog if k[0] == partition]:
+            del self._backlog[key]

@@ -11,8 +11,8 @@ export PATRONAGE_WEB_PORT=${DEMO_WEB_PORT:-16066}
 export PATRONAGE_BROKER=kafka://127.0.0.1:$KAFKA_PORT
 export PATRONAGE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 export PATRONAGE_APP_ID=patronage-demo
-# replayed history: the event clock; a finished replay stops holding it back after 1 s
-export PATRONAGE_EVENT_CLOCK_IDLE_S=${PATRONAGE_EVENT_CLOCK_IDLE_S:-1}
+# replayed history: the event clock (a finished replay stops holding it back after the
+# default 5 s of quiet, once everything is read)
 export PATRONAGE_CHURN_MODEL_REFRESH_S=${PATRONAGE_CHURN_MODEL_REFRESH_S:-2}
 CUSTOMERS=${DEMO_CUSTOMERS:-2000}
 DATA=.run/demo-data
@@ -33,7 +33,7 @@ echo "== 4/6 replaying all four topics, merged by event time (the event clock ti
 $PAT replay "$DATA"
 echo "== 5/6 waiting for the worker to process everything"
 $PAT wait --timeout 240
-sleep 2
+sleep 7  # the inputs go idle (5 s), the clock ticks to the end of the data
 echo "== 6/6 results"
 $PAT tail lifecycle-changes --limit 8
 $PAT tail triggers --limit 8

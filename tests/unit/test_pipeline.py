@@ -158,3 +158,30 @@ def test_count_index_tracks_classes_incrementally() -> None:
     index.update(0, "a", a)
     index.clear(1)
     assert index.counts() == {"lapsed": 1}
+
+
+def test_event_clock_never_lets_a_topic_with_a_backlog_count_as_idle() -> None:
+    wall = ManualWall(T0)
+    clock = EventClock(wall, idle_ms=1000)
+    clock.observe(0, "purchases", T0 - 30 * DAY)
+    clock.observe(0, "touchpoints", T0 - 2 * DAY)
+    clock.backlog(0, "purchases", 5000)  # a busy worker: purchases still to be read
+    wall.advance(10_000)
+    clock.observe(0, "touchpoints", T0 - DAY)
+    assert clock.now_ms(0) == T0 - 30 * DAY  # held back by the unread purchases
+    clock.backlog(0, "purchases", 0)
+    assert clock.now_ms(0) == T0 - DAY  # read and quiet: idle
+
+
+def test_event_clock_after_a_restart_waits_for_the_partitions_own_inputs() -> None:
+    wall = ManualWall(T0)
+    clock = EventClock(wall, idle_ms=1000)
+    clock.restore(0, T0 - 50 * DAY)
+    clock.restore(1, T0 - 10 * DAY)
+    wall.advance(60_000)
+    assert clock.now_ms(0) == T0 - 50 * DAY  # not the newest of partition 1
+    fresh = EventClock(wall, idle_ms=1000)
+    fresh.observe(1, "purchases", T0)
+    assert fresh.now_ms(0) == T0  # nothing anywhere here: the newest seen, but not pinned
+    fresh.observe(0, "purchases", T0 - 20 * DAY)
+    assert fresh.now_ms(0) == T0 - 20 * DAY
