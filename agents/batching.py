@@ -372,6 +372,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         markers = [self._to_message(tp, recs[-1]) for tp, recs in parts]
         for marker in markers:  # make rebalances wait for this batch (wait_empty)
             self._unacked_messages.add(marker)
+        self.report_backlog(partition)  # before the batch ticks the partition's clock
         try:
             result = await handler(partition, records, align=align and len(records) <= self.hold_max)
         except BaseException:

@@ -73,11 +73,12 @@ class EventClock:
         self._wall = wall
         self.allowed_lateness_ms = allowed_lateness_ms
         self.idle_ms = idle_ms
-        # partition -> topic -> [newest event ms, wall ms when last observed]
+        # partition -> topic -> [newest event ms, wall ms when last observed, oldest event ms]
         self._marks: dict[int, dict[str, list[int]]] = {}
         self._now: dict[int, int] = {}
         self._newest: int | None = None  # newest event time seen in any partition
         self._backlog: dict[tuple[int, str], int] = {}  # (partition, topic) -> records to read
+        self._restored_at: dict[int, int] = {}  # partition -> wall ms of the restore
 
     def wall_ms(self) -> int:
         return self._wall()
@@ -89,10 +90,12 @@ class EventClock:
         if self._newest is None or event_ms > self._newest:
             self._newest = event_ms
         if mark is None:
-            marks[topic] = [event_ms, wall]
+            marks[topic] = [event_ms, wall, event_ms]
         else:
             if event_ms > mark[0]:
                 mark[0] = event_ms
+            elif event_ms < mark[2]:
+                mark[2] = event_ms
             mark[1] = wall
 
     def backlog(self, partition: int, topic: str, records: int) -> None:
@@ -104,19 +107,33 @@ class EventClock:
         previous = self._now.get(partition) if partition is not None else None
         marks = self._marks.get(partition) if partition is not None else None
         if partition is not None and not marks:
-            # nothing seen here (since a restart): stay where it was restored, and never pin
-            # a partition to another's time before its own inputs arrive
-            if previous is not None:
+            # nothing seen here (since a restart): stay where it was restored until its inputs
+            # are known to be read and quiet; never pin a partition to another's time before
+            if previous is None:
+                return self._newest - self.allowed_lateness_ms if self._newest is not None else self._wall()
+            reported = [n for (p, _t), n in self._backlog.items() if p == partition]
+            quiet = self._wall() - self._restored_at.get(partition, self._wall()) > self.idle_ms
+            if not reported or any(reported) or not quiet or self._newest is None:
                 return previous
-            return self._newest - self.allowed_lateness_ms if self._newest is not None else self._wall()
+            value = max(previous, self._newest - self.allowed_lateness_ms)
+            self._now[partition] = value
+            return value
         active: list[int] = []
         if marks:
+            assert partition is not None
             wall = self._wall()
             backlog = self._backlog
+            for (p, topic), waiting in backlog.items():
+                if p == partition and waiting > 0 and topic not in marks:
+                    # an input with records to read but none applied yet (e.g. since a
+                    # restart): its time is unknown, so the partition's clock must wait
+                    if previous is not None:
+                        return previous
+                    return min(mark[2] for mark in marks.values()) - self.allowed_lateness_ms
             active = [
-                newest
-                for topic, (newest, seen) in marks.items()
-                if wall - seen <= self.idle_ms or backlog.get((partition, topic), 0) > 0  # type: ignore[arg-type]
+                mark[0]
+                for topic, mark in marks.items()
+                if wall - mark[1] <= self.idle_ms or backlog.get((partition, topic), 0) > 0
             ]
         if active:
             value = min(active) - self.allowed_lateness_ms
@@ -134,6 +151,7 @@ class EventClock:
         return value
 
     def restore(self, partition: int, event_ms: int) -> None:
+        self._restored_at[partition] = self._wall()
         value = event_ms - self.allowed_lateness_ms
         if self._now.get(partition, value - 1) < value:
             self._now[partition] = value

@@ -132,6 +132,7 @@ class _Work:
     ctx: Context
     touched: dict[str, CustomerState | None] = field(default_factory=dict)
     newest: dict[str, int] = field(default_factory=dict)  # topic -> newest applied event time
+    last: str | None = None  # the subject the record just applied changed
 
 
 class _Ready(NamedTuple):
@@ -269,9 +270,17 @@ class CustomerPipeline:
                 batch.held.extend(item[2] for item in ready[cut:])
                 del ready[cut:]
         stats.records += len(records) - len(batch.held)
-        for n, (_ts, _seq, record, prepared) in enumerate(ready):
+        # As if live: a deadline that falls between two records fires between them (a tick
+        # at the later record's time), so how the records were batched changes nothing.
+        deadlines = self.deadlines
+        due_at = deadlines.next_deadline(partition)
+        for n, (ts, _seq, record, prepared) in enumerate(ready):
             if n and not n % chunk:
                 yield
+            if due_at is not None and ts >= due_at and ts != _FIRST:
+                self.tick(partition, now_ms=ts, batch=batch)
+                due_at = deadlines.next_deadline(partition)
+            work.last = None
             try:
                 outcome = prepared.run()
             except Rejected as exc:
@@ -281,6 +290,9 @@ class CustomerPipeline:
                 outcome = Outcome.DEAD_LETTER
                 self._crashed(record, prepared.label, exc, batch)
             stats.outcomes[(prepared.label, outcome.value)] += 1
+            if work.last is not None:  # its next deadline counts from now on
+                deadlines.update(partition, work.last, self.store.get(work.last))
+                due_at = deadlines.next_deadline(partition)
         for topic_name, ts in work.newest.items():
             self.clock.observe(partition, topic_name, ts)
         self._reindex(partition, work.touched)
@@ -324,8 +336,11 @@ class CustomerPipeline:
         """The churn prior from the live population; when it drifted more than 5 % from the
         one the deadlines were indexed with, index every deadline again (rare once the
         population is warm), so none fires more than 5 % of an interval late."""
+        floor = self.policy.churn.prior_interval_days
         prior = self.population.median_interval_days(self.policy.churn.prior_min_customers)
-        self._prior_days = prior if prior is not None else self.policy.churn.prior_interval_days
+        # never below the configured prior: early in a history the customers with enough
+        # gaps are the frequent buyers, and a short prior would alarm on everyone else
+        self._prior_days = floor if prior is None else max(floor, prior)
         indexed = self._indexed_prior
         if not reindex:
             self._indexed_prior = self._prior_days
@@ -465,6 +480,7 @@ class CustomerPipeline:
             if self.key_partitions is not None:
                 self.key_partitions[subject] = work.partition
             work.touched[subject] = step.state
+            work.last = subject
         if step.beyond_horizon:
             work.batch.stats.beyond_horizon += 1
         if step.emits:

@@ -179,9 +179,28 @@ def test_event_clock_after_a_restart_waits_for_the_partitions_own_inputs() -> No
     clock.restore(0, T0 - 50 * DAY)
     clock.restore(1, T0 - 10 * DAY)
     wall.advance(60_000)
-    assert clock.now_ms(0) == T0 - 50 * DAY  # not the newest of partition 1
+    assert clock.now_ms(0) == T0 - 50 * DAY  # not the newest of partition 1 ...
+    clock.backlog(0, "purchases", 0)
+    clock.backlog(0, "touchpoints", 0)
+    assert clock.now_ms(0) == T0 - 10 * DAY  # ... until its own inputs are read and quiet
     fresh = EventClock(wall, idle_ms=1000)
     fresh.observe(1, "purchases", T0)
     assert fresh.now_ms(0) == T0  # nothing anywhere here: the newest seen, but not pinned
     fresh.observe(0, "purchases", T0 - 20 * DAY)
     assert fresh.now_ms(0) == T0 - 20 * DAY
+
+
+def test_event_clock_waits_for_an_input_with_records_to_read_but_none_applied_yet() -> None:
+    wall = ManualWall(T0)
+    clock = EventClock(wall, idle_ms=1000)
+    clock.restore(0, T0 - 40 * DAY)  # after a restart
+    clock.backlog(0, "purchases", 800)  # purchases to read again, none applied yet
+    clock.observe(0, "touchpoints", T0 - 5 * DAY)  # the fetch brought only touchpoints
+    assert clock.now_ms(0) == T0 - 40 * DAY
+    clock.observe(0, "purchases", T0 - 30 * DAY)
+    assert clock.now_ms(0) == T0 - 30 * DAY
+    fresh = EventClock(wall, idle_ms=1000)
+    fresh.backlog(2, "purchases", 10)
+    fresh.observe(2, "touchpoints", T0 - 9 * DAY)
+    fresh.observe(2, "touchpoints", T0 - 3 * DAY)
+    assert fresh.now_ms(2) == T0 - 9 * DAY  # the oldest it applied: nothing can be due yet
