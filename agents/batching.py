@@ -372,9 +372,12 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         markers = [self._to_message(tp, recs[-1]) for tp, recs in parts]
         for marker in markers:  # make rebalances wait for this batch (wait_empty)
             self._unacked_messages.add(marker)
-        self.report_backlog(partition)  # before the batch ticks the partition's clock
+        backlog = self.report_backlog(partition)  # before the batch ticks the partition's clock
+        fetched = {tp.topic for tp, _ in parts}
+        waiting = [topic for topic, n in backlog.items() if n > 0 and topic not in fetched]
+        aligned = align and len(records) <= self.hold_max
         try:
-            result = await handler(partition, records, align=align and len(records) <= self.hold_max)
+            result = await handler(partition, records, align=aligned, waiting=waiting if aligned else ())
         except BaseException:
             if waiting:  # not applied: still waiting (a crash re-fetches them anyway)
                 self._held[partition] = waiting + self._held.get(partition, [])
@@ -406,23 +409,29 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             self._handled[tp] = read_offset[tp] if tp not in first_held else first_held[tp] - 1
         self.report_backlog(partition)
 
-    def report_backlog(self, partition: int) -> None:
-        """Tell the app how much of each of this partition's batch topics is still to be
-        applied (lag to the high watermark plus records held back): the event clock never
-        counts a topic with a backlog as idle."""
+    def report_backlog(self, partition: int) -> dict[str, int]:
+        """How much of each of this partition's batch topics is still to be applied (lag to
+        the high watermark plus records held back; a topic not fetched yet - e.g. just after
+        a restart - counts as having some), told to the app's event clock, which never
+        counts a topic with a backlog as idle. Returns it per real topic name."""
         hook = getattr(self.app, "observe_backlog", None)
-        if hook is None:
-            return
         held: dict[str, int] = {}
         for rec in self._held.get(partition, ()):
             held[rec.topic] = held.get(rec.topic, 0) + 1
+        out: dict[str, int] = {}
         for tp in self.assignment():
             if tp.partition != partition or tp.topic not in self._batch_topics:
                 continue
             high = self.highwater(tp)
-            read = self._read_offset.get(tp)
-            lag = 0 if high is None or high < 0 else max(0, high - (read + 1 if read is not None else 0))
-            hook(tp.topic, partition, lag + held.get(tp.topic, 0))
+            if high is None or high < 0:
+                lag = 1  # unknown is not "nothing to read"
+            else:
+                read = self._read_offset.get(tp)
+                lag = max(0, high - (read + 1 if read is not None else 0))
+            out[tp.topic] = lag + held.get(tp.topic, 0)
+            if hook is not None:
+                hook(tp.topic, partition, out[tp.topic])
+        return out
 
     async def _finish(self, batch: asyncio.Future, partition: int) -> None:
         """Wait (bounded) for a batch whose drain loop is being cancelled."""

@@ -61,17 +61,23 @@ class CustomerProcessor:
         return lock
 
     # --- entry points ---------------------------------------------------------------------
-    async def handle(self, partition: int, records: Sequence[RecordLike], align: bool = False) -> Batch:
+    async def handle(
+        self, partition: int, records: Sequence[RecordLike], align: bool = False, waiting: Sequence[str] = ()
+    ) -> Batch:
         """Process one partition's records; returns once outputs and state are durable.
 
         Large batches are processed in chunks with a yield to the event loop in between
         (HTTP endpoints stay responsive); outputs and the changelog are written once.
         ``align``: records beyond the topics' common event-time horizon come back unapplied
-        in ``batch.held`` (the batching consumer offers them again, and acks them then)."""
+        in ``batch.held`` (the batching consumer offers them again, and acks them then);
+        ``waiting``: input topics with records still to read but none in this batch."""
         started = time.perf_counter()
         async with self.lock(partition):
             batch = Batch(partition)
-            for _ in self.pipeline.apply_steps(partition, records, batch, align=align, chunk=CHUNK):
+            steps = self.pipeline.apply_steps(
+                partition, records, batch, align=align, waiting=waiting, chunk=CHUNK
+            )
+            for _ in steps:
                 await asyncio.sleep(0)
             await self.complete(batch)
         if self.metrics is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Collection, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -222,6 +222,7 @@ class CustomerPipeline:
         batch: Batch,
         *,
         align: bool = False,
+        waiting: Collection[str] = (),
         chunk: int = 5000,
     ) -> Iterator[None]:
         """:meth:`apply`, yielding every ``chunk`` records (the async shell gives the event
@@ -236,7 +237,9 @@ class CustomerPipeline:
         applied; the caller offers them again with its next records and acks them only
         then). A fetch can bring months of one topic and weeks of another; aligned, the
         topics advance together, as Kafka Streams does by picking the record with the
-        smallest timestamp across a task's partitions."""
+        smallest timestamp across a task's partitions. ``waiting`` names input topics (real
+        names) that have records still to read but none in this batch: their times are
+        unknown, so nothing beyond the partition's clock is applied until they come."""
         work = _Work(partition, batch, self.context(partition))
         self._bounds = bounds_for(self.policy, self.clock.wall_ms())
         stats = batch.stats
@@ -265,6 +268,10 @@ class CustomerPipeline:
         ready.sort(key=_ORDER)
         if align:
             horizon = _horizon(ready)
+            logical = self.topics.logical
+            if any((t := logical(name)) is not None and t.value in _ALIGNED for name in waiting):
+                now = self.clock.now_ms(partition)
+                horizon = now if horizon is None else min(horizon, now)
             if horizon is not None:
                 cut = bisect_right(ready, horizon, key=_TS)
                 batch.held.extend(item[2] for item in ready[cut:])

@@ -150,6 +150,7 @@ def bare_consumer(grace_s: float) -> BatchingConsumer:
         app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)),
     )
     c._to_message = lambda tp, rec: (tp, rec.offset)  # type: ignore[method-assign]
+    c.assignment = lambda: set()  # type: ignore[method-assign]
     return c
 
 
@@ -160,7 +161,7 @@ async def dispatch_cancelled_mid_batch(grace_s: float, handler_s: float) -> tupl
     records = [SimpleNamespace(topic="purchases", partition=0, offset=o) for o in (5, 6, 7)]
     done = asyncio.Event()
 
-    async def handler(partition: int, recs: Any, align: bool = False) -> None:
+    async def handler(partition: int, recs: Any, align: bool = False, waiting: Any = ()) -> None:
         await asyncio.sleep(handler_s)
         done.set()
 
@@ -221,7 +222,7 @@ async def test_records_held_beyond_the_event_time_horizon_are_acked_only_once_ap
     first = [SimpleNamespace(topic="purchases", partition=0, offset=o) for o in (5, 6, 7)]
     calls: list[tuple[list[int], bool]] = []
 
-    async def handler(partition: int, recs: Any, align: bool = False) -> Any:
+    async def handler(partition: int, recs: Any, align: bool = False, waiting: Any = ()) -> Any:
         calls.append(([r.offset for r in recs], align))
         return SimpleNamespace(held=[r for r in recs if r.offset == 7] if len(calls) == 1 else [])
 
