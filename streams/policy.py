@@ -26,7 +26,7 @@ class ChurnPolicy:
     # usual interval = (n x own median gap + prior_weight x prior) / (n + prior_weight), n = own gaps
     prior_weight: float = 2.0
     # the prior: the live population's median usual interval once enough customers have
-    # >= 3 gaps of their own, else this fixed value
+    # >= 3 gaps of their own, never below this fixed value (which is the prior until then)
     prior_interval_days: float = 30.0
     prior_min_customers: int = 20
     # -- who matters (80/20 and loyalty) --
