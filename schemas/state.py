@@ -17,9 +17,10 @@ from typing import Any, NamedTuple
 import orjson
 
 # 2: typed facts, stores, churn (risk, episode, alert), experience, stalled prospect, outbox.
-# Version 1 records (the foundation's) load with those fields empty.
-STATE_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+# 3: interest profile and notification-gate memory (new stock for your interest).
+# Older records load with the newer fields empty.
+STATE_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 
 
 class Fact(NamedTuple):
@@ -151,6 +152,10 @@ class CustomerState:
         # triggers decided but not yet confirmed sent (outbox), and the last one per type
         "outbox",
         "last_triggers",
+        # interest profile per category (streams.interest) and the notification gate's
+        # memory (streams.gate): plain JSON-able dicts, None until first used
+        "interest",
+        "notify",
         # derived, never encoded: the own-rhythm summary of the day buckets, recomputed
         # only when they change (streams.rfm.rhythm)
         "rhythm_cache",
@@ -191,6 +196,8 @@ class CustomerState:
         self.stalled_ms: int | None = None
         self.outbox: list[dict[str, Any]] = []
         self.last_triggers: dict[str, list[Any]] = {}  # type -> [trigger_id, ts_ms]
+        self.interest: dict[str, Any] | None = None
+        self.notify: dict[str, Any] | None = None
         self.rhythm_cache: tuple[int, int, float, int] | None = None
         self.stage = "stranger"
         self.stage_since_ms: int | None = None
@@ -239,6 +246,10 @@ class CustomerState:
             d["out"] = self.outbox
         if self.last_triggers:
             d["ltr"] = self.last_triggers
+        if self.interest:
+            d["int"] = self.interest
+        if self.notify:
+            d["ntf"] = self.notify
         d["st"] = self.stage
         if self.stage_since_ms is not None:
             d["ss"] = self.stage_since_ms
@@ -287,6 +298,8 @@ class CustomerState:
         s.stalled_ms = d.get("stl")
         s.outbox = d.get("out", [])
         s.last_triggers = d.get("ltr", {})
+        s.interest = d.get("int")
+        s.notify = d.get("ntf")
         s.stage = d.get("st", "stranger")
         s.stage_since_ms = d.get("ss")
         s.aliases = d.get("al", [])

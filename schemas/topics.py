@@ -22,6 +22,7 @@ class Topic(StrEnum):
     # internal (patronage's own; real name "<app_id>-<name>")
     IDENTITY = "identity"
     CHURN_MODEL = "churn-model"
+    STOCK_BROADCAST = "stock-broadcast"  # every stock arrival, to every customer partition
     CHANGELOG = "customers-changelog"
 
 
@@ -33,11 +34,12 @@ INPUTS: tuple[Topic, ...] = (
 )
 CUSTOMER_INPUTS: tuple[Topic, ...] = (Topic.PURCHASES, Topic.TOUCHPOINTS, Topic.CUSTOMER_UPDATES)
 OUTPUTS: tuple[Topic, ...] = (Topic.TRIGGERS, Topic.LIFECYCLE_CHANGES, Topic.DEAD_LETTERS)
-INTERNAL: tuple[Topic, ...] = (Topic.IDENTITY, Topic.CHURN_MODEL, Topic.CHANGELOG)
+INTERNAL: tuple[Topic, ...] = (Topic.IDENTITY, Topic.CHURN_MODEL, Topic.STOCK_BROADCAST, Topic.CHANGELOG)
 # keyed by customer id with the same partition count: one worker owns a customer everywhere
-CO_PARTITIONED: tuple[Topic, ...] = (*CUSTOMER_INPUTS, Topic.IDENTITY, Topic.CHANGELOG)
+# (the stock broadcast too: partition p of it is read with the customers of partition p)
+CO_PARTITIONED: tuple[Topic, ...] = (*CUSTOMER_INPUTS, Topic.IDENTITY, Topic.STOCK_BROADCAST, Topic.CHANGELOG)
 # the customer processor reads these (in one consumer, batched per partition)
-CUSTOMER_PROCESSOR_INPUTS: tuple[Topic, ...] = (*CUSTOMER_INPUTS, Topic.IDENTITY)
+CUSTOMER_PROCESSOR_INPUTS: tuple[Topic, ...] = (*CUSTOMER_INPUTS, Topic.IDENTITY, Topic.STOCK_BROADCAST)
 # latest value per key is what matters (table changelog, model parameters)
 COMPACTED: tuple[Topic, ...] = (Topic.CHANGELOG, Topic.CHURN_MODEL)
 # topics whose records carry an event time that drives the event clock

@@ -13,6 +13,7 @@ from schemas.events import CustomerUpdate, PurchaseLike, TouchpointLike, TouchTy
 from schemas.state import CustomerState, Fact
 from schemas.topics import Topic
 from streams import churn, dedupe
+from streams import interest as interests
 from streams.core import Context, Outcome, Step, lifecycle_change
 from streams.dedupe import POSITIVE_REVIEW_CODE, TOUCH_CODE_MASK, TOUCH_CODES, Seen
 from streams.identity import link_record, redirect_record
@@ -44,6 +45,12 @@ def on_purchase(state: CustomerState | None, ev: PurchaseLike, ctx: Context) -> 
         return Step(state, Outcome.DUPLICATE)
     note_event_time(state, ev.ts)
     churn.note_store(state, ev.store_id, policy.churn)
+    interests.note_purchase(state, ev.ts, ev.items, policy.interest)
+    payer = ev.payer_id
+    if payer is not None and payer != state.subject:
+        paid_by = state.facts.get("paid_by")
+        if paid_by is None or (paid_by.ts_ms, paid_by.event_id) < (ev.ts, ev.event_id):
+            state.facts["paid_by"] = Fact(ev.ts, ev.event_id, payer)
     step = Step(state, Outcome.APPLIED, beyond_horizon=seen is Seen.NEW_BEYOND_HORIZON)
     triggers, rule = churn.after_purchase(state, ev.event_id, ev.ts, previous_last, ctx)
     change = restage(
@@ -90,6 +97,8 @@ def on_touchpoint(state: CustomerState | None, ev: TouchpointLike, ctx: Context)
     if seen is Seen.DUPLICATE:
         return Step(state, Outcome.DUPLICATE)
     apply_touch(state, ev.type.value, ev.ts, ev.rating, policy)
+    if ev.category is not None and ev.type.value in policy.interest.touch_types:
+        interests.note_touch(state, ev.ts, ev.category, policy.interest)
     step = Step(state, Outcome.APPLIED, beyond_horizon=seen is Seen.NEW_BEYOND_HORIZON)
     if ev.type is TouchType.identify:
         anon = ev.anonymous_alias

@@ -29,14 +29,22 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from schemas.errors import Reason, Rejected, Stage
-from schemas.events import CustomerUpdate, Purchase, PurchaseLike, Touchpoint, describe_validation_error
+from schemas.events import (
+    CustomerUpdate,
+    Purchase,
+    PurchaseLike,
+    StockArrival,
+    Touchpoint,
+    describe_validation_error,
+)
 from schemas.fast import fast_purchase, fast_touchpoint
 from schemas.outputs import dead_letter_record
 from schemas.state import CustomerState
 from schemas.timestamps import TsBounds, iso_utc
 from schemas.topics import CUSTOMER_INPUTS, EVENT_TIME_INPUTS, Topic, TopicNames
-from streams import churn, identity
+from streams import churn, gate, identity
 from streams import customer as steps
+from streams import stock as stocks
 from streams.clock import Clock
 from streams.core import ChurnModel, Context, Emit, Outcome, Step
 from streams.indexes import CountIndex, DeadlineIndex, StateIndex
@@ -71,6 +79,9 @@ class BatchStats:
     triggers: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, reason)
     beyond_horizon: int = 0
     due: int = 0  # customers popped from the deadline index
+    gate: Counter[tuple[str, str]] = field(default_factory=Counter)  # (trigger type, gate decision)
+    matched: Counter[str] = field(default_factory=Counter)  # stock audience by reason
+    arrivals: int = 0  # stock arrivals matched
 
 
 @dataclass(slots=True)
@@ -184,10 +195,20 @@ class CustomerPipeline:
         self.key_partitions = key_partitions
         self.population = population if population is not None else Population()
         self.model: ChurnModel | None = None
-        self.deadlines = DeadlineIndex(lambda s: churn.next_deadline(s, self._prior_days, policy.churn))
+        self.deadlines = DeadlineIndex(self._next_deadline)
         # customers at risk now, per (risk stage, tier-independent "alerted")
         self.risk = CountIndex(_risk_class)
-        self.indexes: tuple[StateIndex, ...] = (self.population, self.deadlines, self.risk)
+        # stock fan-out: category -> candidates, co-purchase counts, store -> region
+        self.interests = stocks.InterestIndex(policy.interest)
+        self.affinity = stocks.AffinityIndex(policy.interest)
+        self.regions: dict[str, str] = dict(policy.interest.store_regions)
+        self.indexes: tuple[StateIndex, ...] = (
+            self.population,
+            self.deadlines,
+            self.risk,
+            self.interests,
+            self.affinity,
+        )
         self._prior_days = self._indexed_prior = policy.churn.prior_interval_days
         self._table: dict[Topic, Handler] = {
             Topic.PURCHASES: self._input(Topic.PURCHASES, self._purchase, steps.on_purchase),
@@ -196,6 +217,7 @@ class CustomerPipeline:
                 Topic.CUSTOMER_UPDATES, self._update, steps.on_customer_update
             ),
             Topic.IDENTITY: self._identity,
+            Topic.STOCK_BROADCAST: self._stock,
         }
         self._bounds = bounds_for(policy, clock.wall_ms())
 
@@ -330,7 +352,11 @@ class CustomerPipeline:
             if state is None:
                 continue
             emits = churn.advance(state, ctx)
-            if emits:
+            released = gate.release(state, now, self.policy)
+            if released.decisions:
+                emits.extend(released.emits)
+                batch.stats.gate.update(released.decisions)
+            if emits or released.changed:
                 touched[subject] = state
                 self._route(emits, batch)
             else:  # the deadline moved (the prior changed): index it again
@@ -396,6 +422,8 @@ class CustomerPipeline:
             p = self.home_partition(subject)
             self.deadlines.update(p, subject, state)
             self.risk.update(p, subject, state)
+            self.interests.update(p, subject, state)
+            self.affinity.update(p, subject, state)
         for p, ms in floors.items():
             self.clock.restore(p, ms)
 
@@ -479,6 +507,65 @@ class CustomerPipeline:
             return result.outcome
 
         return _Ready(Topic.IDENTITY.value, ts, run)
+
+    def _stock(self, obj: dict[str, Any], work: _Work) -> _Ready:
+        """A broadcast stock arrival: its audience in this partition, each through the gate."""
+        ev = validate_model(StockArrival, obj)
+        arrival = stocks.Arrival(
+            ev.event_id, ev.ts, ev.sku, ev.category, ev.qty, ev.store_id, ev.region, tuple(ev.tags)
+        )
+        partition = work.partition
+
+        def run() -> Outcome:
+            if arrival.store_id is not None and arrival.region is not None:
+                self.regions.setdefault(arrival.store_id, arrival.region)
+            stats = work.batch.stats
+            stats.arrivals += 1
+            item = arrival.item()
+            policy = self.policy
+            for match in stocks.audience(
+                partition, arrival, self.store.get, self.interests, self.affinity, self.regions
+            ):
+                stats.matched[match.reason] += 1
+                found = match.interest
+                basis: dict[str, Any] = {
+                    "category": found.category,
+                    "score": found.score,
+                    "spend_share": found.spend_share,
+                    "occasions_in_window": found.occasions_in_window,
+                }
+                if match.lift is not None:
+                    basis["lift"] = match.lift
+                result = gate.offer(
+                    match.state,
+                    gate.Offer(
+                        gate.NEW_STOCK,
+                        arrival.event_id,
+                        arrival.ts_ms,
+                        arrival.category,
+                        item,
+                        match.reason,
+                        basis,
+                    ),
+                    policy,
+                )
+                stats.gate.update(result.decisions)
+                if result.changed:
+                    work.touched[match.subject] = match.state
+                    self.deadlines.update(partition, match.subject, match.state)
+                if result.emits:
+                    self._route(result.emits, work.batch)
+            return Outcome.APPLIED
+
+        return _Ready(Topic.STOCK_BROADCAST.value, ev.ts, run)
+
+    def _next_deadline(self, state: CustomerState) -> int | None:
+        """The earliest of the churn deadline and a pending notification's due time."""
+        churn_at = churn.next_deadline(state, self._prior_days, self.policy.churn)
+        notify_at = gate.next_due(state) if state.notify else None
+        if notify_at is None:
+            return churn_at
+        return notify_at if churn_at is None else min(churn_at, notify_at)
 
     # --- bookkeeping ----------------------------------------------------------------------
     def _commit(self, subject: str, step: Step, work: _Work) -> None:

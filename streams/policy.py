@@ -77,6 +77,85 @@ class ChurnPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class InterestPolicy:
+    """Who is interested in a category (README "New stock for your interest")."""
+
+    # "interested" = >= min_occasions orders with the category within occasion_window_days
+    # before the arrival AND a recency-weighted share of spend >= min_spend_share
+    min_occasions: int = 2
+    occasion_window_days: float = 365.0
+    min_spend_share: float = 0.25
+    half_life_days: float = 180.0  # recency weighting of spend, occasions and touches
+    max_categories: int = 16  # tracked per customer; the rest is folded into "other"
+    # touchpoints of these types with a category add to the score, never create interest
+    touch_types: frozenset[str] = frozenset({"view", "cart", "inquiry"})
+    touch_weight: float = 0.02  # score per (decayed) touch ...
+    touch_max: float = 0.10  # ... at most this much
+    # cross-category affinity: categories B an arrival may also reach customers interested
+    # in A for, when lift(A -> B) is high ("*" = every category; empty = off)
+    affinity_categories: frozenset[str] = frozenset()
+    affinity_min_lift: float = 2.0
+    affinity_min_support: int = 20  # customers who bought both A and B
+    affinity_max_categories: int = 256  # categories counted for lift (bounded memory)
+    # store -> region, for arrivals addressed to a region (learned too from arrivals that
+    # name both a store and its region)
+    store_regions: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.min_occasions < 1:
+            raise ValueError("interest min_occasions must be >= 1")
+        if not 0 <= self.min_spend_share <= 1:
+            raise ValueError("interest min_spend_share must be in [0, 1]")
+        if self.half_life_days <= 0 or self.occasion_window_days <= 0:
+            raise ValueError("interest half_life_days and occasion_window_days must be > 0")
+        if self.max_categories < 1:
+            raise ValueError("interest max_categories must be >= 1")
+
+    def affinity_on(self, category: str) -> bool:
+        cats = self.affinity_categories
+        return bool(cats) and ("*" in cats or category in cats)
+
+
+@dataclass(frozen=True, slots=True)
+class GatePolicy:
+    """The notification gate for customer-facing triggers (README "The notification gate")."""
+
+    channels: tuple[str, ...] = ("push", "email", "sms")  # preference order among consented ones
+    consent_default: bool = False  # a channel without a recorded consent is not used
+    quiet_start_min: int = 21 * 60  # quiet hours in the customer's local time (minutes) ...
+    quiet_end_min: int = 8 * 60  # ... a customer's own quiet_hours override these
+    default_timezone: str = "UTC"  # for customers without a timezone
+    cooldown_days: float = 7.0  # per category
+    cap_per_day: int = 1  # rolling 24 h, customer-facing notifications
+    cap_per_week: int = 3  # rolling 7 days
+    just_bought_days: float = 7.0  # a purchase in the category this recently suppresses
+    coalesce_s: float = 300.0  # arrivals within this window become one notification
+    max_items: int = 10  # items listed in one notification
+    to_payer: frozenset[str] = frozenset()  # trigger types sent to the payer (user named)
+    holdout: tuple[tuple[str, float], ...] = ()  # (trigger type, share held out)
+    experiment: str = "default"  # the holdout's hash salt (a new name re-draws the groups)
+    log_size: int = 20  # gate decisions remembered per customer (why / why not)
+    seen_ids: int = 256  # arrival ids remembered per customer (re-delivery is a no-op)
+
+    def __post_init__(self) -> None:
+        if not self.channels:
+            raise ValueError("gate channels must name at least one channel")
+        if self.cap_per_day < 0 or self.cap_per_week < 0:
+            raise ValueError("gate caps must be >= 0")
+        if self.max_items < 1:
+            raise ValueError("gate max_items must be >= 1")
+        for _type, share in self.holdout:
+            if not 0 <= share < 1:
+                raise ValueError("holdout shares must be in [0, 1)")
+
+    def holdout_share(self, type_: str) -> float:
+        for name, share in self.holdout:
+            if name == type_:
+                return share
+        return 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     # lifecycle
     member_min_purchases: int = 3
@@ -103,6 +182,8 @@ class Policy:
     # dead letters keep at most this many bytes of the original key and value each
     dead_letter_max_bytes: int = 65_536
     churn: ChurnPolicy = field(default_factory=ChurnPolicy)
+    interest: InterestPolicy = field(default_factory=InterestPolicy)
+    gate: GatePolicy = field(default_factory=GatePolicy)
 
     def __post_init__(self) -> None:
         if self.bucket_retention_days <= max(self.windows_days):

@@ -29,6 +29,7 @@ from streams.core import ChurnModel
 from streams.partitioning import KeyPartitioner
 from streams.pipeline import Batch, CustomerPipeline
 from streams.policy import Policy
+from streams.stock import broadcast_value
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -122,6 +123,16 @@ class PipelineHarness:
     ) -> None:
         """Deliver one record and everything it causes on the internal topic."""
         self.deliver([self.record(topic, value, key, partition)])
+
+    def stock(self, arrival: dict[str, Any]) -> None:
+        """A stock arrival as the stock processor forwards it: to every partition."""
+        value = broadcast_value(arrival)
+        self.deliver(
+            [
+                self.record(Topic.STOCK_BROADCAST, value, key=value["category"], partition=p)
+                for p in range(self.partitions)
+            ]
+        )
 
     def send_many(self, topic: Topic, values: list[dict[str, Any]]) -> None:
         self.deliver([self.record(topic, v) for v in values])

@@ -29,10 +29,11 @@ BOOTSTRAP="$(printf '%s' "${PATRONAGE_BROKER:?PATRONAGE_BROKER must be set}" | s
 # Names as schemas.topics.TopicNames builds them (tests/unit/test_deploy_files.py compares them).
 IDENTITY="${PREFIX}${APP_ID}-identity"
 MODEL="${PREFIX}${APP_ID}-churn-model"
+BROADCAST="${PREFIX}${APP_ID}-stock-broadcast"
 CHANGELOG="${APP_ID}-customers-changelog"
 TOPICS="${PREFIX}purchases ${PREFIX}touchpoints ${PREFIX}customer-updates ${PREFIX}stock-arrivals"
-TOPICS="$TOPICS ${PREFIX}triggers ${PREFIX}lifecycle-changes ${PREFIX}dead-letters $IDENTITY $MODEL $CHANGELOG"
-CO_PARTITIONED="${PREFIX}purchases ${PREFIX}touchpoints ${PREFIX}customer-updates $IDENTITY $CHANGELOG"
+TOPICS="$TOPICS ${PREFIX}triggers ${PREFIX}lifecycle-changes ${PREFIX}dead-letters $IDENTITY $MODEL $BROADCAST $CHANGELOG"
+CO_PARTITIONED="${PREFIX}purchases ${PREFIX}touchpoints ${PREFIX}customer-updates $IDENTITY $BROADCAST $CHANGELOG"
 
 kt() {
     if [ -n "$COMMAND_CONFIG" ]; then
