@@ -29,6 +29,7 @@ from streams.partitioning import KeyPartitioner
 from streams.pipeline import CustomerPipeline
 from streams.policy import Policy
 from streams.profile import build_profile, churn_summary_rows, summarize
+from streams.profile import why as why_document
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,11 @@ class Runtime:
         ctx = self.pipeline.context(partition)
         return build_profile(state, ctx, self.clock.name)
 
+    def why(self, customer_id: str, category: str) -> dict[str, Any]:
+        state = self.store.get(customer_id)
+        ctx = self.pipeline.context(self.partition_of(customer_id))
+        return why_document(state, customer_id, category, ctx)
+
     def summary(self) -> dict[str, Any]:
         out = summarize(self.store.values(), self.pipeline.population)
         out["as_of"] = self.clock.now_ms()
@@ -162,7 +168,7 @@ class PatronageApp(faust.App):
     def observe_backlog(self, topic: str, partition: int, records: int) -> None:
         """The batching consumer's report: records of an input still to be applied."""
         logical = self.runtime.topics.logical(topic)
-        if logical is not None:
+        if logical is not None and logical is not Topic.STOCK_BROADCAST:  # arrivals hold no clock back
             self.runtime.clock.backlog(partition, logical.value, records)
 
     def batch_dispatch(self) -> tuple[Sequence[str], Any]:
@@ -237,7 +243,13 @@ def create_app(
         pipeline=pipeline, sink=sink, topics=topics, partition_for=partitioner, metrics=metrics
     )
     stock = StockProcessor(
-        sink=sink, topics=topics, partition_for=partitioner, policy=policy, clock=clock, metrics=metrics
+        sink=sink,
+        topics=topics,
+        partition_for=partitioner,
+        policy=policy,
+        clock=clock,
+        partitions=settings.partitions,
+        metrics=metrics,
     )
     runtime = Runtime(
         settings=settings,
@@ -363,6 +375,14 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
         if doc is None:
             return web.json({"error": f"unknown customer {customer_id!r}"}, status=404)
         return web.json(doc)
+
+    @app.page("/why/{customer_id}/")
+    @app.table_route(table=table, match_info="customer_id")
+    async def why(web: Any, request: Request, customer_id: str) -> Response:
+        category = request.query.get("category")
+        if not category:
+            return web.json({"error": "add ?category=<category>"}, status=400)
+        return web.json(runtime.why(customer_id, category))
 
     @app.page("/churn-model/summary/")
     class ChurnSummary(View):

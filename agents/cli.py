@@ -284,6 +284,47 @@ def profile(
 
 
 @app.command()
+def why(
+    customer_id: Annotated[str, typer.Argument(help="customer id")],
+    category: Annotated[str, typer.Argument(help="stock category, e.g. imported_fresh_food")],
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+    url: Annotated[str | None, typer.Option("--url", help="worker URL (default from settings)")] = None,
+) -> None:
+    """Why did (or didn't) a customer hear about new stock in a category?
+
+    Checks the interest definition as of the clock's now (orders in the window, share of
+    spend), the gate's standing rules (consent, cooldown, just bought, where they shop) and
+    lists every gate decision remembered for that category, newest first.
+    """
+    settings = load_settings()
+    path = (
+        "/why/"
+        + urllib.parse.quote(customer_id, safe="")
+        + "/?category="
+        + urllib.parse.quote(category, safe="")
+    )
+    status, doc = _get(settings, path, url)
+    if status != 200:
+        fail(f"worker answered {status}: {doc}", 2)
+    if as_json:
+        out.print_json(data=doc)
+        return
+    verdict = "interested" if doc.get("interested") else "not interested"
+    out.print(f"[bold]{customer_id}[/bold] and {category!r} as of {doc.get('as_of')}: {verdict}")
+    for line in doc.get("reasons", []):
+        out.print("  " + line, markup=False)
+    for p in doc.get("pending", []):
+        out.print(f"  pending: {p['type']} due {p['due']} ({len(p['items'])} item(s))", markup=False)
+    decisions = doc.get("decisions", [])
+    if not decisions:
+        out.print(
+            "  no gate decision remembered for this category (no matching arrival reached this customer)"
+        )
+    for d in decisions:
+        out.print(f"  {d['at']}  {d['decision']:<22} {d['sku']}  (arrival {d['arrival']})", markup=False)
+
+
+@app.command()
 def summary(
     as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
     url: Annotated[str | None, typer.Option("--url", help="worker URL (default from settings)")] = None,
@@ -417,6 +458,15 @@ def _tail_line(topic: str, value: Any) -> str:
             )
         elif why == "complaint":
             why = f"complaint via {(details.get('complaint') or {}).get('channel')}"
+        if value.get("type") == "new_stock_for_interest":
+            items = ", ".join(str(it.get("sku")) for it in value.get("items") or [])
+            basis = value.get("interest") or {}
+            held = " HELD OUT" if value.get("holdout") else ""
+            return (
+                f"  {value.get('ts')}  new stock → {value.get('recipient_kind')} {value.get('recipient_id')} "
+                f"via {value.get('channel')}{held}: {items}  ({value.get('reason')} in {basis.get('category')}, "
+                f"{basis.get('spend_share', 0):.0%} of spend, {basis.get('occasions_in_window')} orders)"
+            )
         return (
             f"  {value.get('ts')}  {value.get('type')} {value.get('customer_id')} → "
             f"{value.get('recipient_kind')} {value.get('recipient_id')}  ({why}; tier {details.get('tier')}, "

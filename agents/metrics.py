@@ -99,6 +99,25 @@ class Metrics:
         self.event_clock_lag = Gauge(
             "patronage_event_time_lag_seconds", "Wall time minus the clock's now (event clock)", registry=r
         )
+        self.notifications = Counter(
+            "patronage_notifications",
+            "Notification gate decisions, by trigger type and decision (sent, held_out, pending, "
+            "coalesced, deferred_quiet_hours; suppressed: no_consent, cooldown, just_bought, frequency_cap; "
+            "duplicate)",
+            ["type", "decision"],
+            registry=r,
+        )
+        self.stock_matches = Counter(
+            "patronage_stock_matches",
+            "Customers a stock arrival reached before the gate, by reason (interest, affinity)",
+            ["reason"],
+            registry=r,
+        )
+        self.stock_arrivals = Counter(
+            "patronage_stock_arrivals_matched",
+            "Broadcast stock arrivals matched in a customer partition (one arrival counts once per partition)",
+            registry=r,
+        )
         self.model_loaded = Gauge(
             "patronage_churn_model_loaded",
             "1 when BG/NBD parameters are loaded (P(alive) available)",
@@ -115,6 +134,12 @@ class Metrics:
             self.lifecycle_changes.labels(stage).inc(n)
         for (type_, reason), n in stats.triggers.items():
             self.triggers.labels(type_, reason).inc(n)
+        for (type_, decision), n in stats.gate.items():
+            self.notifications.labels(type_, decision).inc(n)
+        for reason, n in stats.matched.items():
+            self.stock_matches.labels(reason).inc(n)
+        if stats.arrivals:
+            self.stock_arrivals.inc(stats.arrivals)
         if stats.beyond_horizon:
             self.dedupe_beyond_horizon.inc(stats.beyond_horizon)
         if stats.due:

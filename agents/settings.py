@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
+import re
 import socket
+from collections.abc import Callable
 from datetime import UTC, date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.timestamps import SECONDS_GUARD_BELOW_MS
 from schemas.topics import Topic, TopicNames
-from streams.policy import ChurnPolicy, Policy
+from streams.policy import ChurnPolicy, GatePolicy, InterestPolicy, Policy
 
 _CHURN = ChurnPolicy()
+_INTEREST = InterestPolicy()
+_GATE = GatePolicy()
+TRIGGER_TYPES = ("new_stock_for_interest", "churn_risk", "won_back", "stalled_prospect")
+CHANNELS = ("push", "email", "sms", "in_store")
 
 
 # a comma-separated list in the environment ("core,regular"), not JSON
 NameSet = Annotated[frozenset[str], NoDecode]
+
+
+_QUIET = re.compile(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d")
+T = TypeVar("T")
+
+
+def _parse_pairs(text: str, name: str, cast: Callable[[str], T]) -> list[tuple[str, T]]:
+    """'a=1,b=2' -> [("a", cast("1")), ("b", cast("2"))]; a clear error naming the setting."""
+    out: list[tuple[str, T]] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, raw = part.partition("=")
+        if not sep or not key.strip() or not raw.strip():
+            raise ValueError(f"{name}: expected name=value pairs separated by commas (got {part!r})")
+        try:
+            out.append((key.strip(), cast(raw.strip())))
+        except ValueError:
+            raise ValueError(f"{name}: bad value in {part!r}") from None
+    return out
 
 
 class Settings(BaseSettings):
@@ -189,11 +215,156 @@ class Settings(BaseSettings):
         30.0, gt=0, description="how often workers re-read the BG/NBD parameters from the churn-model topic"
     )
 
-    @field_validator("churn_alert_tiers", "churn_stalled_ask_types", mode="before")
+    # --- interest (streams/policy.py InterestPolicy; README "New stock for your interest") ---
+    interest_min_occasions: int = Field(
+        _INTEREST.min_occasions,
+        ge=1,
+        description="interested: at least this many orders with the category ...",
+    )
+    interest_window_days: float = Field(
+        _INTEREST.occasion_window_days, gt=0, description="... within this many days before the arrival ..."
+    )
+    interest_min_spend_share: float = Field(
+        _INTEREST.min_spend_share,
+        ge=0,
+        le=1,
+        description="... and at least this recency-weighted share of the customer's spend",
+    )
+    interest_half_life_days: float = Field(
+        _INTEREST.half_life_days, gt=0, description="recency weighting of spend, orders and touches"
+    )
+    interest_max_categories: int = Field(
+        _INTEREST.max_categories, ge=1, description="categories tracked per customer (the rest: 'other')"
+    )
+    interest_touch_types: NameSet = Field(
+        _INTEREST.touch_types, description="touchpoint types that add to the interest score (never create it)"
+    )
+    interest_touch_weight: float = Field(_INTEREST.touch_weight, ge=0, description="score per decayed touch")
+    interest_touch_max: float = Field(_INTEREST.touch_max, ge=0, description="largest touch bonus")
+    interest_affinity_categories: NameSet = Field(
+        _INTEREST.affinity_categories,
+        description="categories whose arrivals also reach customers of high-lift categories (comma list, "
+        "'*' = all; empty = affinity off)",
+    )
+    interest_affinity_min_lift: float = Field(
+        _INTEREST.affinity_min_lift, gt=0, description="affinity: lift(A -> B) needed"
+    )
+    interest_affinity_min_support: int = Field(
+        _INTEREST.affinity_min_support, ge=1, description="affinity: customers who bought both A and B"
+    )
+    interest_affinity_max_categories: int = Field(
+        _INTEREST.affinity_max_categories, ge=2, description="affinity: categories counted (bounded memory)"
+    )
+    store_regions: str = Field(
+        "",
+        description="store -> region for region-addressed arrivals ('s1=north,s2=south'); also learned "
+        "from arrivals naming both",
+    )
+    # --- the notification gate (GatePolicy; README "The notification gate") ---
+    gate_channel_order: str = Field(
+        ",".join(_GATE.channels), description="channels in preference order (the first consented one is used)"
+    )
+    gate_consent_default: bool = Field(
+        _GATE.consent_default, description="use a channel the customer never gave or refused consent for"
+    )
+    gate_quiet_hours: str = Field(
+        "21:00-08:00", description="quiet hours, customer's local time, HH:MM-HH:MM (equal: none)"
+    )
+    gate_default_timezone: str = Field(
+        _GATE.default_timezone, description="time zone of customers without one"
+    )
+    gate_cooldown_days: float = Field(_GATE.cooldown_days, ge=0, description="per category")
+    gate_cap_per_day: int = Field(
+        _GATE.cap_per_day, ge=0, description="customer-facing messages per rolling 24 h"
+    )
+    gate_cap_per_week: int = Field(
+        _GATE.cap_per_week, ge=0, description="customer-facing messages per rolling 7 days"
+    )
+    gate_just_bought_days: float = Field(
+        _GATE.just_bought_days, ge=0, description="an order with the category this recently suppresses"
+    )
+    gate_coalesce_s: float = Field(
+        _GATE.coalesce_s, ge=0, description="arrivals within this window become one notification (0: none)"
+    )
+    gate_max_items: int = Field(_GATE.max_items, ge=1, description="items listed in one notification")
+    gate_to_payer: NameSet = Field(
+        _GATE.to_payer, description="trigger types addressed to the payer, user named (comma list)"
+    )
+    gate_holdout: str = Field(
+        "", description="control groups: 'type=share,...' e.g. new_stock_for_interest=0.1 (default: none)"
+    )
+    gate_experiment: str = Field(_GATE.experiment, min_length=1, description="holdout hash salt")
+    gate_log_size: int = Field(_GATE.log_size, ge=0, description="gate decisions remembered per customer")
+
+    @field_validator(
+        "churn_alert_tiers", "churn_stalled_ask_types", "interest_touch_types", "gate_to_payer", mode="before"
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return frozenset(v.strip().lower() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("interest_affinity_categories", mode="before")
+    @classmethod
+    def _category_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("gate_to_payer")
+    @classmethod
+    def _known_trigger_types(cls, value: frozenset[str]) -> frozenset[str]:
+        unknown = sorted(value - set(TRIGGER_TYPES))
+        if unknown:
+            raise ValueError(
+                f"unknown trigger type(s) {', '.join(unknown)}: one of {', '.join(TRIGGER_TYPES)}"
+            )
+        return value
+
+    @field_validator("gate_channel_order")
+    @classmethod
+    def _known_channels(cls, value: str) -> str:
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        unknown = sorted(set(names) - set(CHANNELS))
+        if unknown or not names:
+            raise ValueError(
+                f"unknown channel(s) {', '.join(unknown) or '(none given)'}: use {', '.join(CHANNELS)}"
+            )
+        return ",".join(names)
+
+    @field_validator("gate_quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str) -> str:
+        if not _QUIET.fullmatch(value.strip()):
+            raise ValueError(f"quiet hours must look like 21:00-08:00 (got {value!r})")
+        return value.strip()
+
+    @field_validator("gate_default_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except Exception:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Europe/Berlin)") from None
+        return value
+
+    @field_validator("store_regions")
+    @classmethod
+    def _pairs(cls, value: str) -> str:
+        _parse_pairs(value, "store_regions", str)
+        return value
+
+    @field_validator("gate_holdout")
+    @classmethod
+    def _holdout(cls, value: str) -> str:
+        for name, share in _parse_pairs(value, "gate_holdout", float):
+            if name not in TRIGGER_TYPES:
+                raise ValueError(f"unknown trigger type {name!r}: one of {', '.join(TRIGGER_TYPES)}")
+            if not 0 <= share < 1:
+                raise ValueError(f"holdout share for {name} must be in [0, 1) (got {share})")
         return value
 
     @field_validator("churn_alert_tiers")
@@ -204,7 +375,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown tier(s) {', '.join(unknown)}: use core and/or regular")
         return value
 
-    @field_validator("churn_stalled_ask_types")
+    @field_validator("churn_stalled_ask_types", "interest_touch_types")
     @classmethod
     def _known_touch_types(cls, value: frozenset[str]) -> frozenset[str]:
         from schemas.events import TouchType
@@ -286,4 +457,43 @@ class Settings(BaseSettings):
             max_amount_cents=round(self.max_amount * 100),
             dead_letter_max_bytes=self.dead_letter_max_bytes,
             churn=self.churn_policy(),
+            interest=self.interest_policy(),
+            gate=self.gate_policy(),
+        )
+
+    def interest_policy(self) -> InterestPolicy:
+        return InterestPolicy(
+            min_occasions=self.interest_min_occasions,
+            occasion_window_days=self.interest_window_days,
+            min_spend_share=self.interest_min_spend_share,
+            half_life_days=self.interest_half_life_days,
+            max_categories=self.interest_max_categories,
+            touch_types=self.interest_touch_types,
+            touch_weight=self.interest_touch_weight,
+            touch_max=self.interest_touch_max,
+            affinity_categories=self.interest_affinity_categories,
+            affinity_min_lift=self.interest_affinity_min_lift,
+            affinity_min_support=self.interest_affinity_min_support,
+            affinity_max_categories=self.interest_affinity_max_categories,
+            store_regions=tuple(_parse_pairs(self.store_regions, "store_regions", str)),
+        )
+
+    def gate_policy(self) -> GatePolicy:
+        start, end = self.gate_quiet_hours.split("-")
+        return GatePolicy(
+            channels=tuple(self.gate_channel_order.split(",")),
+            consent_default=self.gate_consent_default,
+            quiet_start_min=int(start[:2]) * 60 + int(start[3:]),
+            quiet_end_min=int(end[:2]) * 60 + int(end[3:]),
+            default_timezone=self.gate_default_timezone,
+            cooldown_days=self.gate_cooldown_days,
+            cap_per_day=self.gate_cap_per_day,
+            cap_per_week=self.gate_cap_per_week,
+            just_bought_days=self.gate_just_bought_days,
+            coalesce_s=self.gate_coalesce_s,
+            max_items=self.gate_max_items,
+            to_payer=self.gate_to_payer,
+            holdout=tuple(_parse_pairs(self.gate_holdout, "gate_holdout", float)),
+            experiment=self.gate_experiment,
+            log_size=self.gate_log_size,
         )

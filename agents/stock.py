@@ -1,10 +1,18 @@
-"""Stock arrivals: validated and counted here; interest fan-out comes with the stock-trigger
-issue. Invalid records go to dead-letters like every other input."""
+"""Stock arrivals: validated, then broadcast to every partition of the internal
+``stock-broadcast`` topic, where each customer partition matches the arrival against its own
+interest index and gates it with each customer's own state (streams/stock.py,
+streams/gate.py). Invalid records go to dead-letters like every other input.
+
+The broadcast is sent (and acknowledged) before the input offsets are committed: a crash
+re-broadcasts, and the per-customer memory of handled arrivals makes that a no-op.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import orjson
 
 from agents.metrics import Metrics
 from agents.sink import OutRecord, Sink, encode, send_dead_letters
@@ -14,6 +22,7 @@ from schemas.topics import Topic, TopicNames
 from streams.clock import Clock
 from streams.pipeline import bounds_for, check_ts, dead_letter, decode_object, validate_model
 from streams.policy import Policy
+from streams.stock import Arrival
 
 
 class StockProcessor:
@@ -25,6 +34,7 @@ class StockProcessor:
         partition_for: Callable[[str, str], int],
         policy: Policy,
         clock: Clock,
+        partitions: int,
         metrics: Metrics | None = None,
     ) -> None:
         self.sink = sink
@@ -32,20 +42,40 @@ class StockProcessor:
         self.partition_for = partition_for
         self.policy = policy
         self.clock = clock
+        self.partitions = partitions
         self.metrics = metrics
         self.accepted = 0
+        self._broadcast = topics.real(Topic.STOCK_BROADCAST)
 
     def validate(self, record: Any) -> StockArrival:
         event = validate_model(StockArrival, decode_object(record.value))
         check_ts(bounds_for(self.policy, self.clock.wall_ms()), event.ts)
         return event
 
+    def broadcast(self, event: StockArrival) -> list[OutRecord]:
+        """The arrival, once per customer partition (epoch-ms times, keyed by category)."""
+        value = orjson.dumps(
+            Arrival(
+                event.event_id,
+                event.ts,
+                event.sku,
+                event.category,
+                event.qty,
+                event.store_id,
+                event.region,
+                tuple(event.tags),
+            ).to_json()
+        )
+        key = event.category.encode()
+        return [OutRecord(self._broadcast, p, key, value) for p in range(self.partitions)]
+
     async def handle(self, records: Sequence[Any]) -> None:
         dead: list[OutRecord] = []
+        out: list[OutRecord] = []
         topic = Topic.STOCK_ARRIVALS.value
         for record in records:
             try:
-                self.validate(record)
+                event = self.validate(record)
             except Rejected as exc:
                 emit = dead_letter(record, exc, self.clock.wall_ms(), self.policy.dead_letter_max_bytes)
                 dead.append(encode(emit, self.topics, self.partition_for))
@@ -53,8 +83,11 @@ class StockProcessor:
                     self.metrics.dead_letters.labels(topic, exc.stage.value, exc.reason.value).inc()
                     self.metrics.events.labels(topic, "dead_letter").inc()
             else:
+                out.extend(self.broadcast(event))
                 self.accepted += 1
                 if self.metrics is not None:
-                    self.metrics.events.labels(topic, "accepted").inc()
+                    self.metrics.events.labels(topic, "broadcast").inc()
+        if out:
+            await self.sink.send(out)
         if dead:
             await send_dead_letters(self.sink, dead, self.metrics)

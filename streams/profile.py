@@ -7,7 +7,8 @@ from typing import Any
 
 from schemas.state import CustomerState
 from schemas.timestamps import DAY_MS, iso_utc
-from streams import bgnbd, churn
+from streams import bgnbd, churn, gate
+from streams import interest as interests
 from streams.core import Context
 from streams.lifecycle import stage_only
 from streams.population import Population
@@ -97,6 +98,15 @@ def build_profile(state: CustomerState, ctx: Context, clock: str) -> dict[str, A
         "stores": dict(sorted(state.stores.items(), key=lambda kv: (-kv[1], kv[0]))),
         "churn": churn_view(state, ctx),
         "stalled_prospect_at": iso_utc(state.stalled_ms),
+        "interests": [
+            {**row, "last_ms": None, "last_order_at": iso_utc(row["last_ms"])}
+            for row in interests.top(state, now_ms, policy.interest, 5)
+        ],
+        "notifications": {
+            "channel": gate.channel(state, policy.gate),
+            "pending": gate.pending_view(state),
+            "recent": gate.decisions_for(state)[:10],
+        },
         "last_triggers": {
             t: {"trigger_id": v[0], "at": iso_utc(v[1])} for t, v in sorted(state.last_triggers.items())
         },
@@ -153,3 +163,53 @@ def summarize(states: Any, population: Population) -> dict[str, Any]:
         "stages": dict(sorted(stages.items())),
         "segments": dict(sorted(segments.items(), key=lambda kv: -kv[1])),
     }
+
+
+def why(state: CustomerState | None, subject: str, category: str, ctx: Context) -> dict[str, Any]:
+    """Why did (or would) ``subject`` hear about new stock in ``category``? The interest
+    definition checked as of the clock's now, the gate's standing checks, and every decision
+    the gate remembers for that category (newest first)."""
+    policy = ctx.policy
+    ip, gp = policy.interest, policy.gate
+    now = ctx.now_ms
+    reasons: list[str] = []
+    doc: dict[str, Any] = {"customer_id": subject, "category": category, "as_of": iso_utc(now)}
+    if state is None:
+        doc.update(interested=False, reasons=["unknown customer: no events seen"], decisions=[])
+        return doc
+    found = interests.assess(state, category, now, ip)
+    if found is None:
+        reasons.append(f"never bought {category!r} (or it is not among the {ip.max_categories} tracked)")
+    else:
+        ok_occ = found.occasions_in_window >= ip.min_occasions
+        ok_share = found.spend_share >= ip.min_spend_share
+        reasons.append(
+            f"{'ok' if ok_occ else 'NO'}: {found.occasions_in_window} order(s) with {category!r} in the last "
+            f"{ip.occasion_window_days:g} days (needs {ip.min_occasions})"
+        )
+        reasons.append(
+            f"{'ok' if ok_share else 'NO'}: {found.spend_share:.0%} of recency-weighted spend (needs "
+            f"{ip.min_spend_share:.0%})"
+        )
+    ch = gate.channel(state, gp)
+    reasons.append(f"ok: channel {ch}" if ch else f"NO: no consented channel among {', '.join(gp.channels)}")
+    n = state.notify or {}
+    cooled = n.get("cool", {}).get(category)
+    if cooled is not None and now - cooled < gp.cooldown_days * DAY_MS:
+        reasons.append(f"cooldown: {category!r} was in a notification at {iso_utc(cooled)}")
+    if interests.bought_within(state, category, now - int(gp.just_bought_days * DAY_MS), now):
+        reasons.append(f"just bought: an order with {category!r} in the last {gp.just_bought_days:g} days")
+    if state.stores:
+        reasons.append("shops at: " + ", ".join(sorted(state.stores)))
+    else:
+        reasons.append("shops at no known store: store/region arrivals do not reach this customer")
+    doc.update(
+        interested=bool(found and found.interested),
+        interest=None
+        if found is None
+        else found._asdict() | {"last_ms": None, "last_order_at": iso_utc(found.last_ms)},
+        reasons=reasons,
+        pending=gate.pending_view(state),
+        decisions=gate.decisions_for(state, category),
+    )
+    return doc
