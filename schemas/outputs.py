@@ -94,9 +94,29 @@ class IdentityRecord(BaseModel):
             raise ValueError(f"identity {self.kind!r} record needs {', '.join(missing)}")
 
 
-TriggerType = Literal["churn_risk", "stalled_prospect", "won_back"]
-TriggerReason = Literal["lapse", "complaint", "experience", "stalled", "came_back"]
-RecipientKind = Literal["account_owner", "store", "team"]
+TriggerType = Literal["churn_risk", "stalled_prospect", "won_back", "new_stock_for_interest"]
+TriggerReason = Literal["lapse", "complaint", "experience", "stalled", "came_back", "interest", "affinity"]
+RecipientKind = Literal["account_owner", "store", "team", "customer", "payer"]
+Channel = Literal["push", "email", "sms", "in_store"]
+
+
+class StockItem(BaseModel):
+    sku: str
+    category: str
+    qty: int
+    store_id: str | None = None
+    region: str | None = None
+
+
+class InterestBasis(BaseModel):
+    """The interest a new-stock trigger rests on (in the arrival's category; for ``affinity``
+    in the source category, with the lift)."""
+
+    category: str
+    score: float = Field(description="0.5 x spend share + 0.5 x occasion share + touch bonus")
+    spend_share: float = Field(description="recency-weighted share of the customer's spend")
+    occasions_in_window: int = Field(description="orders with the category within the window")
+    lift: float | None = Field(default=None, description="affinity: lift(source -> arrival category)")
 
 
 class Trigger(BaseModel):
@@ -107,20 +127,40 @@ class Trigger(BaseModel):
     so a re-send after a crash is byte-for-byte the same record.
     """
 
-    trigger_id: str = Field(description="deterministic: hash of (type, customer, episode)")
+    model_config = ConfigDict(extra="forbid")
+
+    trigger_id: str = Field(
+        description="deterministic: hash of (type, customer, episode) - for new_stock_for_interest of "
+        "(type, customer, first arrival of the notification)"
+    )
     type: TriggerType
     customer_id: str
-    recipient_id: str = Field(description="who should act: store id, account owner id or team")
+    recipient_id: str = Field(
+        description="who should act or hear: store id, account owner id, team, the customer, or the payer"
+    )
     recipient_kind: RecipientKind
     ts: str = Field(description="when the condition arose, on the configured clock (ISO-8601 UTC)")
     reason: TriggerReason
-    episode: int = Field(description="the customer's churn episode (a come-back starts the next)")
+    episode: int | None = Field(
+        default=None, description="churn types: the customer's churn episode (a come-back starts the next)"
+    )
     details: dict[str, Any] = Field(
         description="churn_risk: days_silent, usual_interval_days, p_alive, expected_purchases_90d, "
         "lifetime_value, currency, tier, purchases, risk_stage, complaint{...}, experience{...}; "
         "stalled_prospect: asks{type: n}, first_ask_at, last_ask_at, touchpoints[...]; "
-        "won_back: purchase_event_id, purchase_at, alerted_at, days_silent"
+        "won_back: purchase_event_id, purchase_at, alerted_at, days_silent; "
+        "new_stock_for_interest: arrivals (coalesced), first_arrival_at, first_arrival_id, experiment "
+        "(held out)"
     )
+    # customer-facing types (new_stock_for_interest), decided by the notification gate
+    channel: Channel | None = Field(default=None, description="the consented channel chosen")
+    deliver: bool | None = Field(
+        default=None, description="false: held out (control group) - record only, do not deliver"
+    )
+    holdout: bool | None = Field(default=None, description="in the type's control group")
+    items: list[StockItem] | None = Field(default=None, description="at most gate_max_items arrivals")
+    interest: InterestBasis | None = None
+    user_id: str | None = Field(default=None, description="recipient_kind payer: the customer it is for")
 
 
 class ChurnModelRecord(BaseModel):
