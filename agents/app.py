@@ -23,7 +23,7 @@ from agents.settings import Settings
 from agents.sink import KafkaSink, Sink
 from agents.stock import StockProcessor
 from schemas.state import CustomerState
-from schemas.topics import CUSTOMER_PROCESSOR_INPUTS, INPUTS, Topic, TopicNames
+from schemas.topics import CUSTOMER_INPUTS, CUSTOMER_PROCESSOR_INPUTS, INPUTS, Topic, TopicNames
 from streams.clock import Clock
 from streams.partitioning import KeyPartitioner
 from streams.pipeline import CustomerPipeline
@@ -34,6 +34,7 @@ from streams.profile import why as why_document
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "customers"
+_CLOCK_TOPICS = frozenset((*CUSTOMER_INPUTS, Topic.IDENTITY))
 
 
 def tune_gc() -> None:
@@ -125,6 +126,55 @@ class Runtime:
                 self.metrics.at_risk.labels(stage, str(alerted).lower()).set(counts.get((stage, alerted), 0))
         self.metrics.model_loaded.set(0 if self.pipeline.model is None else 1)
 
+    async def handle_batch(
+        self, partition: int, records: Sequence[Any], align: bool = False, waiting: Sequence[str] = ()
+    ) -> Any:
+        """The fast path's handler for one partition's records: stock arrivals are broadcast
+        first (acked before their offsets are), then the customer records are applied -
+        holding back those newer than the newest arrival applied here while arrivals are
+        still on their way (see CustomerPipeline.apply_steps ``stock_pending``)."""
+        stock_name = self.topics.real(Topic.STOCK_ARRIVALS)
+        stock = [r for r in records if r.topic == stock_name]
+        if stock:
+            await self.stock.handle(stock)
+            records = [r for r in records if r.topic != stock_name]
+        until = self.stock_until(partition, records)
+        return await self.processor.handle(partition, records, align, waiting, stock_until=until)
+
+    def stock_until(self, partition: int, records: Sequence[Any]) -> int | None:
+        """How far ``partition``'s customer records may be applied while stock arrivals are
+        still on their way (None: none are). Arrivals come per stock partition in time order,
+        so one not broadcast yet is no older than the newest already broadcast from its
+        partition; broadcast records not read yet here (beyond this batch, or written by this
+        worker and not fetched back yet) may be of any time, so then nothing newer than what
+        the partition has applied goes. Stock partitions another worker reads are not seen."""
+        consumer = self.extra.get("consumer")
+        remaining = getattr(consumer, "remaining", None)
+        if remaining is None:
+            return None
+        stock_name = self.topics.real(Topic.STOCK_ARRIVALS)
+        broadcast = self.topics.real(Topic.STOCK_BROADCAST)
+        seen = max((r.offset for r in records if r.topic == broadcast), default=None)
+        try:
+            assignment = consumer.assignment()
+        except Exception:
+            return None
+        bound: int | None = None
+        unread = False
+        for tp in assignment:
+            if tp.topic == stock_name and remaining(tp) > 0:
+                newest = self.stock.newest.get(tp.partition, -(2**62))
+                bound = newest if bound is None else min(bound, newest)
+            elif tp.topic == broadcast and tp.partition == partition:
+                sent = self.stock.sent_offsets.get(partition)
+                read = consumer.read_position(tp)
+                last = max(-1 if read is None else read, -1 if seen is None else seen)
+                unread = remaining(tp, seen) > 0 or (sent is not None and last < sent)
+        if unread:
+            applied = self.pipeline.applied_until(partition)
+            bound = applied if bound is None else min(bound, applied)
+        return bound
+
     def partition_of(self, customer_id: str) -> int:
         return self.pipeline.home_partition(customer_id)
 
@@ -168,14 +218,16 @@ class PatronageApp(faust.App):
     def observe_backlog(self, topic: str, partition: int, records: int) -> None:
         """The batching consumer's report: records of an input still to be applied."""
         logical = self.runtime.topics.logical(topic)
-        if logical is not None and logical is not Topic.STOCK_BROADCAST:  # arrivals hold no clock back
+        if logical in _CLOCK_TOPICS:  # stock arrivals and their broadcast hold no clock back
             self.runtime.clock.backlog(partition, logical.value, records)
 
     def batch_dispatch(self) -> tuple[Sequence[str], Any]:
         rt = self.runtime
         if not rt.settings.fast_path:
             return (), None
-        return [rt.topics.real(t) for t in CUSTOMER_PROCESSOR_INPUTS], rt.processor.handle
+        rt.extra["consumer"] = self.consumer
+        topics = [rt.topics.real(t) for t in (*CUSTOMER_PROCESSOR_INPUTS, Topic.STOCK_ARRIVALS)]
+        return topics, rt.handle_batch
 
 
 def create_app(

@@ -409,6 +409,20 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             self._handled[tp] = read_offset[tp] if tp not in first_held else first_held[tp] - 1
         self.report_backlog(partition)
 
+    def read_position(self, tp: TP) -> int | None:
+        """Offset of the last record of ``tp`` handed on (None: none since assignment)."""
+        return self._read_offset.get(tp)
+
+    def remaining(self, tp: TP, seen_offset: int | None = None) -> int:
+        """Records of ``tp`` after the last one read (or ``seen_offset``, if later) up to the
+        high watermark; an unknown high watermark counts as 1 (not "nothing to read")."""
+        high = self.highwater(tp)
+        if high is None or high < 0:
+            return 1
+        read = self._read_offset.get(tp)
+        last = max(-1 if read is None else read, -1 if seen_offset is None else seen_offset)
+        return max(0, high - 1 - last)
+
     def report_backlog(self, partition: int) -> dict[str, int]:
         """How much of each of this partition's batch topics is still to be applied (lag to
         the high watermark plus records held back; a topic not fetched yet - e.g. just after

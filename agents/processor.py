@@ -62,7 +62,12 @@ class CustomerProcessor:
 
     # --- entry points ---------------------------------------------------------------------
     async def handle(
-        self, partition: int, records: Sequence[RecordLike], align: bool = False, waiting: Sequence[str] = ()
+        self,
+        partition: int,
+        records: Sequence[RecordLike],
+        align: bool = False,
+        waiting: Sequence[str] = (),
+        stock_until: int | None = None,
     ) -> Batch:
         """Process one partition's records; returns once outputs and state are durable.
 
@@ -75,7 +80,13 @@ class CustomerProcessor:
         async with self.lock(partition):
             batch = Batch(partition)
             steps = self.pipeline.apply_steps(
-                partition, records, batch, align=align, waiting=waiting, chunk=CHUNK
+                partition,
+                records,
+                batch,
+                align=align,
+                waiting=waiting,
+                stock_until=stock_until,
+                chunk=CHUNK,
             )
             for _ in steps:
                 await asyncio.sleep(0)

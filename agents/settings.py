@@ -211,6 +211,11 @@ class Settings(BaseSettings):
     churn_sales_recipient: str = Field(
         _CHURN.sales_recipient, min_length=1, description="team for stalled prospects without owner or store"
     )
+    max_stores: int = Field(
+        _CHURN.max_stores,
+        ge=1,
+        description="stores remembered per customer, most frequented kept (churn recipient, stock location)",
+    )
     churn_model_refresh_s: float = Field(
         30.0, gt=0, description="how often workers re-read the BG/NBD parameters from the churn-model topic"
     )
@@ -443,6 +448,7 @@ class Settings(BaseSettings):
             stalled_after_days=self.churn_stalled_after_days,
             default_recipient=self.churn_default_recipient,
             sales_recipient=self.churn_sales_recipient,
+            max_stores=self.max_stores,
         )
 
     def policy(self) -> Policy:

@@ -51,6 +51,7 @@ class KafkaSink:
 
     def __init__(self, producer: Callable[[], Any]) -> None:
         self._producer = producer  # returns the started aiokafka.AIOKafkaProducer
+        self.last_offsets: dict[tuple[str, int], int] = {}  # (topic, partition) -> last written
 
     async def send(self, records: Sequence[OutRecord]) -> None:
         if not records:
@@ -60,16 +61,28 @@ class KafkaSink:
         for rec in records:
             by_tp[(rec.topic, rec.partition)].append(rec)
         futures = []
+        counts: list[tuple[str, int, int]] = []
         for (topic, partition), recs in by_tp.items():
             batch = producer.create_batch()
+            n = 0
             for rec in recs:
                 if batch.append(key=rec.key, value=rec.value, timestamp=None) is None:
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
+                    counts.append((topic, partition, n))
+                    batch, n = producer.create_batch(), 0
                     if batch.append(key=rec.key, value=rec.value, timestamp=None) is None:
                         raise ValueError(f"record too large for one batch on {topic}")
+                n += 1
             futures.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
+            counts.append((topic, partition, n))
+        results = await asyncio.gather(*futures)
+        last = self.last_offsets
+        for (topic, partition, n), meta in zip(counts, results, strict=True):
+            offset = getattr(meta, "offset", None)
+            if isinstance(offset, int) and n:
+                end = offset + n - 1
+                if end > last.get((topic, partition), -1):
+                    last[(topic, partition)] = end
 
 
 class MemorySink:
@@ -77,8 +90,12 @@ class MemorySink:
 
     def __init__(self) -> None:
         self.records: list[OutRecord] = []
+        self.last_offsets: dict[tuple[str, int], int] = {}
 
     async def send(self, records: Sequence[OutRecord]) -> None:
+        for rec in records:
+            key = (rec.topic, rec.partition)
+            self.last_offsets[key] = self.last_offsets.get(key, -1) + 1
         self.records.extend(records)
 
     def on(self, topic: str) -> list[OutRecord]:

@@ -46,6 +46,10 @@ class StockProcessor:
         self.metrics = metrics
         self.accepted = 0
         self._broadcast = topics.real(Topic.STOCK_BROADCAST)
+        # stock-arrivals partition -> newest arrival time broadcast from it (this process)
+        self.newest: dict[int, int] = {}
+        # broadcast partition -> offset of the last record this process wrote there
+        self.sent_offsets: dict[int, int] = {}
 
     def validate(self, record: Any) -> StockArrival:
         event = validate_model(StockArrival, decode_object(record.value))
@@ -84,10 +88,18 @@ class StockProcessor:
                     self.metrics.events.labels(topic, "dead_letter").inc()
             else:
                 out.extend(self.broadcast(event))
+                partition = getattr(record, "partition", 0)
+                if event.ts > self.newest.get(partition, -(2**62)):
+                    self.newest[partition] = event.ts
                 self.accepted += 1
                 if self.metrics is not None:
                     self.metrics.events.labels(topic, "broadcast").inc()
         if out:
             await self.sink.send(out)
+            offsets = getattr(self.sink, "last_offsets", {})
+            for p in range(self.partitions):
+                last = offsets.get((self._broadcast, p))
+                if last is not None:
+                    self.sent_offsets[p] = last
         if dead:
             await send_dead_letters(self.sink, dead, self.metrics)

@@ -159,6 +159,7 @@ Handler = Callable[[dict[str, Any], _Work], _Ready]
 _ORDER = itemgetter(0, 1)  # (event time, position in the batch)
 _TS = itemgetter(0)
 _ALIGNED = frozenset(t.value for t in EVENT_TIME_INPUTS)
+_BROADCAST = Topic.STOCK_BROADCAST.value
 
 
 def _horizon(ready: list[tuple[int, int, Any, _Ready]]) -> int | None:
@@ -202,6 +203,7 @@ class CustomerPipeline:
         self.interests = stocks.InterestIndex(policy.interest)
         self.affinity = stocks.AffinityIndex(policy.interest)
         self.regions: dict[str, str] = dict(policy.interest.store_regions)
+        self._applied_until: dict[int, int] = {}  # partition -> newest event time applied
         self.indexes: tuple[StateIndex, ...] = (
             self.population,
             self.deadlines,
@@ -245,6 +247,7 @@ class CustomerPipeline:
         *,
         align: bool = False,
         waiting: Collection[str] = (),
+        stock_until: int | None = None,
         chunk: int = 5000,
     ) -> Iterator[None]:
         """:meth:`apply`, yielding every ``chunk`` records (the async shell gives the event
@@ -261,7 +264,12 @@ class CustomerPipeline:
         topics advance together, as Kafka Streams does by picking the record with the
         smallest timestamp across a task's partitions. ``waiting`` names input topics (real
         names) that have records still to read but none in this batch: their times are
-        unknown, so nothing beyond the partition's clock is applied until they come."""
+        unknown, so nothing beyond the partition's clock is applied until they come.
+
+        ``stock_until``: stock arrivals are still on their way to this partition, none of
+        them older than this (the caller's bound, see agents/app.py): nothing newer is
+        applied yet, so an arrival is matched against the customers as they were at its
+        time - a replay or a backlog gives the same audience as live."""
         work = _Work(partition, batch, self.context(partition))
         self._bounds = bounds_for(self.policy, self.clock.wall_ms())
         stats = batch.stats
@@ -294,6 +302,8 @@ class CustomerPipeline:
             if any((t := logical(name)) is not None and t.value in _ALIGNED for name in waiting):
                 now = self.clock.now_ms(partition)
                 horizon = now if horizon is None else min(horizon, now)
+            if stock_until is not None:
+                horizon = stock_until if horizon is None else min(horizon, stock_until)
             if horizon is not None:
                 cut = bisect_right(ready, horizon, key=_TS)
                 batch.held.extend(item[2] for item in ready[cut:])
@@ -303,6 +313,11 @@ class CustomerPipeline:
         # at the later record's time), so how the records were batched changes nothing.
         deadlines = self.deadlines
         due_at = deadlines.next_deadline(partition)
+        # an arrival must see the audience as of its time: with arrivals in the batch, the
+        # stock indexes follow each record (else once, at the end of the batch)
+        stock_indexes = (
+            (self.interests, self.affinity) if any(item[3].label == _BROADCAST for item in ready) else ()
+        )
         for n, (ts, _seq, record, prepared) in enumerate(ready):
             if n and not n % chunk:
                 yield
@@ -320,8 +335,13 @@ class CustomerPipeline:
                 self._crashed(record, prepared.label, exc, batch)
             stats.outcomes[(prepared.label, outcome.value)] += 1
             if work.last is not None:  # its next deadline counts from now on
-                deadlines.update(partition, work.last, self.store.get(work.last))
+                last_state = self.store.get(work.last)
+                deadlines.update(partition, work.last, last_state)
                 due_at = deadlines.next_deadline(partition)
+                for index in stock_indexes:
+                    index.update(partition, work.last, last_state)
+        if ready and ready[-1][0] != _FIRST and ready[-1][0] > self._applied_until.get(partition, _FIRST):
+            self._applied_until[partition] = ready[-1][0]
         for topic_name, ts in work.newest.items():
             self.clock.observe(partition, topic_name, ts)
         self._reindex(partition, work.touched)
@@ -426,6 +446,10 @@ class CustomerPipeline:
             self.affinity.update(p, subject, state)
         for p, ms in floors.items():
             self.clock.restore(p, ms)
+
+    def applied_until(self, partition: int) -> int:
+        """The newest event time applied in ``partition`` since start (``-2**63``: none)."""
+        return self._applied_until.get(partition, _FIRST)
 
     def risk_counts(self) -> dict[Any, int]:
         """Customers per (risk stage or "none", open churn alert) right now."""

@@ -47,7 +47,7 @@ class ChurnPolicy:
     # -- recipients --
     default_recipient: str = "crm"  # team for churn alerts without an owner or a store
     sales_recipient: str = "sales"  # team for stalled prospects without an owner or a store
-    max_stores: int = 8  # stores remembered per customer (most visited kept)
+    max_stores: int = 16  # stores remembered per customer (most visited kept; stock location)
     # -- P(alive) --
     expected_horizon_days: int = 90
 

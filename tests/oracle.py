@@ -159,3 +159,64 @@ def rfm_scores(expected: dict[str, Expected]) -> dict[str, tuple[int, int, int]]
             1 + (5 * bisect.bisect_left(mon, e.monetary_cents)) // n,
         )
     return out
+
+
+# --- stock: who should be told (the README's interest definition, computed in batch) ---------
+def stock_audience(
+    purchases: list[dict[str, Any]],
+    touchpoints: list[dict[str, Any]],
+    arrivals: list[dict[str, Any]],
+    *,
+    regions: dict[str, str],
+    min_occasions: int = 2,
+    window_days: float = 365,
+    min_share: float = 0.25,
+    half_life_days: float = 180,
+) -> dict[str, set[str]]:
+    """arrival event_id -> customers who should hear about it: >= ``min_occasions`` orders
+    with the category within ``window_days`` before the arrival, a recency-weighted spend
+    share >= ``min_share`` (weights 2^((ts - arrival) / half-life), orders up to the
+    arrival), and shopping where the stock landed (a store bought at or visited before the
+    arrival; for a region arrival a store in the region; online stock: everybody)."""
+    orders: dict[str, dict[str, tuple[int, dict[str, int]]]] = defaultdict(dict)
+    for p in purchases:
+        lines: dict[str, int] = defaultdict(int)
+        for it in p.get("items", []):
+            lines[it["category"]] += cents(it["price"]) * int(it["qty"])
+        orders[p["customer_id"]].setdefault(p["event_id"], (ts_ms(p["ts"]), dict(lines)))
+    stores: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for p in purchases:
+        if p.get("store_id"):
+            stores[p["customer_id"]].append((ts_ms(p["ts"]), p["store_id"]))
+    for t in touchpoints:
+        if t.get("type") == "visit" and t.get("customer_id") and t.get("store_id"):
+            stores[t["customer_id"]].append((ts_ms(t["ts"]), t["store_id"]))
+    by_category: dict[str, set[str]] = defaultdict(set)
+    for customer, mine in orders.items():
+        for _ts, lines in mine.values():
+            for category in lines:
+                by_category[category].add(customer)
+    half = half_life_days * DAY
+    out: dict[str, set[str]] = {}
+    for a in arrivals:
+        at, category = ts_ms(a["ts"]), a["category"]
+        told: set[str] = set()
+        for customer in by_category.get(category, ()):
+            mine = [o for o in orders[customer].values() if o[0] <= at]
+            recent = sum(1 for ts, lines in mine if category in lines and at - window_days * DAY <= ts)
+            if recent < min_occasions:
+                continue
+            total = sum(sum(lines.values()) * 2 ** ((ts - at) / half) for ts, lines in mine)
+            share = sum(lines.get(category, 0) * 2 ** ((ts - at) / half) for ts, lines in mine)
+            if total <= 0 or share < min_share * total:
+                continue
+            where = {s for ts, s in stores.get(customer, ()) if ts <= at}
+            if a.get("store_id"):
+                if a["store_id"] not in where:
+                    continue
+            elif a.get("region"):
+                if not any(regions.get(s) == a["region"] for s in where):
+                    continue
+            told.add(customer)
+        out[a["event_id"]] = told
+    return out
