@@ -194,6 +194,14 @@ class Runtime:
     def summary(self) -> dict[str, Any]:
         out = summarize(self.store.values(), self.pipeline.population)
         out["as_of"] = self.clock.now_ms()
+        pending = overdue = 0
+        for subject, state in self.store.items():
+            if state.notify and state.notify.get("pend"):
+                now = self.clock.now_ms(self.partition_of(subject))
+                for p in state.notify["pend"].values():
+                    pending += 1
+                    overdue += p["due"] <= now
+        out["notifications"] = {"pending": pending, "overdue": overdue}
         out["at_risk"] = {
             f"{k[0]}{' (alerted)' if k[1] else ''}": n for k, n in self.pipeline.risk_counts().items()
         }
