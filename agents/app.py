@@ -260,6 +260,10 @@ def create_app(
         broker_max_poll_records=settings.batch_max_records,
         # bigger fetches -> bigger batches -> fewer changelog writes per event (coalescing)
         consumer_max_fetch_size=4 * 1024 * 1024,
+        # big producer batches: a batch cycle writes thousands of changelog records and
+        # triggers per partition; 16 KB batches made that a round trip per ~20 records
+        producer_max_batch_size=900_000,
+        producer_max_request_size=1_000_000,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=True,
         web_enabled=True,

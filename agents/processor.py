@@ -52,6 +52,7 @@ class CustomerProcessor:
         self.metrics = metrics
         self._locks: dict[int, asyncio.Lock] = {}
         self._changelog = topics.real(Topic.CHANGELOG)
+        self._clearing: asyncio.Future[None] | None = None
 
     def lock(self, partition: int) -> asyncio.Lock:
         """Records and ticks of one partition never interleave (both mutate its states)."""
@@ -109,6 +110,7 @@ class CustomerProcessor:
     async def resend_outbox(self) -> int:
         """After recovery: send triggers that were decided but maybe never sent (same records),
         then persist the emptied outboxes. Returns how many were sent."""
+        await self.settle()
         pending = self.pipeline.pending_outbox()
         if not pending:
             return 0
@@ -129,7 +131,15 @@ class CustomerProcessor:
         return len(triggers)
 
     # --- making a batch durable -----------------------------------------------------------
+    async def settle(self) -> None:
+        """Wait for the previous batch's outbox-clearing write (kept in order before any new
+        write; a failure surfaces here and fails the batch, which is then processed again)."""
+        pending, self._clearing = self._clearing, None
+        if pending is not None:
+            await pending
+
     async def complete(self, batch: Batch) -> None:
+        await self.settle()
         dead = [e for e in batch.emits if e.topic is Topic.DEAD_LETTERS]
         other = [self._encode(e) for e in batch.emits if e.topic is not Topic.DEAD_LETTERS]
         if other:
@@ -148,14 +158,18 @@ class CustomerProcessor:
         if batch.triggers:
             await self.sink.send([self._encode(e) for e in batch.triggers])
             self.pipeline.confirm_sent(batch)
-            # persist the emptied outboxes, so a restart does not send these again
+            # persist the emptied outboxes, so a restart does not send these again. Not waited
+            # for here: it overlaps the next batch's work and is waited for before that
+            # batch writes anything (a crash before it lands re-sends the same records)
             sent = {e.key for e in batch.triggers}
-            await self.sink.send(
-                [
-                    OutRecord(self._changelog, batch.partition, key.encode(), st.to_json())
-                    for key in sent
-                    if (st := self.pipeline.store.get(key)) is not None
-                ]
+            self._clearing = asyncio.ensure_future(
+                self.sink.send(
+                    [
+                        OutRecord(self._changelog, batch.partition, key.encode(), st.to_json())
+                        for key in sent
+                        if (st := self.pipeline.store.get(key)) is not None
+                    ]
+                )
             )
 
     def _encode(self, emit: Emit) -> OutRecord:

@@ -46,6 +46,7 @@ from streams.dedupe import id_hash
 from streams.policy import GatePolicy, Policy
 
 NEW_STOCK = "new_stock_for_interest"
+_UTC = ZoneInfo("UTC")
 
 
 class Decision(StrEnum):
@@ -125,9 +126,11 @@ def _minutes(text: str) -> int:
 
 def quiet_window(state: CustomerState, policy: GatePolicy) -> tuple[ZoneInfo, int, int]:
     """(zone, start minute, end minute) of the customer's quiet hours."""
-    zone = _zone(str(state.fact("timezone") or policy.default_timezone)) or _zone(policy.default_timezone)
-    zone = zone or ZoneInfo("UTC")
     own = state.fact("quiet_hours")
+    if own is None and policy.quiet_start_min == policy.quiet_end_min:
+        return _UTC, 0, 0  # no quiet hours at all: the zone does not matter
+    zone = _zone(str(state.fact("timezone") or policy.default_timezone)) or _zone(policy.default_timezone)
+    zone = zone or _UTC
     if isinstance(own, dict) and "start" in own and "end" in own:
         return zone, _minutes(own["start"]), _minutes(own["end"])
     return zone, policy.quiet_start_min, policy.quiet_end_min
@@ -234,7 +237,7 @@ def release(state: CustomerState, now_ms: int, policy: Policy) -> Gated:
             _finish(n, gate, type_, pending, due, Decision.NO_CONSENT, decisions)
             continue
         zone, start, end = quiet_window(state, gate)
-        later = quiet_until(due, zone, start, end)
+        later = None if start == end else quiet_until(due, zone, start, end)
         if later is not None:
             pending["due"] = later
             _log(

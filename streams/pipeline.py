@@ -547,6 +547,7 @@ class CustomerPipeline:
             stats.arrivals += 1
             item = arrival.item()
             policy = self.policy
+            changed = work.batch.changed
             for match in stocks.audience(
                 partition, arrival, self.store.get, self.interests, self.affinity, self.regions
             ):
@@ -560,6 +561,9 @@ class CustomerPipeline:
                 }
                 if match.lift is not None:
                     basis["lift"] = match.lift
+                state = match.state
+                notify = state.notify
+                had_pending = bool(notify and notify["pend"])
                 result = gate.offer(
                     match.state,
                     gate.Offer(
@@ -575,8 +579,11 @@ class CustomerPipeline:
                 )
                 stats.gate.update(result.decisions)
                 if result.changed:
-                    work.touched[match.subject] = match.state
-                    self.deadlines.update(partition, match.subject, match.state)
+                    # only the gate's memory changed: the changelog, and the deadline index if
+                    # a notification is (or was) pending - no other index depends on it
+                    changed[match.subject] = state
+                    if had_pending or state.notify["pend"]:  # type: ignore[index]
+                        self.deadlines.update(partition, match.subject, state)
                 if result.emits:
                     self._route(result.emits, work.batch)
             return Outcome.APPLIED
