@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.batching import BatchingTransport
 from agents.clock import make_clock
+from agents.delivered import DeliveredTriggers
 from agents.metrics import Metrics
 from agents.model import ModelLoader
 from agents.processor import CustomerProcessor
@@ -304,7 +305,14 @@ def create_app(
         key_partitions=table.data._key_partition,
     )
     processor = CustomerProcessor(
-        pipeline=pipeline, sink=sink, topics=topics, partition_for=partitioner, metrics=metrics
+        pipeline=pipeline,
+        sink=sink,
+        topics=topics,
+        partition_for=partitioner,
+        metrics=metrics,
+        delivered=DeliveredTriggers(
+            settings.bootstrap_servers, topics.real(Topic.TRIGGERS), f"{settings.app_id}-trigger-reader"
+        ),
     )
     stock = StockProcessor(
         sink=sink,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from agents.metrics import Metrics
 from agents.sink import OutRecord, Sink, encode, send_dead_letters
@@ -43,8 +43,12 @@ class CustomerProcessor:
         topics: TopicNames,
         partition_for: Callable[[str, str], int],
         metrics: Metrics | None = None,
+        delivered: Callable[[dict[int, set[str]]], Awaitable[set[str]]] | None = None,
     ) -> None:
-        """``partition_for(real_topic, key)`` is the producers' key partitioner (murmur2)."""
+        """``partition_for(real_topic, key)`` is the producers' key partitioner (murmur2);
+        ``delivered(ids per triggers partition)`` says which are on the topic already
+        (agents/delivered.py; None: re-send every unconfirmed one)."""
+        self.delivered = delivered
         self.pipeline = pipeline
         self.sink = sink
         self.topics = topics
@@ -117,7 +121,23 @@ class CustomerProcessor:
         triggers = [
             Emit(Topic.TRIGGERS, subject, record) for _, subject, records in pending for record in records
         ]
-        await self.sink.send([self._encode(e) for e in triggers])
+        encoded = [self._encode(e) for e in triggers]
+        already: set[str] = set()
+        if self.delivered is not None:
+            wanted: dict[int, set[str]] = {}
+            for out, emit in zip(encoded, triggers, strict=True):
+                wanted.setdefault(out.partition, set()).add(emit.value["trigger_id"])
+            try:
+                already = await self.delivered(wanted)
+            except Exception as exc:  # cannot tell: re-send them all (same records, same ids)
+                log.warning("could not read back the triggers topic (%r); re-sending all unconfirmed", exc)
+        resend = [
+            out
+            for out, emit in zip(encoded, triggers, strict=True)
+            if emit.value["trigger_id"] not in already
+        ]
+        if resend:
+            await self.sink.send(resend)
         for partition, subject, _ in pending:
             state = self.pipeline.store.get(subject)
             if state is not None:
@@ -126,9 +146,13 @@ class CustomerProcessor:
                     [OutRecord(self._changelog, partition, subject.encode(), state.to_json())]
                 )
         if self.metrics is not None:
-            self.metrics.outbox_resent.inc(len(triggers))
-        log.info("re-sent %d trigger(s) decided before the last stop", len(triggers))
-        return len(triggers)
+            self.metrics.outbox_resent.inc(len(resend))
+        log.info(
+            "unconfirmed trigger(s) from before the last stop: %d already delivered, %d re-sent",
+            len(triggers) - len(resend),
+            len(resend),
+        )
+        return len(resend)
 
     # --- making a batch durable -----------------------------------------------------------
     async def settle(self) -> None:

@@ -21,13 +21,14 @@ from tests.integration.conftest import Cluster
 
 pytestmark = pytest.mark.integration
 SCHEMA = json.loads((Path(__file__).parents[2] / "schemas/json/triggers.schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 
 def by_id_once(triggers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Triggers by id; a re-sent id must carry exactly the same record."""
     seen: dict[str, dict[str, Any]] = {}
     for t in triggers:
-        jsonschema.validate(t, SCHEMA)
+        VALIDATOR.validate(t)
         if t["trigger_id"] in seen:
             assert seen[t["trigger_id"]] == t, f"trigger {t['trigger_id']} sent twice with different content"
         seen[t["trigger_id"]] = t

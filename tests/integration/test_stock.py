@@ -206,3 +206,5 @@ def test_a_worker_killed_mid_fan_out_notifies_nobody_twice(cluster: Cluster) -> 
     assert told_before < customers, "the kill came after the fan-out: nothing was proven"
     assert len(by_customer) == customers, "somebody was never told"
     assert all(len(ids) == 1 for ids in by_customer.values()), "somebody was told twice"
+    # and not even the same record twice: the restart read the topic back before re-sending
+    assert len(raw) == customers, f"{len(raw) - customers} trigger records sent twice"
