@@ -381,7 +381,7 @@ class CustomerPipeline:
                 self._route(emits, batch)
             else:  # the deadline moved (the prior changed): index it again
                 self.deadlines.update(partition, subject, state)
-        self._reindex(partition, touched)
+        self._reindex(partition, touched, clock_only=True)
         batch.changed.update(touched)
         return batch
 
@@ -622,10 +622,18 @@ class CustomerPipeline:
                     stats.lifecycle[emit.value["to_stage"]] += 1
                 batch.emits.append(emit)
 
-    def _reindex(self, partition: int, touched: dict[str, CustomerState | None]) -> None:
+    def _reindex(
+        self, partition: int, touched: dict[str, CustomerState | None], *, clock_only: bool = False
+    ) -> None:
+        """Bring the indexes up to date for ``touched``. ``clock_only``: what the clock changed
+        (risk, alerts, notifications) - never RFM, so the rank index is left alone (a tick in
+        the middle of a batch would otherwise re-rank customers whose purchases the batch's
+        end re-indexes anyway, dropping the rank tables every time)."""
         if not touched:
             return
         for index in self.indexes:
+            if clock_only and index is self.population:
+                continue
             update = index.update
             for subject, state in touched.items():
                 update(partition, subject, state)

@@ -14,6 +14,7 @@ with at least three gaps between purchase days).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 
 from schemas.state import CustomerState
@@ -59,13 +60,26 @@ def _dec(hist: dict[int, int], value: int) -> None:
         del hist[value]
 
 
-def _cumulative(hist: dict[int, int]) -> dict[int, int]:
-    out = {}
-    running = 0
-    for value in sorted(hist):
-        out[value] = running
-        running += hist[value]
-    return out
+class _Ranks:
+    """Counts below each held value (a dict lookup), and for a value nobody holds (a customer
+    changed in the batch, not re-indexed yet) a bisection of the sorted values."""
+
+    __slots__ = ("at", "cum", "keys")
+
+    def __init__(self, hist: dict[int, int]) -> None:
+        self.keys = sorted(hist)
+        self.cum: list[int] = []
+        self.at: dict[int, int] = {}
+        running = 0
+        for value in self.keys:
+            self.at[value] = running
+            self.cum.append(running)
+            running += hist[value]
+        self.cum.append(running)
+
+    def below(self, value: int) -> int:
+        found = self.at.get(value)
+        return found if found is not None else self.cum[bisect_left(self.keys, value)]
 
 
 class Population:
@@ -79,7 +93,7 @@ class Population:
         # value -> buyers (the gap histogram holds only customers with enough gaps)
         self._hists: tuple[dict[int, int], dict[int, int], dict[int, int], dict[int, int]] = ({}, {}, {}, {})
         # cached "how many buyers have a smaller value" tables, dropped on every change
-        self._below: list[dict[int, int] | None] = [None, None, None]
+        self._below: list[_Ranks | None] = [None, None, None]
         self._prior: tuple[int, float | None] | None = None
 
     def __len__(self) -> int:
@@ -156,11 +170,8 @@ class Population:
     def _count_below(self, which: int, value: int) -> int:
         table = self._below[which]
         if table is None:
-            table = self._below[which] = _cumulative(self._hists[which])
-        below = table.get(value)
-        if below is None:  # a value nobody holds (customer not indexed yet)
-            below = sum(k for v, k in self._hists[which].items() if v < value)
-        return below
+            table = self._below[which] = _Ranks(self._hists[which])
+        return table.below(value)
 
     def scores(self, state: CustomerState) -> RfmScores | None:
         """The customer's R, F, M scores (1-5) against the population, None for non-buyers."""

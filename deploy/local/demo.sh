@@ -41,4 +41,17 @@ $PAT summary
 who=$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["lapsing_loyalists"][0])' "$DATA/labels.json")
 echo "profile of $who (a loyal customer who has gone quiet, per labels.json):"
 $PAT profile "$who"
+# a customer told about new stock in their favourite category, and why
+pick=$($PAT tail triggers --json --limit 1000000 | .venv/bin/python -c '
+import json, sys
+for line in sys.stdin:
+    t = json.loads(line)
+    if t.get("type") == "new_stock_for_interest" and t.get("deliver"):
+        print(t["customer_id"], t["items"][0]["category"]); break
+')
+if [ -n "$pick" ]; then
+    set -- $pick
+    echo "new stock: why $1 heard about $2 (patronage why $1 $2):"
+    $PAT why "$1" "$2"
+fi
 echo "demo finished; stopping the stack"

@@ -116,19 +116,23 @@ def test_the_window_is_counted_back_from_the_arrival_not_from_the_last_order() -
     assert told(h2) == []
 
 
+def touch(h: PipelineHarness, cid: str, type_: str, category: str, days_ago: float) -> None:
+    h.send(
+        Topic.TOUCHPOINTS,
+        {
+            "event_id": f"t{next(_ids)}",
+            "customer_id": cid,
+            "ts": h.wall.ms - int(days_ago * DAY_MS),
+            "type": type_,
+            "category": category,
+        },
+    )
+
+
 def test_touches_add_to_the_score_but_never_create_interest() -> None:
     h = harness()
     for n in range(30):
-        h.send(
-            Topic.TOUCHPOINTS,
-            {
-                "event_id": f"v{n}",
-                "customer_id": "browser",
-                "ts": h.wall.ms - n * DAY_MS,
-                "type": "view",
-                "category": "fish",
-            },
-        )
+        touch(h, "browser", "view", "fish", n)
     arrive(h, "fish")
     assert told(h) == []
     buy(h, "a", {"fish": 10, "tv": 10}, 30)
@@ -136,16 +140,7 @@ def test_touches_add_to_the_score_but_never_create_interest() -> None:
     buy(h, "b", {"fish": 10, "tv": 10}, 30)
     buy(h, "b", {"fish": 10, "tv": 10}, 20)
     for n in range(3):
-        h.send(
-            Topic.TOUCHPOINTS,
-            {
-                "event_id": f"b{n}",
-                "customer_id": "b",
-                "ts": h.wall.ms - n * DAY_MS,
-                "type": "cart",
-                "category": "fish",
-            },
-        )
+        touch(h, "b", "cart", "fish", n)
     policy = h.policy.interest
     a = interests.assess(h.state("a"), "fish", h.wall.ms, policy)  # type: ignore[arg-type]
     b = interests.assess(h.state("b"), "fish", h.wall.ms, policy)  # type: ignore[arg-type]
