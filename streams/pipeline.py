@@ -21,7 +21,7 @@ import logging
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -204,12 +204,17 @@ class CustomerPipeline:
         self.affinity = stocks.AffinityIndex(policy.interest)
         self.regions: dict[str, str] = dict(policy.interest.store_regions)
         self._applied_until: dict[int, int] = {}  # partition -> newest event time applied
+        # co-purchase counts only when affinity is switched on for some category
+        affinity_on = bool(policy.interest.affinity_categories)
         self.indexes: tuple[StateIndex, ...] = (
             self.population,
             self.deadlines,
             self.risk,
             self.interests,
-            self.affinity,
+            *((self.affinity,) if affinity_on else ()),
+        )
+        self._stock_indexes: tuple[StateIndex, ...] = (
+            (self.interests, self.affinity) if affinity_on else (self.interests,)
         )
         self._prior_days = self._indexed_prior = policy.churn.prior_interval_days
         self._table: dict[Topic, Handler] = {
@@ -315,14 +320,12 @@ class CustomerPipeline:
         due_at = deadlines.next_deadline(partition)
         # an arrival must see the audience as of its time: with arrivals in the batch, the
         # stock indexes follow each record (else once, at the end of the batch)
-        stock_indexes = (
-            (self.interests, self.affinity) if any(item[3].label == _BROADCAST for item in ready) else ()
-        )
+        stock_indexes = self._stock_indexes if any(item[3].label == _BROADCAST for item in ready) else ()
         for n, (ts, _seq, record, prepared) in enumerate(ready):
             if n and not n % chunk:
                 yield
             if due_at is not None and ts >= due_at and ts != _FIRST:
-                self.tick(partition, now_ms=ts, batch=batch)
+                self.tick(partition, now_ms=ts, batch=batch, base=work.ctx)
                 due_at = deadlines.next_deadline(partition)
             work.last = None
             try:
@@ -344,7 +347,7 @@ class CustomerPipeline:
             self._applied_until[partition] = ready[-1][0]
         for topic_name, ts in work.newest.items():
             self.clock.observe(partition, topic_name, ts)
-        self._reindex(partition, work.touched)
+        self._reindex(partition, work.touched, deadlines=False)  # kept current record by record
         batch.changed.update(work.touched)
         self.tick(partition, batch=batch)
 
@@ -358,12 +361,19 @@ class CustomerPipeline:
             record, label, Rejected(Stage.PROCESS, Reason.INTERNAL_ERROR, f"internal error: {exc!r}"), batch
         )
 
-    def tick(self, partition: int, now_ms: int | None = None, batch: Batch | None = None) -> Batch:
+    def tick(
+        self,
+        partition: int,
+        now_ms: int | None = None,
+        batch: Batch | None = None,
+        base: Context | None = None,
+    ) -> Batch:
         """Apply what the clock alone changed in ``partition`` up to ``now_ms`` (default: the
         clock's now). Cost: the due customers only."""
         batch = batch if batch is not None else Batch(partition)
         now = self.clock.now_ms(partition) if now_ms is None else now_ms
-        ctx = self.context(partition, now)
+        # inside a batch: the batch's context at this time (the prior is refreshed per batch)
+        ctx = self.context(partition, now) if base is None else replace(base, now_ms=now)
         due = self.deadlines.pop_due(partition, now)
         batch.stats.due += len(due)
         touched: dict[str, CustomerState | None] = {}
@@ -442,8 +452,8 @@ class CustomerPipeline:
             p = self.home_partition(subject)
             self.deadlines.update(p, subject, state)
             self.risk.update(p, subject, state)
-            self.interests.update(p, subject, state)
-            self.affinity.update(p, subject, state)
+            for index in self._stock_indexes:
+                index.update(p, subject, state)
         for p, ms in floors.items():
             self.clock.restore(p, ms)
 
@@ -623,7 +633,12 @@ class CustomerPipeline:
                 batch.emits.append(emit)
 
     def _reindex(
-        self, partition: int, touched: dict[str, CustomerState | None], *, clock_only: bool = False
+        self,
+        partition: int,
+        touched: dict[str, CustomerState | None],
+        *,
+        clock_only: bool = False,
+        deadlines: bool = True,
     ) -> None:
         """Bring the indexes up to date for ``touched``. ``clock_only``: what the clock changed
         (risk, alerts, notifications) - never RFM, so the rank index is left alone (a tick in
@@ -632,7 +647,7 @@ class CustomerPipeline:
         if not touched:
             return
         for index in self.indexes:
-            if clock_only and index is self.population:
+            if (clock_only and index is self.population) or (not deadlines and index is self.deadlines):
                 continue
             update = index.update
             for subject, state in touched.items():
