@@ -7,7 +7,9 @@ Measures, on the same >= 300k purchase events (>= 50k customers) in the same noi
   3. raw consume        aiokafka getmany + orjson decode, no state (the limit)
   4. patronage worker   one worker process, end to end, state checked exactly afterwards
   5. Quix Streams       the same RFM update in Quix's per-key state store
-plus memory per customer (worker RSS growth / customers, and changelog bytes / customer).
+plus memory per customer (worker RSS growth / customers, and changelog bytes / customer),
+the churn costs (bench/churn.py) and the new-stock costs (bench/stock.py: fan-out to 100,000
+interested customers through the broker, index upkeep, affinity).
 Results go to stdout as a table and to .bench/results.json.
 """
 
@@ -268,7 +270,7 @@ def main() -> None:
         action="store_true",
         help="py-spy the worker (writes .bench/worker-profile.txt, collapsed stacks)",
     )
-    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: core raw worker quix churn")
+    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: core raw worker quix churn stock")
     ap.add_argument("--churn-customers", type=int, default=1_000_000, help="customers in state for the tick")
     args = ap.parse_args()
 
@@ -331,6 +333,9 @@ def main() -> None:
         results["churn"] = run_json(
             [str(BIN / "python"), "-m", "bench.churn", "--customers", str(args.churn_customers)], timeout=1800
         )
+    if "stock" not in args.skip:
+        log("new stock: fan-out to 100,000 interested customers, index upkeep, affinity")
+        results["stock"] = run_json([str(BIN / "python"), "-m", "bench.stock"], timeout=1800)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     print_table(results)
 
@@ -423,6 +428,44 @@ def print_table(r: dict[str, Any]) -> None:
         f = c["bgnbd"]
         t2.add_row(f"BG/NBD fit, {f['customers']:,} customers", f"{f['fit_seconds']:.2f} s", "best of 3")
         console.print(t2)
+    if "stock" in r:
+        st = r["stock"]
+        t3 = Table(title="new stock for your interest")
+        t3.add_column("measurement")
+        t3.add_column("value", justify="right")
+        t3.add_column("notes")
+        b = st.get("broker_fanout")
+        if b:
+            t3.add_row(
+                f"arrival -> last trigger, {b['customers']:,} interested, one worker",
+                f"{b['last_trigger_s']:.2f} s",
+                f"target < 2 s; first trigger after {b['first_trigger_s']:.2f} s; gate opened",
+            )
+        pf = st.get("pure_fanout")
+        if pf:
+            t3.add_row(
+                f"same fan-out in the pure pipeline ({pf['customers']:,})",
+                f"{pf['match_gate_s'] + pf['encode_s']:.2f} s",
+                f"{pf['us_per_customer']:.1f} us per customer: match, gate, trigger, encode",
+            )
+        u = st.get("upkeep")
+        if u:
+            t3.add_row("interest profile upkeep / purchase", f"{u['profile_us_per_purchase']:.1f} us", "")
+            t3.add_row(
+                "interest (+ affinity) index upkeep / purchase",
+                f"{u['indexes_us_per_purchase']:.1f} us",
+                f"profile JSON {u['profile_changelog_bytes_per_customer']} B / customer",
+            )
+        a = st.get("affinity")
+        if a:
+            t3.add_row(
+                "affinity: extra customers reached",
+                f"{a['extra_reached_by_affinity']:,}",
+                f"vs {a['reached_by_interest']:,} by interest; bought within 30 d: affinity "
+                f"{a['bought_within_30d_affinity']:.1%}, interest {a['bought_within_30d_interest']:.1%}, "
+                f"others {a['bought_within_30d_others']:.1%}",
+            )
+        console.print(t3)
 
 
 if __name__ == "__main__":
