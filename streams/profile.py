@@ -55,6 +55,13 @@ def churn_view(state: CustomerState, ctx: Context) -> dict[str, Any] | None:
     }
 
 
+def _interest_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An interest for people: the last order as ISO time instead of epoch ms."""
+    out = {k: v for k, v in row.items() if k != "last_ms"}
+    out["last_order_at"] = iso_utc(row["last_ms"])
+    return out
+
+
 def build_profile(state: CustomerState, ctx: Context, clock: str) -> dict[str, Any]:
     """Profile as of ``ctx.now_ms`` (the clock's now); RFM scores against the population."""
     population, now_ms, policy = ctx.population, ctx.now_ms, ctx.policy
@@ -98,10 +105,7 @@ def build_profile(state: CustomerState, ctx: Context, clock: str) -> dict[str, A
         "stores": dict(sorted(state.stores.items(), key=lambda kv: (-kv[1], kv[0]))),
         "churn": churn_view(state, ctx),
         "stalled_prospect_at": iso_utc(state.stalled_ms),
-        "interests": [
-            {**row, "last_ms": None, "last_order_at": iso_utc(row["last_ms"])}
-            for row in interests.top(state, now_ms, policy.interest, 5)
-        ],
+        "interests": [_interest_row(row) for row in interests.top(state, now_ms, policy.interest, 5)],
         "notifications": {
             "channel": gate.channel(state, policy.gate),
             "pending": gate.pending_view(state),

@@ -44,10 +44,9 @@ $PAT profile "$who"
 # a customer told about new stock in their favourite category, and why
 pick=$($PAT tail triggers --json --limit 1000000 | .venv/bin/python -c '
 import json, sys
-for line in sys.stdin:
-    t = json.loads(line)
-    if t.get("type") == "new_stock_for_interest" and t.get("deliver"):
-        print(t["customer_id"], t["items"][0]["category"]); break
+found = [t for t in map(json.loads, sys.stdin) if t.get("type") == "new_stock_for_interest" and t.get("deliver")]
+if found:
+    print(found[0]["customer_id"], found[0]["items"][0]["category"])
 ')
 if [ -n "$pick" ]; then
     set -- $pick
