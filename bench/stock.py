@@ -19,6 +19,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import tempfile
 import time
 import urllib.request
@@ -264,6 +265,7 @@ def broker_fanout(customers: int, partitions: int) -> dict[str, Any]:
         stack.down()
         if os.environ.get("BENCH_KEEP_LOG"):
             print((run / "worker.log").read_text()[-5000:], file=os.sys.stderr)
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def main() -> None:
