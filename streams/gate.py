@@ -173,6 +173,7 @@ def offer(state: CustomerState, o: Offer, policy: Policy) -> Gated:
         items = pending["items"]
         if len(items) < gate.max_items and all(it.get("sku") != o.item.get("sku") for it in items):
             items.append(o.item)
+            pending.setdefault("refs", [pending["id"]]).append(o.ref)
         pending["n"] += 1
         if o.interest.get("score", 0) > pending["int"].get("score", 0):
             pending["int"] = o.interest
@@ -274,8 +275,9 @@ def _finish(
     decisions: list[tuple[str, str]],
 ) -> None:
     del n["pend"][type_]
-    for it in pending["items"]:
-        _log(n, gate, [at_ms, type_, pending["id"], it["category"], it.get("sku"), decision.value])
+    refs = pending.get("refs") or [pending["id"]] * len(pending["items"])
+    for ref, it in zip(refs, pending["items"], strict=False):
+        _log(n, gate, [at_ms, type_, ref, it["category"], it.get("sku"), decision.value])
     decisions.append((type_, decision))
 
 
