@@ -37,6 +37,8 @@ _LOG_BOUND = 20.0
 # dropout: a -> 0 and b -> inf; no heterogeneity in rates: r, alpha -> inf together), not an
 # estimate: such fits are reported as not converged.
 _PARAM_RANGE = (1e-6, 1e6)
+# A mean dropout chance per purchase, a/(a+b), below this is "nobody drops out": the edge too.
+_DROPOUT_FLOOR = 1e-6
 # Below this distance from a = 1 the closed form of expected_purchases is 0/0 (see there).
 _A_NEAR_ONE = 1e-4
 # Largest gradient (of the mean log-likelihood in log-parameters) taken as stationary.
@@ -269,8 +271,9 @@ def fit(
     guesses, and keeps the best.
 
     ``converged`` is False if the optimiser did not reach a stationary point, or if a
-    parameter ended outside [1e-6, 1e6]: the likelihood's maximum is then on the edge of the
-    parameter space (the data show no sign of dropout, ``a -> 0`` and ``b -> inf``; or no
+    parameter ended outside [1e-6, 1e6], or the mean dropout chance a/(a+b) is below 1e-6: the
+    likelihood's maximum is then on the edge of the parameter space (the data show no sign of
+    dropout, ``a -> 0`` and ``b -> inf``; or no
     heterogeneity in purchase rates, ``r`` and ``alpha -> inf`` with ``r/alpha`` fixed), and
     the numbers returned are where the optimiser stopped on a flat ridge, not estimates.
 
@@ -318,7 +321,11 @@ def fit(
     theta = np.exp(best.x)
     params = BgNbdParams(float(theta[0]), float(theta[1]), float(theta[2]), float(theta[3]))
     lo, hi = _PARAM_RANGE
-    on_edge = bool(((theta < lo) | (theta > hi)).any())
+    # The mean dropout chance after a purchase, a/(a+b), is the quantity the data pin down when
+    # there is no dropout: it goes to 0 while a and b themselves may stop anywhere along the ridge
+    # (where depends on the optimiser's version), so it is checked on its own.
+    no_dropout = params.a / (params.a + params.b) < _DROPOUT_FLOOR
+    on_edge = bool(((theta < lo) | (theta > hi)).any()) or no_dropout
     # L-BFGS-B's line search can give up ("ABNORMAL") at the optimum when the mean
     # log-likelihood no longer changes in double precision; a vanishing gradient still counts.
     stationary = bool(best.success) or float(np.abs(best.jac).max()) < _GRAD_TOL
