@@ -295,6 +295,7 @@ def why(
     Checks the interest definition as of the clock's now (orders in the window, share of
     spend), the gate's standing rules (consent, cooldown, just bought, where they shop) and
     lists every gate decision remembered for that category, newest first.
+    Exit code 1 when the customer is unknown.
     """
     settings = load_settings()
     path = (
@@ -308,7 +309,11 @@ def why(
         fail(f"worker answered {status}: {doc}", 2)
     if as_json:
         out.print_json(data=doc)
+        if doc.get("known") is False:
+            raise typer.Exit(1)
         return
+    if doc.get("known") is False:
+        fail(f"unknown customer {customer_id!r}", 1)
     verdict = "interested" if doc.get("interested") else "not interested"
     out.print(f"[bold]{customer_id}[/bold] and {category!r} as of {doc.get('as_of')}: {verdict}")
     for line in doc.get("reasons", []):

@@ -118,6 +118,12 @@ class Metrics:
             "Broadcast stock arrivals matched in a customer partition (one arrival counts once per partition)",
             registry=r,
         )
+        self.stock_stale = Counter(
+            "patronage_stock_arrivals_stale",
+            "Broadcast stock arrivals offered to nobody in a partition: older than its newest customer "
+            "event by more than PATRONAGE_GATE_MAX_ARRIVAL_AGE_DAYS (re-sent or late stock records)",
+            registry=r,
+        )
         self.model_loaded = Gauge(
             "patronage_churn_model_loaded",
             "1 when BG/NBD parameters are loaded (P(alive) available)",
@@ -140,6 +146,8 @@ class Metrics:
             self.stock_matches.labels(reason).inc(n)
         if stats.arrivals:
             self.stock_arrivals.inc(stats.arrivals)
+        if stats.stale:
+            self.stock_stale.inc(len(stats.stale))
         if stats.beyond_horizon:
             self.dedupe_beyond_horizon.inc(stats.beyond_horizon)
         if stats.due:

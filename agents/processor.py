@@ -96,6 +96,15 @@ class CustomerProcessor:
             for _ in steps:
                 await asyncio.sleep(0)
             await self.complete(batch)
+        if batch.stats.stale:
+            log.warning(
+                "partition %d: %d stock arrival(s) older than its newest customer event by more than %g days were "
+                "offered to nobody (re-sent or late stock records; PATRONAGE_GATE_MAX_ARRIVAL_AGE_DAYS): %s",
+                partition,
+                len(batch.stats.stale),
+                self.pipeline.policy.gate.max_arrival_age_days,
+                ", ".join(batch.stats.stale[:5]) + (" ..." if len(batch.stats.stale) > 5 else ""),
+            )
         if self.metrics is not None:
             self.metrics.observe_batch(batch, time.perf_counter() - started)
         return batch

@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=1, le=65535, description="worker HTTP port")
     clock: Literal["event", "wall"] = Field(
         "event",
-        description="'event': now = newest event time seen (replays, backfills); 'wall': real time",
+        description="'event': now = per partition, the oldest of the inputs' newest event times "
+        "(replays, backfills); 'wall': real time",
     )
     allowed_lateness_s: float = Field(
         0.0, ge=0, description="event clock: now = newest event time minus this lateness"
@@ -292,6 +293,11 @@ class Settings(BaseSettings):
         _GATE.coalesce_s, ge=0, description="arrivals within this window become one notification (0: none)"
     )
     gate_max_items: int = Field(_GATE.max_items, ge=1, description="items listed in one notification")
+    gate_max_arrival_age_days: float = Field(
+        _GATE.max_arrival_age_days,
+        ge=0,
+        description="a stock arrival older than the newest customer event by more than this is offered to nobody (0: off)",
+    )
     gate_to_payer: NameSet = Field(
         _GATE.to_payer, description="trigger types addressed to the payer, user named (comma list)"
     )
@@ -498,6 +504,7 @@ class Settings(BaseSettings):
             just_bought_days=self.gate_just_bought_days,
             coalesce_s=self.gate_coalesce_s,
             max_items=self.gate_max_items,
+            max_arrival_age_days=self.gate_max_arrival_age_days,
             to_payer=self.gate_to_payer,
             holdout=tuple(_parse_pairs(self.gate_holdout, "gate_holdout", float)),
             experiment=self.gate_experiment,

@@ -11,9 +11,11 @@ import math
 from collections.abc import Sequence
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from enum import StrEnum
+from functools import lru_cache
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -206,6 +208,26 @@ class StockArrival(_Event):
         return self.category
 
 
+@lru_cache(maxsize=4096)
+def _known_zone(name: str) -> bool:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(name)
+    except Exception:  # unknown name, malformed key (path-like, empty): not a zone
+        return False
+    return True
+
+
+def _time_zone(value: str) -> str:
+    if not _known_zone(value):
+        raise ValueError(f"unknown time zone {value[:60]!r} (an IANA name such as Europe/Lisbon)")
+    return value
+
+
+TimeZoneName = Annotated[ShortStr, AfterValidator(_time_zone)]
+
+
 class QuietHours(_Event):
     start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -224,7 +246,7 @@ class CustomerUpdate(_Event):
     ts: Timestamp
     loyalty_member: bool | None = None
     consent: dict[Literal["email", "sms", "push", "in_store"], bool] | None = None
-    timezone: ShortStr | None = None
+    timezone: TimeZoneName | None = None
     quiet_hours: QuietHours | None = None
     household_id: Id | None = None
     payer_id: Id | None = None

@@ -40,7 +40,7 @@ from schemas.events import (
 from schemas.fast import fast_purchase, fast_touchpoint
 from schemas.outputs import dead_letter_record
 from schemas.state import CustomerState
-from schemas.timestamps import TsBounds, iso_utc
+from schemas.timestamps import DAY_MS, TsBounds, iso_utc
 from schemas.topics import CUSTOMER_INPUTS, EVENT_TIME_INPUTS, Topic, TopicNames
 from streams import churn, gate, identity
 from streams import customer as steps
@@ -82,6 +82,7 @@ class BatchStats:
     gate: Counter[tuple[str, str]] = field(default_factory=Counter)  # (trigger type, gate decision)
     matched: Counter[str] = field(default_factory=Counter)  # stock audience by reason
     arrivals: int = 0  # stock arrivals matched
+    stale: list[str] = field(default_factory=list)  # ids of arrivals too old to offer
 
 
 @dataclass(slots=True)
@@ -204,6 +205,9 @@ class CustomerPipeline:
         self.affinity = stocks.AffinityIndex(policy.interest)
         self.regions: dict[str, str] = dict(policy.interest.store_regions)
         self._applied_until: dict[int, int] = {}  # partition -> newest event time applied
+        # partition -> newest customer event time applied (restored from the store after a
+        # restart): what "new" stock is measured against
+        self._customer_newest: dict[int, int] = {}
         # co-purchase counts only when affinity is switched on for some category
         affinity_on = bool(policy.interest.affinity_categories)
         self.indexes: tuple[StateIndex, ...] = (
@@ -347,6 +351,8 @@ class CustomerPipeline:
             self._applied_until[partition] = ready[-1][0]
         for topic_name, ts in work.newest.items():
             self.clock.observe(partition, topic_name, ts)
+        if work.newest:
+            self._customer_newest[partition] = self._stream_time(partition, work)
         self._reindex(partition, work.touched, deadlines=False)  # kept current record by record
         batch.changed.update(work.touched)
         self.tick(partition, batch=batch)
@@ -456,6 +462,8 @@ class CustomerPipeline:
                 index.update(p, subject, state)
         for p, ms in floors.items():
             self.clock.restore(p, ms)
+            if ms > self._customer_newest.get(p, _FIRST):
+                self._customer_newest[p] = ms
 
     def applied_until(self, partition: int) -> int:
         """The newest event time applied in ``partition`` since start (``-2**63``: none)."""
@@ -554,6 +562,10 @@ class CustomerPipeline:
             if arrival.store_id is not None and arrival.region is not None:
                 self.regions.setdefault(arrival.store_id, arrival.region)
             stats = work.batch.stats
+            max_age = self.policy.gate.max_arrival_age_days
+            if max_age > 0 and arrival.ts_ms < self._stream_time(partition, work) - max_age * DAY_MS:
+                stats.stale.append(arrival.event_id)  # not news any more: nobody is told
+                return Outcome.APPLIED
             stats.arrivals += 1
             item = arrival.item()
             policy = self.policy
@@ -599,6 +611,16 @@ class CustomerPipeline:
             return Outcome.APPLIED
 
         return _Ready(Topic.STOCK_BROADCAST.value, ev.ts, run)
+
+    def _stream_time(self, partition: int, work: _Work) -> int:
+        """The newest customer event time applied in ``partition`` (this batch included).
+        Stock arrivals are judged "new" against it - not against the clock, which is real
+        time before the first event - so a replay offers each arrival at its own time."""
+        newest = self._customer_newest.get(partition, _FIRST)
+        for ts in work.newest.values():
+            if ts > newest:
+                newest = ts
+        return newest
 
     def _next_deadline(self, state: CustomerState) -> int | None:
         """The earliest of the churn deadline and a pending notification's due time."""

@@ -136,6 +136,9 @@ class GatePolicy:
     experiment: str = "default"  # the holdout's hash salt (a new name re-draws the groups)
     log_size: int = 20  # gate decisions remembered per customer (why / why not)
     seen_ids: int = 256  # arrival ids remembered per customer (re-delivery is a no-op)
+    # an arrival older than the newest customer event applied in its partition by more than
+    # this is not news any more: it is offered to nobody (a re-sent or late record; 0 = off)
+    max_arrival_age_days: float = 7.0
 
     def __post_init__(self) -> None:
         if not self.channels:
@@ -144,6 +147,8 @@ class GatePolicy:
             raise ValueError("gate caps must be >= 0")
         if self.max_items < 1:
             raise ValueError("gate max_items must be >= 1")
+        if self.max_arrival_age_days < 0:
+            raise ValueError("gate max_arrival_age_days must be >= 0")
         for _type, share in self.holdout:
             if not 0 <= share < 1:
                 raise ValueError("holdout shares must be in [0, 1)")

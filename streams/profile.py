@@ -177,7 +177,12 @@ def why(state: CustomerState | None, subject: str, category: str, ctx: Context) 
     ip, gp = policy.interest, policy.gate
     now = ctx.now_ms
     reasons: list[str] = []
-    doc: dict[str, Any] = {"customer_id": subject, "category": category, "as_of": iso_utc(now)}
+    doc: dict[str, Any] = {
+        "customer_id": subject,
+        "category": category,
+        "as_of": iso_utc(now),
+        "known": state is not None,
+    }
     if state is None:
         doc.update(interested=False, reasons=["unknown customer: no events seen"], decisions=[])
         return doc

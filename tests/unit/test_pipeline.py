@@ -71,6 +71,18 @@ def test_bad_input_becomes_a_dead_letter_with_a_stable_reason_code(value: bytes 
     assert h.state("c") is None
 
 
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "../../etc/passwd", "", "utc+3"])
+def test_an_unknown_time_zone_is_a_dead_letter_not_a_silent_utc(zone: str) -> None:
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    h.send(Topic.CUSTOMER_UPDATES, {"event_id": "u1", "customer_id": "c", "ts": T0, "timezone": zone})
+    (dead,) = h.dead_letters()
+    assert dead["reason"] in ("invalid_field", "missing_field"), dead
+    assert "timezone" in dead["error"]
+    h.send(Topic.CUSTOMER_UPDATES, {"event_id": "u2", "customer_id": "c", "ts": T0, "timezone": "Asia/Tokyo"})
+    state = h.state("c")
+    assert state is not None and state.fact("timezone") == "Asia/Tokyo"
+
+
 def test_history_from_1997_loads() -> None:
     h = PipelineHarness(clock="event", start_ms=T0)
     h.send(Topic.PURCHASES, purchase("old", "c1", ts="1997-03-25T10:00:00Z"))

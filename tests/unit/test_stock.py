@@ -104,7 +104,7 @@ def test_interested_needs_two_orders_in_the_window_and_a_quarter_of_the_spend() 
 
 
 def test_the_window_is_counted_back_from_the_arrival_not_from_the_last_order() -> None:
-    h = harness()
+    h = harness(replace(OPEN, max_arrival_age_days=0))  # an arrival 200 days back is offered
     buy(h, "c", {"fish": 30}, 300)
     buy(h, "c", {"fish": 30}, 250)
     arrive(h, "fish", ts=h.wall.ms - 200 * DAY_MS)  # both orders within 365 days of it
@@ -326,6 +326,32 @@ def test_the_same_arrival_delivered_again_notifies_nobody_twice() -> None:
     first = {t["trigger_id"] for t in told(h)}
     h.stock(record)  # a re-delivery (a crash before the offsets were committed)
     assert len(first) == 20 and len(told(h)) == 20
+
+
+def test_an_old_arrival_sent_again_later_is_not_news_to_anyone() -> None:
+    """The field case: stock records re-sent months later (after a restart) reached customers
+    who had become interested since - and were never in the arrival's audience."""
+    h = harness()
+    old = {"event_id": "s-feb", "ts": h.wall.ms, "sku": "x", "category": "fish", "qty": 1}
+    h.stock(old)  # nobody is interested yet
+    h.advance(days=60, tick=False)
+    buy(h, "late", {"fish": 10}, 30)
+    buy(h, "late", {"fish": 10}, 20)
+    buy(h, "other", {"bread": 5}, 0)  # the stream is at "now"
+    h.stock(old)  # the same record again, 60 days later: stale
+    assert told(h) == []
+    assert {i for b in h.batches for i in b.stats.stale} == {"s-feb"}  # where customers live
+    recent = arrive(h, "fish", ts=h.wall.ms - 6 * DAY_MS)  # 6 days late: within the default 7
+    arrive(h, "fish", ts=h.wall.ms - 8 * DAY_MS)  # 8 days late: not news any more
+    assert [t["details"]["first_arrival_id"] for t in told(h)] == [recent]
+
+
+def test_max_arrival_age_zero_offers_arrivals_of_any_age() -> None:
+    h = harness(replace(OPEN, max_arrival_age_days=0))
+    buy(h, "c1", {"fish": 10}, 40)
+    buy(h, "c1", {"fish": 10}, 30)
+    arrive(h, "fish", ts=h.wall.ms - 15 * DAY_MS)
+    assert len(told(h, "c1")) == 1
 
 
 def test_staff_alerts_do_not_count_toward_the_customer_cap() -> None:
