@@ -63,8 +63,9 @@ def tick_cost(n: int, due: int, partitions: int) -> dict[str, Any]:
         key_partitions=keys,
     )
     built = time.perf_counter()
-    # everyone bought 5 days ago (not due); ``due`` of them 36-37 days ago, usual interval
-    # 12 days: at_risk after 36 days, so due within the next day
+    # everyone buys every 12 days; most bought 5 days ago, ``due`` of them 35 days ago. Their
+    # rhythm is blended with the 30-day prior (the floor: the population's 12 days is below
+    # it), so the silent ones are due 13 days from NOW and the others 30 days later
     for i in range(n):
         s = customer(i, silent_days=35 if i % (n // due) == 0 else 5)
         store[s.subject] = s
@@ -74,7 +75,7 @@ def tick_cost(n: int, due: int, partitions: int) -> dict[str, Any]:
     pipeline.rebuild()
     rebuild_s = time.perf_counter() - built
     assert len(pipeline.deadlines) == n
-    wall[0] = NOW + 2 * DAY_MS
+    wall[0] = NOW + 14 * DAY_MS
     started = time.perf_counter()
     batches = [pipeline.tick(p) for p in range(partitions)]
     tick_s = time.perf_counter() - started
