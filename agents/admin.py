@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +21,28 @@ class AdminError(RuntimeError):
     """A cluster problem explained for a human."""
 
 
+def unreachable(settings: Settings) -> str:
+    """One line for a broker nobody answers at (kafka-python alone takes ~30 s to say so)."""
+    return (
+        f"cannot reach Kafka at {','.join(settings.bootstrap_servers)}: is the broker running? "
+        "(make up starts a local one; KAFKA_PORT or PATRONAGE_BROKER say where)"
+    )
+
+
+def check_reachable(settings: Settings, timeout_s: float = 3.0) -> None:
+    """Raise AdminError at once when no bootstrap server accepts a TCP connection."""
+    for server in settings.bootstrap_servers:
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
+                return
+        except (OSError, ValueError):
+            continue
+    raise AdminError(unreachable(settings))
+
+
 def _admin(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClient:
+    check_reachable(settings)
     try:
         return KafkaAdminClient(
             bootstrap_servers=settings.bootstrap_servers,
@@ -125,6 +147,7 @@ class Progress:
 
 def group_progress(settings: Settings, topics: Iterable[str]) -> Progress:
     """End offsets of ``topics`` and the worker group's committed offsets on them."""
+    check_reachable(settings)
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,

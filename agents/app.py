@@ -24,6 +24,7 @@ from agents.settings import Settings
 from agents.sink import KafkaSink, Sink
 from agents.stock import StockProcessor
 from schemas.state import CustomerState
+from schemas.timestamps import iso_utc
 from schemas.topics import CUSTOMER_INPUTS, CUSTOMER_PROCESSOR_INPUTS, INPUTS, Topic, TopicNames
 from streams.clock import Clock
 from streams.partitioning import KeyPartitioner
@@ -194,7 +195,7 @@ class Runtime:
 
     def summary(self) -> dict[str, Any]:
         out = summarize(self.store.values(), self.pipeline.population)
-        out["as_of"] = self.clock.now_ms()
+        out["as_of"] = iso_utc(self.clock.now_ms())
         pending = overdue = 0
         for subject, state in self.store.items():
             if state.notify and state.notify.get("pend"):
@@ -434,6 +435,10 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
             runtime.set_gauges()
             body = generate_latest(runtime.metrics.registry)
             return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    # the same pages without the trailing slash (scrapers and people type both)
+    app.page("/healthz")(Health)
+    app.page("/metrics")(MetricsView)
 
     @app.page("/summary/")
     class Summary(View):

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -31,14 +32,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 local_app = typer.Typer(help="The embedded local stack (broker, Redis, worker) for demos and tests.")
-topics_app = typer.Typer(help="Create and inspect patronage's topics.")
+topics_app = typer.Typer(
+    help="Create patronage's topics (inputs, outputs, internal), compacted where needed."
+)
 model_app = typer.Typer(help="The BG/NBD churn model behind P(alive): fit it, hand it to the workers.")
 app.add_typer(local_app, name="local")
 app.add_typer(topics_app, name="topics")
 app.add_typer(model_app, name="churn-model")
 
-console = Console(stderr=True)
-out = Console()
+# Piped or captured output is never wrapped or truncated at 80 columns (records stay one
+# line each, tables show whole reasons); a terminal gets its own width.
+console = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 1000)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 1000)
 
 
 class InputTopic(StrEnum):
@@ -56,9 +61,12 @@ def load_settings() -> Settings:
         for err in exc.errors(include_url=False):
             field = ".".join(str(p) for p in err["loc"])
             where = f"PATRONAGE_{field.upper()}" if field else "settings"
-            msg = err["msg"].removeprefix("Value error, ")
+            msg = err["msg"].removeprefix("Value error, ").removeprefix(f"{field}: ")
+            for name in Settings.model_fields:  # name the variables a user sets, not fields
+                if "_" in name:
+                    msg = re.sub(rf"\b{name}\b", f"PATRONAGE_{name.upper()}", msg)
             value = err.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            shown = "" if isinstance(value, dict) or "(got " in msg else f" (got {value!r})"
             lines.append(f"  {where}: {msg}{shown}")
         console.print("[red]invalid configuration:[/red]\n" + "\n".join(lines), soft_wrap=True)
         raise typer.Exit(2) from None
@@ -96,7 +104,10 @@ def ensure_all_topics(settings: Settings) -> dict[str, int]:
 # --- worker -------------------------------------------------------------------------------
 @app.command()
 def worker() -> None:
-    """Run a worker: consume the input topics, keep customer state, emit lifecycle changes.
+    """Run a worker: consume the inputs, keep customer state, emit lifecycle changes and triggers.
+
+    Triggers: churn risk, won back, stalled prospects (to staff) and new stock for your
+    interest (to customers, through the notification gate); bad records go to dead-letters.
 
     Configure with PATRONAGE_* variables (see `patronage settings`). Start several workers
     with the same PATRONAGE_APP_ID (and distinct PATRONAGE_WEB_PORT) to share partitions.
@@ -200,7 +211,9 @@ def replay(
 @app.command()
 def wait(
     timeout: Annotated[float, typer.Option("--timeout", help="seconds before giving up (exit 1)")] = 120.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="print nothing; the exit code says (0 caught up)")
+    ] = False,
 ) -> None:
     """Block until the worker group has processed everything now in the input topics.
 
@@ -362,6 +375,19 @@ def print_summary(doc: dict[str, Any]) -> None:
         segments.add_row(seg, str(n))
     out.print(stages)
     out.print(segments)
+    risk = doc.get("at_risk") or {}
+    if risk:
+        table = Table(title="churn risk now (valued customers; 'alerted': an alert is open)")
+        table.add_column("risk stage")
+        table.add_column("count", justify="right")
+        for key, n in risk.items():
+            table.add_row(key, str(n))
+        out.print(table)
+    notes = doc.get("notifications")
+    if notes is not None:
+        out.print(f"notifications pending: {notes['pending']}  overdue: {notes['overdue']}")
+    if doc.get("as_of"):
+        out.print(f"as of {doc['as_of']} (the clock)")
 
 
 # --- tail ---------------------------------------------------------------------------------
@@ -385,6 +411,12 @@ def tail(
     settings = load_settings()
     known = {t.value for t in Topic}
     name = settings.topic(topic) if topic in known else topic  # a logical name, or a real one
+    from agents.admin import AdminError, check_reachable
+
+    try:
+        check_reachable(settings)
+    except AdminError as exc:
+        fail(str(exc), 2)
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, request_timeout_ms=10_000
@@ -447,12 +479,28 @@ def _tail_label(topic: str, value: Any) -> str:
     return str(value.get("type", "record"))
 
 
+def _readable_id(event_id: Any) -> str:
+    """Clock-made cause ids carry epoch ms ("silence-since:1785062846000"): show the time."""
+    text = str(event_id)
+    name, sep, ms = text.rpartition(":")
+    if sep and ms.isdigit() and len(ms) >= 12:
+        from schemas.timestamps import iso_utc
+
+        return (
+            f"{name[:-6]} since {iso_utc(int(ms))}"
+            if name.endswith("-since")
+            else f"{name}:{iso_utc(int(ms))}"
+        )
+    return text
+
+
 def _tail_line(topic: str, value: Any) -> str:
     if isinstance(value, dict) and topic.endswith("lifecycle-changes"):
         cause = value.get("cause", {})
         return (
             f"  {value.get('ts')}  {value.get('customer_id')}: {value.get('from_stage')} -> "
-            f"{value.get('to_stage')}  ({cause.get('rule')}; {cause.get('type')} {cause.get('event_id')})"
+            f"{value.get('to_stage')}  ({cause.get('rule')}; {cause.get('type')} "
+            f"{_readable_id(cause.get('event_id'))})"
         )
     if isinstance(value, dict) and topic.endswith("triggers"):
         details = value.get("details") or {}
@@ -475,10 +523,16 @@ def _tail_line(topic: str, value: Any) -> str:
         return (
             f"  {value.get('ts')}  {value.get('type')} {value.get('customer_id')} → "
             f"{value.get('recipient_kind')} {value.get('recipient_id')}  ({why}; tier {details.get('tier')}, "
-            f"{details.get('purchases', '')} purchases, P(alive) {details.get('p_alive')})"
+            f"{details.get('purchases', '')} purchases, P(alive) "
+            f"{'n/a (no churn model)' if details.get('p_alive') is None else details.get('p_alive')})"
         )
     if isinstance(value, dict) and topic.endswith("dead-letters"):
-        return f"  {value.get('reason')}: {str(value.get('error'))[:150]}  ({value.get('topic')}@{value.get('offset')})"
+        where = (
+            f"{value.get('topic')}, rejected before sending"
+            if value.get("offset") is None
+            else f"{value.get('topic')}@{value.get('offset')}"
+        )
+        return f"  {value.get('reason')}: {str(value.get('error'))[:300]}  ({where})"
     return f"  {json.dumps(value)[:200]}"
 
 
@@ -705,6 +759,23 @@ def show_settings() -> None:
     rows = [
         (f"PATRONAGE_{name.upper()}", shown(getattr(settings, name)), info.description or "")
         for name, info in Settings.model_fields.items()
+    ]
+    rows += [  # the local stack's own (make up, patronage local up)
+        (
+            "KAFKA_PORT",
+            os.environ.get("KAFKA_PORT", "9092"),
+            "local stack: broker port (and the default broker)",
+        ),
+        (
+            "REDIS_PORT",
+            os.environ.get("REDIS_PORT", "6379"),
+            "local stack: Redis port (and the default Redis)",
+        ),
+        (
+            "PATRONAGE_RUN_DIR",
+            os.environ.get("PATRONAGE_RUN_DIR", ".run"),
+            "local stack: pid files, logs, data",
+        ),
     ]
     if not out.is_terminal:  # piped: one line each, nothing cut
         for env, value, meaning in rows:

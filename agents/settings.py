@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -52,10 +53,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PATRONAGE_", frozen=True, extra="ignore")
 
     broker: str = Field(
-        "kafka://127.0.0.1:9092",
-        description="Kafka bootstrap servers, Faust URL form; several separated by ';'",
+        default_factory=lambda: f"kafka://127.0.0.1:{os.environ.get('KAFKA_PORT') or 9092}",
+        description="Kafka bootstrap servers, Faust URL form; several separated by ';' "
+        "(default: the local stack's, 127.0.0.1:$KAFKA_PORT, else 9092)",
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for profile projection")
+    redis_url: str = Field(
+        default_factory=lambda: f"redis://127.0.0.1:{os.environ.get('REDIS_PORT') or 6379}/0",
+        description="Redis for profile projection (default: the local stack's, 127.0.0.1:$REDIS_PORT, else 6379)",
+    )
     app_id: str = Field("patronage", description="consumer group id and prefix of internal topics")
     partitions: int = Field(
         4, ge=1, le=1024, description="partitions for topics patronage creates (inputs must match)"

@@ -76,10 +76,12 @@ def app_pages() -> set[str]:
 
 
 def app_page(name: str) -> str:
-    """The worker's path for ``name`` (``healthz``, ``metrics``), trailing slash included."""
-    matches = [p for p in app_pages() if p.strip("/") == name]
-    assert len(matches) == 1, f"expected one @app.page for /{name} in agents/, found {matches}"
-    return matches[0]
+    """The worker's path for ``name`` (``healthz``, ``metrics``), trailing slash included (the
+    form deploy files use; the worker also answers without it)."""
+    matches = {p for p in app_pages() if p.strip("/") == name}
+    assert f"/{name}/" in matches, f"expected @app.page('/{name}/') in agents/, found {matches}"
+    assert matches <= {f"/{name}/", f"/{name}"}, matches
+    return f"/{name}/"
 
 
 def exported_series() -> dict[str, set[str]]:

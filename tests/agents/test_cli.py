@@ -1,0 +1,74 @@
+"""The CLI's own behaviour without a broker: one clear line and a fast non-zero exit when
+the broker is down, settings errors that name the variable to fix, readable tail lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agents.cli import _readable_id, _tail_line
+from agents.localstack import free_port
+
+BIN = Path(sys.executable).parent / "patronage"
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PATRONAGE_") and k != "KAFKA_PORT"}
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=60, env={**clean, **env})
+
+
+@pytest.mark.parametrize("args", [("wait", "--timeout", "30"), ("tail", "triggers"), ("topics", "create")])
+def test_a_down_broker_is_one_line_and_a_fast_exit_2(args: tuple[str, ...]) -> None:
+    port = str(free_port())  # nothing listens there
+    started = time.monotonic()
+    proc = run(*args, KAFKA_PORT=port)
+    took = time.monotonic() - started
+    assert proc.returncode == 2, proc
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "Traceback" not in proc.stderr
+    assert took < 20, f"{args} took {took:.1f}s to say the broker is down"
+
+
+def test_kafka_and_redis_ports_move_every_commands_default() -> None:
+    proc = run("settings", KAFKA_PORT="19123", REDIS_PORT="16123")
+    assert "PATRONAGE_BROKER=kafka://127.0.0.1:19123" in proc.stdout
+    assert "PATRONAGE_REDIS_URL=redis://127.0.0.1:16123/0" in proc.stdout
+    assert "KAFKA_PORT=19123" in proc.stdout  # the local stack's variables are listed too
+    explicit = run("settings", KAFKA_PORT="19123", PATRONAGE_BROKER="kafka://10.0.0.1:9092")
+    assert "PATRONAGE_BROKER=kafka://10.0.0.1:9092" in explicit.stdout
+
+
+def test_invalid_settings_name_the_environment_variable() -> None:
+    proc = run("settings", PATRONAGE_GATE_HOLDOUT="x", PATRONAGE_PARTITIONS="many")
+    assert proc.returncode == 2
+    assert "PATRONAGE_GATE_HOLDOUT: expected name=value pairs" in proc.stderr
+    assert "PATRONAGE_PARTITIONS:" in proc.stderr
+    assert "gate_holdout" not in proc.stderr
+
+
+def test_piped_output_is_never_wrapped() -> None:
+    proc = run("settings")
+    assert all(
+        line.startswith(("PATRONAGE_", "KAFKA_PORT", "REDIS_PORT")) for line in proc.stdout.splitlines()
+    )
+
+
+def test_tail_lines_show_times_not_epochs() -> None:
+    assert _readable_id("silence-since:1785062846000") == "silence since 2026-07-26T10:47:26.000Z"
+    assert _readable_id("p-17") == "p-17"
+    line = _tail_line(
+        "triggers",
+        {"type": "churn_risk", "reason": "lapse", "customer_id": "c", "recipient_kind": "store",
+         "recipient_id": "s1", "ts": "2026-01-01T00:00:00.000Z", "details": {"p_alive": None}},
+    )  # fmt: skip
+    assert "P(alive) n/a" in line
+    dead = _tail_line(
+        "dead-letters", {"reason": "ts_no_offset", "error": "x", "topic": "purchases", "offset": None}
+    )
+    assert "None" not in dead
