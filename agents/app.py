@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ from schemas.state import CustomerState
 from schemas.timestamps import iso_utc
 from schemas.topics import CUSTOMER_INPUTS, CUSTOMER_PROCESSOR_INPUTS, INPUTS, Topic, TopicNames
 from streams.clock import Clock
-from streams.partitioning import KeyPartitioner
+from streams.partitioning import KeyPartitioner, faust_partitioner
 from streams.pipeline import CustomerPipeline
 from streams.policy import Policy
 from streams.profile import build_profile, churn_summary_rows, summarize
@@ -266,6 +267,8 @@ def create_app(
         # triggers per partition; 16 KB batches made that a round trip per ~20 records
         producer_max_batch_size=900_000,
         producer_max_request_size=1_000_000,
+        # table routing (which worker holds a key) partitions keys as the producers do
+        producer_partitioner=faust_partitioner(settings.key_partitioner),
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=True,
         web_enabled=True,
@@ -283,7 +286,9 @@ def create_app(
     metrics = metrics or Metrics()
     policy = settings.policy()
     clock = make_clock(settings.clock, settings.allowed_lateness_s, settings.event_clock_idle_s)
-    partitioner = KeyPartitioner({name: settings.partitions for name in topics.all()})
+    partitioner = KeyPartitioner(
+        {name: settings.partitions for name in topics.all()}, kind=settings.key_partitioner
+    )
     identity_topic = topics.real(Topic.IDENTITY)
 
     table = CustomerTable(
@@ -420,6 +425,10 @@ def create_app(
     return app
 
 
+def quote_header(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
 def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> None:
     from schemas.timestamps import parse_ts_ms
 
@@ -448,6 +457,16 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
     @app.page("/profile/{customer_id}/")
     @app.table_route(table=table, match_info="customer_id")
     async def profile(web: Any, request: Request, customer_id: str) -> Response:
+        stub = runtime.store.get(customer_id)
+        if stub is not None and stub.merged_into is not None:
+            # a merged anonymous id: the customer it became (the client follows the redirect,
+            # to whichever worker holds that customer)
+            from aiohttp import web as aioweb
+
+            target = "/profile/" + urllib.parse.quote(stub.merged_into, safe="") + "/"
+            raise aioweb.HTTPTemporaryRedirect(
+                target, headers={"X-Patronage-Merged-From": quote_header(customer_id)}
+            )
         doc = runtime.profile(customer_id)
         if doc is None:
             return web.json({"error": f"unknown customer {customer_id!r}"}, status=404)

@@ -156,7 +156,7 @@ async def replay(
     """Send every line of every ``(path, topic)`` source; returns counts. Several sources are
     merged by event time. ``partitions`` maps real topic names to their partition counts."""
     dl_topic = settings.topic(Topic.DEAD_LETTERS)
-    partitioner = KeyPartitioner(partitions)
+    partitioner = KeyPartitioner(partitions, kind=settings.key_partitioner)
     result = ReplayResult()
     producer = AIOKafkaProducer(
         bootstrap_servers=",".join(settings.bootstrap_servers),

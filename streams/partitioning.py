@@ -5,6 +5,14 @@ in tests/unit/test_pipeline.py)."""
 
 from __future__ import annotations
 
+import zlib
+from typing import Literal
+
+# "murmur2": the Java client, librdkafka's murmur2_random, aiokafka, kafka-python.
+# "crc32": librdkafka's default (consistent_random) - kcat, confluent-kafka, rdkafka-based
+# clients left at their defaults.
+Hash = Literal["murmur2", "crc32"]
+
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 
@@ -34,23 +42,45 @@ def murmur2(data: bytes) -> int:
     return h
 
 
+def key_hash(key: bytes, kind: Hash = "murmur2") -> int:
+    """The non-negative hash a producer's partitioner takes modulo the partition count."""
+    if kind == "crc32":
+        return zlib.crc32(key)
+    return murmur2(key) & 0x7FFFFFFF
+
+
+def faust_partitioner(kind: Hash) -> object:
+    """A ``producer_partitioner`` for Faust: table routing (which worker holds a key) then
+    agrees with how the producers partition."""
+
+    def partition(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return available[0] if available else all_partitions[0]
+        return all_partitions[key_hash(key, kind) % len(all_partitions)]
+
+    return partition
+
+
 class KeyPartitioner:
     """``partition(topic, key)`` for topics with known partition counts, with a hash cache
     (keys repeat: a customer's events all hash the same)."""
 
-    __slots__ = ("_cache_size", "_hashes", "partitions")
+    __slots__ = ("_cache_size", "_hashes", "kind", "partitions")
 
-    def __init__(self, partitions: dict[str, int], cache_size: int = 2_000_000) -> None:
+    def __init__(
+        self, partitions: dict[str, int], cache_size: int = 2_000_000, kind: Hash = "murmur2"
+    ) -> None:
         self.partitions = partitions
         self._hashes: dict[str, int] = {}
         self._cache_size = cache_size
+        self.kind = kind
 
     def hash(self, key: str) -> int:
         h = self._hashes.get(key)
         if h is None:
             if len(self._hashes) >= self._cache_size:
                 self._hashes.clear()
-            h = self._hashes[key] = murmur2(key.encode()) & 0x7FFFFFFF
+            h = self._hashes[key] = key_hash(key.encode(), self.kind)
         return h
 
     def __call__(self, topic: str, key: str) -> int:

@@ -216,3 +216,17 @@ def test_event_clock_waits_for_an_input_with_records_to_read_but_none_applied_ye
     fresh.observe(2, "touchpoints", T0 - 9 * DAY)
     fresh.observe(2, "touchpoints", T0 - 3 * DAY)
     assert fresh.now_ms(2) == T0 - 9 * DAY  # the oldest it applied: nothing can be due yet
+
+
+@pytest.mark.parametrize("kind", ["murmur2", "crc32"])
+def test_faust_table_routing_partitions_keys_as_the_pipeline_does(kind: str) -> None:
+    import zlib
+
+    from streams.partitioning import KeyPartitioner, faust_partitioner
+
+    part = KeyPartitioner({"t": 6}, kind=kind)  # type: ignore[arg-type]
+    route = faust_partitioner(kind)  # type: ignore[arg-type]
+    for key in ("c1", "ana/ü 1", "", "x" * 300):
+        assert route(key.encode(), list(range(6)), list(range(6))) == part("t", key)  # type: ignore[operator]
+        if kind == "crc32":  # librdkafka consistent_random: CRC-32 of the key, modulo
+            assert part("t", key) == zlib.crc32(key.encode()) % 6
