@@ -25,6 +25,25 @@ from rich.table import Table
 
 from agents.settings import Settings
 
+
+def _no_type_for_flags() -> None:
+    """Typer 0.29's help labels every flag ``<bool>`` (``--json <bool>``, even ``--help``),
+    which reads as if a value were expected; a flag takes none, so none is shown."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_patronage", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._patronage = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_no_type_for_flags()
+
 app = typer.Typer(
     help="patronage: real-time customer relationship state (RFM, lifecycle, churn risk) on Kafka.",
     no_args_is_help=True,

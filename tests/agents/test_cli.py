@@ -72,3 +72,10 @@ def test_tail_lines_show_times_not_epochs() -> None:
         "dead-letters", {"reason": "ts_no_offset", "error": "x", "topic": "purchases", "offset": None}
     )
     assert "None" not in dead
+
+
+@pytest.mark.parametrize("command", ["profile", "summary", "wait", "replay", "tail", "why"])
+def test_help_does_not_ask_flags_for_a_value(command: str) -> None:
+    proc = run(command, "--help", COLUMNS="120")
+    assert proc.returncode == 0 and "--help" in proc.stdout, proc.stderr
+    assert "<bool>" not in proc.stdout, proc.stdout
