@@ -54,11 +54,18 @@ class CustomerTable(faust.Table):
 
     on_recovered: Any = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, changelog_name: str | None = None, **kwargs: Any) -> None:
+        self._changelog_name = changelog_name  # Faust's default has no topic prefix
         super().__init__(*args, **kwargs)
         # Keys are customer ids as raw UTF-8, exactly as producers key the input topics,
         # so the changelog partition and Faust's table routing agree with the inputs.
         self.key_serializer = "raw"
+
+    def _changelog_topic_name(self) -> str:
+        return self._changelog_name or super()._changelog_topic_name()
+
+    def clone(self, **kwargs: Any) -> Any:
+        return super().clone(changelog_name=self._changelog_name, **kwargs)
 
     def _to_value(self, v: Any) -> Any:
         if isinstance(v, dict):
@@ -247,7 +254,7 @@ def create_app(
     """Build the worker app. ``sink`` defaults to the app's own Kafka producer."""
     tune_gc()
     topics = settings.topics
-    assert topics.real(Topic.CHANGELOG) == f"{settings.app_id}-{TABLE_NAME}-changelog"
+    assert topics.real(Topic.CHANGELOG) == f"{settings.topic_prefix}{settings.app_id}-{TABLE_NAME}-changelog"
     app = PatronageApp(
         settings.app_id,
         broker=settings.broker,
@@ -299,6 +306,7 @@ def create_app(
         partitions=settings.partitions,
         key_type=str,
         help="per-customer RFM, lifecycle, churn, identity and id memory",
+        changelog_name=topics.real(Topic.CHANGELOG),
     )
     app.tables.add(table)
     sink = sink or KafkaSink(lambda: app.producer._ensure_producer())

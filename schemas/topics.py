@@ -64,9 +64,7 @@ class TopicNames:
         self.app_id = app_id
         self._real: dict[Topic, str] = {}
         for t in Topic:
-            if t is Topic.CHANGELOG:  # named by Faust: "<app_id>-<table>-changelog", no prefix
-                self._real[t] = f"{app_id}-{t.value}"
-            elif t in INTERNAL:
+            if t in INTERNAL:  # the changelog too: "<prefix><app_id>-customers-changelog"
                 self._real[t] = f"{prefix}{app_id}-{t.value}"
             else:
                 self._real[t] = f"{prefix}{t.value}"

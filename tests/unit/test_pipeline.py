@@ -39,7 +39,7 @@ def test_every_topic_name_comes_from_one_registry() -> None:
     assert names.real(Topic.PURCHASES) == "acme.purchases"
     assert names.real(Topic.IDENTITY) == "acme.crm-identity"
     assert names.real(Topic.CHURN_MODEL) == "acme.crm-churn-model"
-    assert names.real(Topic.CHANGELOG) == "crm-customers-changelog"  # Faust names it, no prefix
+    assert names.real(Topic.CHANGELOG) == "acme.crm-customers-changelog"  # prefixed like every topic
     assert all(names.logical(names.real(t)) is t for t in Topic)
     assert names.logical("somebody-elses") is None
 
