@@ -396,7 +396,10 @@ def print_summary(doc: dict[str, Any]) -> None:
     out.print(segments)
     risk = doc.get("at_risk") or {}
     if risk:
-        table = Table(title="churn risk now (valued customers; 'alerted': an alert is open)")
+        table = Table(
+            title="churn risk now (valued customers; '(alerted)': an alert is open; 'none (alerted)': "
+            "not silent too long, but an alert is open, e.g. after a complaint)"
+        )
         table.add_column("risk stage")
         table.add_column("count", justify="right")
         for key, n in risk.items():

@@ -186,6 +186,16 @@ def why(state: CustomerState | None, subject: str, category: str, ctx: Context) 
     if state is None:
         doc.update(interested=False, reasons=["unknown customer: no events seen"], decisions=[])
         return doc
+    # never judged as of a time before what the customer (or an arrival offered to them)
+    # already did: the partition's clock can lag behind a customer's own newest events
+    decisions = gate.decisions_for(state, category)
+    pending = gate.pending_view(state)
+    memory = state.notify or {}
+    seen = [state.last_event_ms or now]
+    seen += [row[0] for row in memory.get("log", ()) if row[3] == category]
+    seen += [p["open"] for p in memory.get("pend", {}).values()]
+    now = max(now, *seen)
+    doc["as_of"] = iso_utc(now)
     found = interests.assess(state, category, now, ip)
     if found is None:
         reasons.append(f"never bought {category!r} (or it is not among the {ip.max_categories} tracked)")
@@ -216,9 +226,10 @@ def why(state: CustomerState | None, subject: str, category: str, ctx: Context) 
         interested=bool(found and found.interested),
         interest=None
         if found is None
-        else found._asdict() | {"last_ms": None, "last_order_at": iso_utc(found.last_ms)},
+        else {k: v for k, v in found._asdict().items() if k != "last_ms"}
+        | {"last_order_at": iso_utc(found.last_ms)},
         reasons=reasons,
-        pending=gate.pending_view(state),
-        decisions=gate.decisions_for(state, category),
+        pending=pending,
+        decisions=decisions,
     )
     return doc

@@ -456,3 +456,22 @@ def test_interest_and_gate_memory_round_trip_through_the_changelog() -> None:
     assert state is not None and state.notify and state.interest
     again = CustomerState.from_json(state.to_json())
     assert again == state and again.notify == state.notify
+
+
+def test_why_is_judged_as_of_the_arrival_not_a_lagging_clock() -> None:
+    """The event clock does not move with arrivals: 'why' must not say 'just bought' for an
+    order 11 days before the arrival it lists as pending (a new user's report)."""
+    gate = GatePolicy(quiet_start_min=0, quiet_end_min=0, consent_default=True)
+    h = PipelineHarness(Policy(gate=gate), clock="event", start_ms=NOON)
+    for n, days in enumerate((21, 11)):
+        h.send(Topic.PURCHASES, {"event_id": f"w{n}", "customer_id": "c", "ts": NOON - days * DAY_MS,
+                                 "amount": 10, "currency": "EUR",
+                                 "items": [{"sku": "g", "category": "garden", "qty": 1, "price": 10}]})  # fmt: skip
+    h.stock({"event_id": "s-g", "ts": NOON, "sku": "x", "category": "garden", "qty": 1})
+    p = h.pipeline.partition_of("c")
+    assert h.clock.now_ms(p) < NOON  # the clock lags behind the arrival
+    doc = why(h.state("c"), "c", "garden", h.pipeline.context(p))
+    assert doc["pending"] and doc["as_of"].startswith(
+        datetime.fromtimestamp(NOON / 1000, UTC).strftime("%Y-%m-%dT%H")
+    )
+    assert not any(r.startswith("just bought") for r in doc["reasons"]), doc["reasons"]
