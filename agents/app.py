@@ -488,6 +488,11 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
             return web.json({"error": "add ?category=<category>"}, status=400)
         return web.json(runtime.why(customer_id, category))
 
+    # without the trailing slash too (the same views)
+    app.page("/summary")(Summary)
+    app.page("/profile/{customer_id}")(profile)
+    app.page("/why/{customer_id}")(why)
+
     @app.page("/churn-model/summary/")
     class ChurnSummary(View):
         """(x, t_x, T, customers) rows for fitting BG/NBD from the live table (this worker's

@@ -55,3 +55,9 @@ def test_the_producers_partitioner_setting_avoids_the_identity_hop(
     for n in (0, 1, 2, 199):
         doc = cluster.profile(f"{setting}/ü {n}")
         assert doc is not None and doc["frequency"] == 1
+    import urllib.parse
+
+    quoted = urllib.parse.quote(f"{setting}/ü 0", safe="")
+    for path in ("/healthz", "/summary", f"/profile/{quoted}", f"/why/{quoted}?category=x"):  # no slash
+        status, _ = cluster.get(path)
+        assert status == 200, path
