@@ -74,7 +74,12 @@ def build_profile(state: CustomerState, ctx: Context, clock: str) -> dict[str, A
         "clock": clock,
         "lifecycle_stage": state.stage,  # the risk stage while there is one
         "base_stage": stage_only(state, policy),  # stranger .. advocate, ignoring risk
-        "lifecycle_since": iso_utc(state.stage_since_ms),
+        # since when the stage shown holds: the risk stage's own start while there is one
+        "lifecycle_since": iso_utc(
+            state.risk_since_ms
+            if state.risk is not None and state.stage == state.risk
+            else state.stage_since_ms
+        ),
         "frequency": state.frequency,
         "monetary": _money(state.monetary_cents),
         "currency": policy.accept_currency,

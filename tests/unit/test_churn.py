@@ -98,6 +98,11 @@ def test_risk_stages_alert_once_per_episode_and_a_purchase_wins_them_back() -> N
     assert state.risk == "lost" and len(h.triggers("churn_risk")) == 1  # one alert per episode
     stages = [(c["from_stage"], c["to_stage"]) for c in h.lifecycle("c1")]
     assert stages[-3:] == [("member", "at_risk"), ("at_risk", "lapsed"), ("lapsed", "lost")]
+    from schemas.timestamps import iso_utc
+    from streams.profile import build_profile
+
+    doc = build_profile(state, h.pipeline.context(h.pipeline.partition_of("c1")), "wall")
+    assert doc["lifecycle_stage"] == "lost" and doc["lifecycle_since"] == iso_utc(lost)  # not the member date
     assert [c["ts"] for c in h.lifecycle("c1")[-2:]] == [iso(lapsed), iso(lost)]
     buy(h, "c1", (h.wall.ms - T0) / DAY, 99)
     assert state.risk is None and state.stage == "member" and state.episode == 1
