@@ -21,11 +21,11 @@ class AdminError(RuntimeError):
     """A cluster problem explained for a human."""
 
 
-def unreachable(settings: Settings) -> str:
+def unreachable(settings: Settings, cause: str = "") -> str:
     """One line for a broker nobody answers at (kafka-python alone takes ~30 s to say so)."""
     return (
-        f"cannot reach Kafka at {','.join(settings.bootstrap_servers)}: is the broker running? "
-        "(make up starts a local one; KAFKA_PORT or PATRONAGE_BROKER say where)"
+        f"cannot reach Kafka at {','.join(settings.bootstrap_servers)}{f' ({cause})' if cause else ''}: "
+        "is the broker running? (make up starts a local one; KAFKA_PORT or PATRONAGE_BROKER say where)"
     )
 
 
@@ -50,10 +50,7 @@ def _admin(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClient:
             request_timeout_ms=int(timeout_s * 1000),
         )
     except KafkaError as exc:
-        raise AdminError(
-            f"cannot reach Kafka at {','.join(settings.bootstrap_servers)} ({exc.__class__.__name__}); "
-            "is the broker running? (make up starts a local one; set PATRONAGE_BROKER)"
-        ) from exc
+        raise AdminError(unreachable(settings, exc.__class__.__name__)) from exc
 
 
 def topic_partition_counts(settings: Settings, topics: Iterable[str]) -> dict[str, int]:
@@ -155,10 +152,7 @@ def group_progress(settings: Settings, topics: Iterable[str]) -> Progress:
             enable_auto_commit=False,
         )
     except KafkaError as exc:
-        raise AdminError(
-            f"cannot reach Kafka at {','.join(settings.bootstrap_servers)} ({exc.__class__.__name__}); "
-            "is the broker running? (make up starts a local one; set PATRONAGE_BROKER)"
-        ) from exc
+        raise AdminError(unreachable(settings, exc.__class__.__name__)) from exc
     admin = _admin(settings)
     try:
         tps = []

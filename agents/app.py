@@ -433,10 +433,6 @@ def create_app(
     return app
 
 
-def quote_header(value: str) -> str:
-    return urllib.parse.quote(value, safe="")
-
-
 def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> None:
     from schemas.timestamps import parse_ts_ms
 
@@ -472,9 +468,8 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
             from aiohttp import web as aioweb
 
             target = "/profile/" + urllib.parse.quote(stub.merged_into, safe="") + "/"
-            raise aioweb.HTTPTemporaryRedirect(
-                target, headers={"X-Patronage-Merged-From": quote_header(customer_id)}
-            )
+            merged_from = urllib.parse.quote(customer_id, safe="")
+            raise aioweb.HTTPTemporaryRedirect(target, headers={"X-Patronage-Merged-From": merged_from})
         doc = runtime.profile(customer_id)
         if doc is None:
             return web.json({"error": f"unknown customer {customer_id!r}"}, status=404)

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agents.settings import Settings
+from agents.settings import Settings, local_port
 
 
 def _no_type_for_flags() -> None:
@@ -433,7 +433,7 @@ def tail(
     settings = load_settings()
     known = {t.value for t in Topic}
     name = settings.topic(topic) if topic in known else topic  # a logical name, or a real one
-    from agents.admin import AdminError, check_reachable
+    from agents.admin import AdminError, check_reachable, unreachable
 
     try:
         check_reachable(settings)
@@ -444,9 +444,7 @@ def tail(
             bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, request_timeout_ms=10_000
         )
     except KafkaError as exc:
-        fail(
-            f"cannot reach Kafka at {','.join(settings.bootstrap_servers)} ({exc}); is the broker running?", 2
-        )
+        fail(unreachable(settings, str(exc)), 2)
         raise AssertionError from None
     try:
         parts = consumer.partitions_for_topic(name)
@@ -783,16 +781,8 @@ def show_settings() -> None:
         for name, info in Settings.model_fields.items()
     ]
     rows += [  # the local stack's own (make up, patronage local up)
-        (
-            "KAFKA_PORT",
-            os.environ.get("KAFKA_PORT", "9092"),
-            "local stack: broker port (and the default broker)",
-        ),
-        (
-            "REDIS_PORT",
-            os.environ.get("REDIS_PORT", "6379"),
-            "local stack: Redis port (and the default Redis)",
-        ),
+        ("KAFKA_PORT", str(local_port("KAFKA_PORT")), "local stack: broker port (and the default broker)"),
+        ("REDIS_PORT", str(local_port("REDIS_PORT")), "local stack: Redis port (and the default Redis)"),
         (
             "PATRONAGE_RUN_DIR",
             os.environ.get("PATRONAGE_RUN_DIR", ".run"),
@@ -818,9 +808,9 @@ def _stack() -> Any:
 
     return LocalStack(
         Path(os.environ.get("PATRONAGE_RUN_DIR", ".run")),
-        kafka_port=int(os.environ.get("KAFKA_PORT", "9092")),
-        redis_port=int(os.environ.get("REDIS_PORT", "6379")),
-        web_port=int(os.environ.get("PATRONAGE_WEB_PORT", "6066")),
+        kafka_port=local_port("KAFKA_PORT"),
+        redis_port=local_port("REDIS_PORT"),
+        web_port=local_port("PATRONAGE_WEB_PORT"),
     )
 
 

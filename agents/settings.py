@@ -47,18 +47,27 @@ def _parse_pairs(text: str, name: str, cast: Callable[[str], T]) -> list[tuple[s
     return out
 
 
+def local_port(variable: str) -> int:
+    """The local stack's port from ``KAFKA_PORT`` / ``REDIS_PORT`` / ``PATRONAGE_WEB_PORT``
+    (unset or empty: 9092 / 6379 / 6066): what ``make up`` binds and every command defaults to."""
+    return int(os.environ.get(variable) or LOCAL_PORTS[variable])
+
+
+LOCAL_PORTS = {"KAFKA_PORT": 9092, "REDIS_PORT": 6379, "PATRONAGE_WEB_PORT": 6066}
+
+
 class Settings(BaseSettings):
     """Every option, its environment variable and default. ``patronage settings`` prints them."""
 
     model_config = SettingsConfigDict(env_prefix="PATRONAGE_", frozen=True, extra="ignore")
 
     broker: str = Field(
-        default_factory=lambda: f"kafka://127.0.0.1:{os.environ.get('KAFKA_PORT') or 9092}",
+        default_factory=lambda: f"kafka://127.0.0.1:{local_port('KAFKA_PORT')}",
         description="Kafka bootstrap servers, Faust URL form; several separated by ';' "
         "(default: the local stack's, 127.0.0.1:$KAFKA_PORT, else 9092)",
     )
     redis_url: str = Field(
-        default_factory=lambda: f"redis://127.0.0.1:{os.environ.get('REDIS_PORT') or 6379}/0",
+        default_factory=lambda: f"redis://127.0.0.1:{local_port('REDIS_PORT')}/0",
         description="Redis for profile projection (default: the local stack's, 127.0.0.1:$REDIS_PORT, else 6379)",
     )
     app_id: str = Field("patronage", description="consumer group id and prefix of internal topics")
@@ -74,7 +83,7 @@ class Settings(BaseSettings):
     )
     topic_prefix: str = Field("", description="prefix for every topic name (multi-tenant clusters)")
     web_host: str = Field("127.0.0.1", description="worker HTTP bind address (profile API)")
-    web_port: int = Field(6066, ge=1, le=65535, description="worker HTTP port")
+    web_port: int = Field(LOCAL_PORTS["PATRONAGE_WEB_PORT"], ge=1, le=65535, description="worker HTTP port")
     clock: Literal["event", "wall"] = Field(
         "event",
         description="'event': now = per partition, the oldest of the inputs' newest event times "
