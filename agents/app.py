@@ -21,6 +21,7 @@ from agents.delivered import DeliveredTriggers
 from agents.metrics import Metrics
 from agents.model import ModelLoader
 from agents.processor import CustomerProcessor
+from agents.projection import RedisProjection
 from agents.settings import Settings
 from agents.sink import KafkaSink, Sink
 from agents.stock import StockProcessor
@@ -92,6 +93,7 @@ class Runtime:
     processor: CustomerProcessor
     stock: StockProcessor
     topics: TopicNames
+    projection: RedisProjection | None = None
     ready: bool = False
     recoveries: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -110,6 +112,9 @@ class Runtime:
             await self.processor.resend_outbox()
         except Exception:  # the next recovery tries again; never block readiness on it
             log.exception("re-sending unconfirmed triggers failed")
+        if self.projection is not None:
+            app = self.extra.get("app")
+            self.projection.recovered(self.assigned_partitions(app) if app is not None else [])
         self.ready = True
         self.set_gauges()
         log.info(
@@ -135,6 +140,9 @@ class Runtime:
             for alerted in (True, False):
                 self.metrics.at_risk.labels(stage, str(alerted).lower()).set(counts.get((stage, alerted), 0))
         self.metrics.model_loaded.set(0 if self.pipeline.model is None else 1)
+        if self.projection is not None:
+            self.metrics.projection_lag.set(round(self.projection.lag_seconds(), 3))
+            self.metrics.projection_pending.set(self.projection.backlog())
 
     async def handle_batch(
         self, partition: int, records: Sequence[Any], align: bool = False, waiting: Sequence[str] = ()
@@ -349,6 +357,24 @@ def create_app(
         stock=stock,
         topics=topics,
     )
+    if settings.projection_enabled:
+        runtime.projection = RedisProjection(
+            settings,
+            store=table.data.data,
+            partition_of=pipeline.home_partition,
+            context=pipeline.context,
+            clock_name=clock.name,
+            metrics=metrics,
+        )
+        processor.on_durable = runtime.projection.mark
+
+        @app.task
+        async def project_to_redis() -> None:
+            """Writes changed customers to Redis (agents/projection.py); never blocks processing."""
+            assert runtime.projection is not None
+            await runtime.projection.run()
+
+    runtime.extra["app"] = app
     table.on_recovered = runtime.on_recovered
     app.runtime = runtime
     app.empty_fetch_backoff_ms = settings.empty_fetch_backoff_ms

@@ -124,6 +124,26 @@ class Metrics:
             "event by more than PATRONAGE_GATE_MAX_ARRIVAL_AGE_DAYS (re-sent or late stock records)",
             registry=r,
         )
+        self.projection_lag = Gauge(
+            "patronage_projection_lag_seconds",
+            "Age of the oldest customer change Redis does not have yet (0: the projection is current)",
+            registry=r,
+        )
+        self.projection_pending = Gauge(
+            "patronage_projection_pending",
+            "Customers waiting to be written to Redis (changed, or in a partition being projected whole)",
+            registry=r,
+        )
+        self.projection_errors = Counter(
+            "patronage_projection_errors",
+            "Failed Redis projection round trips (retried with backoff; processing goes on)",
+            registry=r,
+        )
+        self.projection_writes = Counter(
+            "patronage_projection_writes",
+            "Customer projections written to Redis (profile hash plus set memberships)",
+            registry=r,
+        )
         self.model_loaded = Gauge(
             "patronage_churn_model_loaded",
             "1 when BG/NBD parameters are loaded (P(alive) available)",

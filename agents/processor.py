@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from agents.metrics import Metrics
 from agents.sink import OutRecord, Sink, encode, send_dead_letters
@@ -44,10 +44,13 @@ class CustomerProcessor:
         partition_for: Callable[[str, str], int],
         metrics: Metrics | None = None,
         delivered: Callable[[dict[int, set[str]]], Awaitable[set[str]]] | None = None,
+        on_durable: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         """``partition_for(real_topic, key)`` is the producers' key partitioner (murmur2);
         ``delivered(ids per triggers partition)`` says which are on the topic already
-        (agents/delivered.py; None: re-send every unconfirmed one)."""
+        (agents/delivered.py; None: re-send every unconfirmed one); ``on_durable(subjects)``
+        hears of customers whose changed state is in the changelog (the Redis projection)."""
+        self.on_durable = on_durable
         self.delivered = delivered
         self.pipeline = pipeline
         self.sink = sink
@@ -188,6 +191,8 @@ class CustomerProcessor:
                     for key, st in batch.changed.items()
                 ]
             )
+            if self.on_durable is not None:
+                self.on_durable(batch.changed.keys())
         if batch.triggers:
             await self.sink.send([self._encode(e) for e in batch.triggers])
             self.pipeline.confirm_sent(batch)

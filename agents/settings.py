@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.timestamps import SECONDS_GUARD_BELOW_MS
@@ -69,6 +69,40 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         default_factory=lambda: f"redis://127.0.0.1:{local_port('REDIS_PORT')}/0",
         description="Redis for profile projection (default: the local stack's, 127.0.0.1:$REDIS_PORT, else 6379)",
+    )
+    redis_username: str = Field("", description="Redis ACL user (empty: the default user)")
+    redis_password: SecretStr | None = Field(
+        None, description="Redis password (secret: never printed or logged; overrides one in the URL)"
+    )
+    redis_tls: bool = Field(False, description="connect to Redis over TLS (same as a rediss:// URL)")
+    redis_tls_ca_file: str = Field(
+        "", description="CA bundle to verify Redis' TLS certificate (empty: the system's)"
+    )
+    redis_prefix: str = Field(
+        "patronage",
+        pattern=r"^[^\s:]+$",
+        description="first part of every Redis key: <prefix>:v1:... (README: the key layout)",
+    )
+    redis_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="Redis connect and command timeout (then: retried, processing goes on)"
+    )
+    projection_enabled: bool = Field(
+        True, description="project profiles, audiences and at-risk sets into Redis (README: Redis)"
+    )
+    projection_batch: int = Field(
+        500, ge=1, le=100_000, description="customers written per pipelined Redis round trip"
+    )
+    projection_refresh_s: float = Field(
+        3600.0,
+        ge=0,
+        description="re-project every customer this often (time-relative fields: recency, RFM "
+        "scores against the population, P(alive)); 0: only when they change",
+    )
+    projection_max_audiences: int = Field(
+        16,
+        ge=0,
+        le=64,
+        description="a customer's best interest categories that put them into audience sets (0: none)",
     )
     app_id: str = Field("patronage", description="consumer group id and prefix of internal topics")
     partitions: int = Field(
@@ -326,6 +360,11 @@ class Settings(BaseSettings):
     )
     gate_experiment: str = Field(_GATE.experiment, min_length=1, description="holdout hash salt")
     gate_log_size: int = Field(_GATE.log_size, ge=0, description="gate decisions remembered per customer")
+
+    @field_validator("redis_password", mode="before")
+    @classmethod
+    def _no_empty_password(cls, value: object) -> object:
+        return None if value in ("", None) else value
 
     @field_validator(
         "churn_alert_tiers", "churn_stalled_ask_types", "interest_touch_types", "gate_to_payer", mode="before"

@@ -67,6 +67,7 @@ class Cluster:
             "PATRONAGE_REDIS_URL": stack.redis_url,
             "PATRONAGE_APP_ID": f"{name}-app",
             "PATRONAGE_TOPIC_PREFIX": f"{name}-",
+            "PATRONAGE_REDIS_PREFIX": name,  # the session's Redis is shared: own keys
             "PATRONAGE_PARTITIONS": str(partitions),
             "PATRONAGE_LOG_LEVEL": "info",
             # a finished replay stops holding the event clock back after 1 s (default 5 s)

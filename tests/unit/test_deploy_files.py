@@ -112,6 +112,10 @@ def settings_env_names() -> set[str]:
     return {"PATRONAGE_" + name.upper() for name in Settings.model_fields}
 
 
+# secrets come from a Kubernetes Secret (deployment env), never from the ConfigMap
+SECRET_ENV = {"PATRONAGE_REDIS_PASSWORD"}
+
+
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
@@ -617,7 +621,11 @@ def test_k8s_configmap_is_exactly_the_settings_fields(
     k8s: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = k8s["ConfigMap"]["data"]
-    assert set(data) == settings_env_names()
+    assert set(data) == settings_env_names() - SECRET_ENV
+    env = {e["name"]: e for e in k8s["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for name in SECRET_ENV:
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "patronage-secrets" and ref["optional"] is True
     assert all(isinstance(value, str) for value in data.values())
     settings = settings_from(data, monkeypatch)
     assert settings.web_host == "0.0.0.0"

@@ -1,0 +1,128 @@
+"""What the Redis projection holds for one customer (pure: the agent in agents/projection.py
+writes it). The key layout is a contract other services read; it carries a version, so a
+change of layout is a new prefix next to the old one, never a silent change:
+
+``<prefix>:v1:profile:<customer id>``   hash, the customer's profile (fields below)
+``<prefix>:v1:audience:<category>``     sorted set, customer id -> interest score (0..1)
+``<prefix>:v1:at_risk:<store>``         sorted set, valued customers at risk now, customer id ->
+                                        epoch ms since when (newest first: ZREVRANGE)
+``<prefix>:v1:synced:<partition>``      string, set when a partition was fully projected
+                                        (expires after the refresh interval: then projected again)
+
+Profile hash fields: ``doc`` (the whole profile JSON, exactly what ``GET /profile/<id>``
+returns as of ``updated_at``) and, for one-field reads, ``stage``, ``base_stage``, ``tier``,
+``segment``, ``rfm``, ``recency_days``, ``frequency``, ``monetary``, ``risk``, ``p_alive``,
+``valued``, ``home_store``, ``interests`` (JSON list of ``[category, score]``),
+``last_trigger:<type>`` (``<trigger_id> <ISO time>``), ``updated_at`` (ISO) and
+``updated_at_ms``. Fields starting with ``_`` are the projection's own bookkeeping.
+Empty string means "none".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from schemas.state import CustomerState
+from schemas.timestamps import iso_utc
+from streams import churn
+from streams import interest as interests
+from streams.core import Context
+from streams.profile import build_profile
+
+LAYOUT_VERSION = "v1"
+NO_STORE = "-"  # the at-risk set of valued customers with no store (online only)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """Key names under ``<prefix>:v1:``; ``prefix`` is PATRONAGE_REDIS_PREFIX."""
+
+    prefix: str = "patronage"
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:{LAYOUT_VERSION}:"
+
+    def profile(self, subject: str) -> str:
+        return f"{self.base}profile:{subject}"
+
+    def audience(self, category: str) -> str:
+        return f"{self.base}audience:{category}"
+
+    def at_risk(self, store: str) -> str:
+        return f"{self.base}at_risk:{store}"
+
+    def synced(self, partition: int) -> str:
+        return f"{self.base}synced:{partition}"
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """One customer's projection; ``fields is None``: the customer is gone (erased, merged
+    into another id, unknown) and everything of theirs is removed."""
+
+    subject: str
+    fields: dict[str, str] | None
+    audiences: dict[str, float]
+    at_risk: tuple[str, int] | None  # (store, since epoch ms)
+
+
+def home_store(state: CustomerState) -> str | None:
+    """The store the customer shops at most (ties: the smallest id), None if none."""
+    if not state.stores:
+        return None
+    return min(state.stores.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+
+
+def _s(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def gone(subject: str) -> Projection:
+    return Projection(subject, None, {}, None)
+
+
+def project(
+    subject: str, state: CustomerState | None, ctx: Context, clock: str, max_audiences: int
+) -> Projection:
+    """The projection of ``state`` as of ``ctx.now_ms``. ``max_audiences``: how many of the
+    customer's interest categories (best first) put them into an audience set."""
+    if state is None or state.merged_into is not None or state.erased_ms is not None:
+        return gone(subject)
+    doc = build_profile(state, ctx, clock)
+    rows = interests.top(state, ctx.now_ms, ctx.policy.interest, max_audiences) if max_audiences else []
+    audiences = {row["category"]: round(float(row["score"]), 6) for row in rows}
+    view = doc["churn"]
+    rfm = doc["rfm"]
+    store = home_store(state)
+    at_risk = None
+    if state.risk is not None and churn.valued(state, ctx):
+        at_risk = (store or NO_STORE, state.risk_since_ms or state.last_purchase_ms or 0)
+    fields = {
+        "doc": orjson.dumps(doc).decode(),
+        "stage": _s(state.stage),
+        "base_stage": _s(doc["base_stage"]),
+        "tier": _s(None if view is None else view["tier"]),
+        "segment": _s(None if rfm is None else rfm["segment"]),
+        "rfm": _s(None if rfm is None else rfm["code"]),
+        "recency_days": _s(doc["recency_days"]),
+        "frequency": _s(state.frequency),
+        "monetary": _s(doc["monetary"]),
+        "risk": _s(state.risk),
+        "p_alive": _s(None if view is None else view.get("p_alive")),
+        "valued": _s(None if view is None else view["valued"]),
+        "home_store": _s(store),
+        "interests": orjson.dumps([[c, s] for c, s in audiences.items()]).decode(),
+        "updated_at": _s(iso_utc(ctx.now_ms)),
+        "updated_at_ms": _s(ctx.now_ms),
+    }
+    for type_, (trigger_id, ts_ms) in sorted(state.last_triggers.items()):
+        fields[f"last_trigger:{type_}"] = f"{trigger_id} {iso_utc(ts_ms)}"
+    return Projection(subject, fields, audiences, at_risk)
