@@ -72,6 +72,14 @@ def redis_target(url: str) -> str:
     return f"{parts.scheme}://{host}:{port}/{db}"
 
 
+def redis_url(settings: Settings) -> str:
+    """PATRONAGE_REDIS_URL, as ``rediss://`` when PATRONAGE_REDIS_TLS is on."""
+    url = settings.redis_url
+    if settings.redis_tls and url.startswith("redis://"):
+        url = "rediss://" + url[len("redis://") :]
+    return url
+
+
 def connect(settings: Settings) -> aioredis.Redis:
     """An asyncio Redis client from the settings (user, password and TLS from their own
     settings, so no secret needs to be in the URL)."""
@@ -84,9 +92,7 @@ def connect(settings: Settings) -> aioredis.Redis:
         kwargs["username"] = settings.redis_username
     if settings.redis_password is not None:
         kwargs["password"] = settings.redis_password.get_secret_value()
-    url = settings.redis_url
-    if settings.redis_tls and url.startswith("redis://"):
-        url = "rediss://" + url[len("redis://") :]
+    url = redis_url(settings)
     if url.startswith("rediss://"):
         kwargs["ssl_cert_reqs"] = "required"
         if settings.redis_tls_ca_file:
@@ -115,7 +121,7 @@ class RedisProjection:
         self.metrics = metrics
         self.client = client or connect(settings)
         self._script = self.client.register_script(PROJECT_LUA)
-        self.target = redis_target(settings.redis_url)
+        self.target = redis_target(redis_url(settings))
         # customer -> wall time (monotonic) of the oldest change not projected yet
         self.pending: dict[str, float] = {}
         self.resync: dict[int, float] = {}  # partition -> since when it waits to be projected whole

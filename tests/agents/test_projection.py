@@ -5,13 +5,14 @@ is retried without losing marks."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from agents.localstack import LocalStack, free_port
+from agents.localstack import LocalStack, free_port, redis_binary, wait_port
 from agents.metrics import Metrics
 from agents.projection import RedisProjection, _args, redis_target
 from agents.settings import Settings
@@ -94,3 +95,143 @@ def test_a_down_redis_keeps_marks_and_counts_errors(tmp_path: Path) -> None:
 def test_redis_target_hides_credentials() -> None:
     assert redis_target("rediss://app:pw@cache.example:6380/2") == "rediss://cache.example:6380/2"
     assert redis_target("redis://localhost") == "redis://localhost:6379/0"
+
+
+def _certs(tmp: Path) -> Path:
+    """A CA and a server certificate for 127.0.0.1 (openssl, Debian)."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp, check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=patronage-test-ca",
+    )
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "r.key", "-out", "r.csr", "-subj", "/CN=127.0.0.1")
+    (tmp / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "r.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "r.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    )
+    return tmp
+
+
+def test_tls_and_an_acl_user_with_a_password(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    certs = _certs(tmp_path)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            redis_binary(),
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(certs / "r.crt"),
+            "--tls-key-file",
+            str(certs / "r.key"),
+            "--tls-ca-cert-file",
+            str(certs / "ca.crt"),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "app",
+            "on",
+            ">s3cret-pw",
+            "~*",
+            "&*",
+            "+@all",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port("127.0.0.1", port, 10, "redis-server (TLS)", server)
+
+        def settings(password: str) -> Settings:
+            return Settings(
+                redis_url=f"redis://127.0.0.1:{port}/0",
+                redis_tls=True,
+                redis_tls_ca_file=str(certs / "ca.crt"),
+                redis_username="app",
+                redis_password=password,
+                redis_prefix="tls",
+                redis_timeout_s=1,
+            )
+
+        async def write(s: Settings) -> None:
+            projection = RedisProjection(
+                s, store={}, partition_of=lambda _: 0, context=lambda _: None, clock_name="event"
+            )  # type: ignore[arg-type,return-value]
+            keys = KeyLayout("tls")
+            try:
+                await projection._script(
+                    keys=[keys.profile("c1")], args=_args(keys.base, proj({"a": 1.0}, None))
+                )
+            finally:
+                await projection.close()
+
+        asyncio.run(write(settings("s3cret-pw")))
+        check = redis.Redis(
+            host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(certs / "ca.crt"), username="app", password="s3cret-pw"
+        )
+        assert check.hget("tls:v1:profile:c1", "stage") == b"member"
+        assert "s3cret-pw" not in repr(settings("s3cret-pw"))
+
+        metrics = Metrics()
+        wrong = RedisProjection(
+            settings("wrong"),
+            store={},
+            partition_of=lambda _: 0,
+            context=lambda _: None,
+            clock_name="event",
+            metrics=metrics,
+        )  # type: ignore[arg-type,return-value]
+        wrong.mark(["c1"])
+
+        async def run_briefly() -> None:
+            task = asyncio.ensure_future(wrong.run())
+            await asyncio.sleep(0.5)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        with caplog.at_level("WARNING"):
+            asyncio.run(run_briefly())
+        assert metrics.projection_errors._value.get() >= 1
+        assert wrong.pending
+        assert "rediss://127.0.0.1" in caplog.text and "AuthenticationError" in caplog.text
+        assert "s3cret" not in caplog.text
+    finally:
+        server.terminate()
+        server.wait(10)
