@@ -204,7 +204,12 @@ def test_tls_and_an_acl_user_with_a_password(tmp_path: Path, caplog: pytest.LogC
 
         asyncio.run(write(settings("s3cret-pw")))
         check = redis.Redis(
-            host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(certs / "ca.crt"), username="app", password="s3cret-pw"
+            host="127.0.0.1",
+            port=port,
+            ssl=True,
+            ssl_ca_certs=str(certs / "ca.crt"),
+            username="app",
+            password="s3cret-pw",
         )
         assert check.hget("tls:v1:profile:c1", "stage") == b"member"
         assert "s3cret-pw" not in repr(settings("s3cret-pw"))
