@@ -187,6 +187,7 @@ def worker_e2e(
     port = free_port()
     env = {
         "PATRONAGE_BROKER": stack.broker_url,
+        "PATRONAGE_REDIS_URL": stack.redis_url,  # the projection is on, as by default
         "PATRONAGE_APP_ID": f"{prefix}app",
         "PATRONAGE_TOPIC_PREFIX": prefix,
         "PATRONAGE_PARTITIONS": str(partitions),
@@ -236,6 +237,17 @@ def worker_e2e(
         if first is None or last is None:
             raise RuntimeError(f"worker did not finish ({svc.log_file})")
         rss_after = rss_kb(pid)
+        # the Redis projection runs beside processing: how long until it has everything
+        caught_up = None
+        while time.monotonic() < deadline:
+            if (
+                metric_total(port, "patronage_projection_pending") == 0
+                and metric_total(port, "patronage_projection_lag_seconds") == 0
+            ):
+                caught_up = time.perf_counter()
+                break
+            time.sleep(0.05)
+        writes = metric_total(port, "patronage_projection_writes_total")
         if spy is not None:
             spy.send_signal(2)
             spy.wait(timeout=60)
@@ -254,6 +266,8 @@ def worker_e2e(
             "buyers": summary["buyers"],
             "rss_growth_bytes_per_customer": (rss_after - rss_before) * 1024 / expected["customers"],
             "rss_mb": rss_after / 1024,
+            "projection_writes": writes,
+            "projection_caught_up_after_s": None if caught_up is None else caught_up - last,
         }
     finally:
         svc.stop()
@@ -283,6 +297,7 @@ def main() -> None:
     try:
         log("starting noida-db")
         stack.start_broker()
+        stack.start_redis()
         bootstrap = f"127.0.0.1:{stack.kafka_port}"
         log(f"generating {args.purchases:,} purchases over {args.customers:,} customers")
         keys, values, expected = make_events(args.customers, args.purchases, args.seed)
@@ -380,7 +395,13 @@ def print_table(r: dict[str, Any]) -> None:
             f"{w['events_per_s']:,.0f}",
             ratio(w["events_per_s"]),
             "yes" if w["exact"] else "NO",
-            f"{w['seconds']:.1f}s, changelog durable before ack",
+            f"{w['seconds']:.1f}s, changelog durable before ack; Redis projection: "
+            f"{w['projection_writes']:,.0f} customer writes, caught up "
+            + (
+                "never"
+                if w["projection_caught_up_after_s"] is None
+                else f"{w['projection_caught_up_after_s']:.2f}s after the last event"
+            ),
         )
     if "quix" in r:
         q = r["quix"]
