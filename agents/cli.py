@@ -309,10 +309,43 @@ def profile(
     if as_json:
         out.print_json(data=doc)
         return
+    rows = profile_rows(doc)
+    if not out.is_terminal:  # piped: one "name: value" line each, no padding to the console width
+        for key, value in rows:
+            sys.stdout.write(f"{key}: {value}\n")
+        return
     table = Table(title=f"customer {customer_id}", show_header=False)
-    for key, value in doc.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+    for key, value in rows:
+        table.add_row(key, value)
     out.print(table)
+
+
+def profile_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """A profile for people: nested parts one row per field (``churn.p_alive``), interests
+    as one line of ``category score`` (``*``: meets the interest definition)."""
+
+    def shown(value: Any) -> str:
+        return json.dumps(value) if isinstance(value, dict | list) else str(value)
+
+    rows: list[tuple[str, str]] = []
+    for key, value in doc.items():
+        if key == "interests":
+            rows.append(
+                (
+                    key,
+                    ", ".join(
+                        f"{i['category']} {i['score']:.2f}{'*' if i.get('interested') else ''}" for i in value
+                    )
+                    + ("  (* = interested)" if any(i.get("interested") for i in value) else "")
+                    if value
+                    else "none",
+                )
+            )
+        elif isinstance(value, dict) and value and key not in ("touchpoints", "stores", "facts"):
+            rows.extend((f"{key}.{sub}", shown(v)) for sub, v in value.items())
+        else:
+            rows.append((key, shown(value)))
+    return rows
 
 
 @app.command()

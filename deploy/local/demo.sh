@@ -53,4 +53,12 @@ if [ -n "$pick" ]; then
     echo "new stock: why $1 heard about $2 (patronage why $1 $2):"
     $PAT why "$1" "$2"
 fi
+# what other services read, without Kafka: the Redis projection (README: Redis projection)
+echo "Redis (what other services read): redis-cli -p $REDIS_PORT HMGET patronage:v1:profile:$who stage risk tier p_alive home_store interests updated_at"
+redis-cli -p "$REDIS_PORT" --no-raw HMGET "patronage:v1:profile:$who" stage risk tier p_alive home_store interests updated_at
+store=$(redis-cli -p "$REDIS_PORT" HGET "patronage:v1:profile:$who" home_store)
+if [ -n "$store" ]; then
+    echo "valued customers slipping away at store $store, newest first: redis-cli -p $REDIS_PORT ZREVRANGE patronage:v1:at_risk:$store 0 4"
+    redis-cli -p "$REDIS_PORT" --no-raw ZREVRANGE "patronage:v1:at_risk:$store" 0 4
+fi
 echo "demo finished; stopping the stack"

@@ -79,3 +79,25 @@ def test_help_does_not_ask_flags_for_a_value(command: str) -> None:
     proc = run(command, "--help", COLUMNS="120")
     assert proc.returncode == 0 and "--help" in proc.stdout, proc.stderr
     assert "<bool>" not in proc.stdout, proc.stdout
+
+
+def test_profile_rows_show_p_alive_and_interests_for_people() -> None:
+    from agents.cli import profile_rows
+
+    doc = {
+        "customer_id": "c1",
+        "churn": {"risk_stage": "lapsed", "p_alive": 0.3198},
+        "interests": [
+            {"category": "frozen", "score": 0.7259, "interested": True},
+            {"category": "toys", "score": 0.0837, "interested": False},
+        ],
+        "stores": {"s11": 2},
+        "rfm": None,
+    }
+    rows = dict(profile_rows(doc))
+    assert rows["churn.p_alive"] == "0.3198"
+    assert rows["churn.risk_stage"] == "lapsed"
+    assert rows["interests"] == "frozen 0.73*, toys 0.08  (* = interested)"
+    assert rows["stores"] == '{"s11": 2}'
+    assert rows["rfm"] == "None"
+    assert dict(profile_rows({"interests": []}))["interests"] == "none"
