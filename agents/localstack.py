@@ -128,6 +128,19 @@ class Service:
 
 
 def noida_binary() -> str:
+    """The native noida-db executable inside the package. Not the ``noida-db`` script: that is a
+    Python wrapper that runs the binary as a child, so the pid in ``.run/broker.pid`` would be
+    the wrapper's and ``kill`` on it would leave the broker running."""
+    try:
+        from importlib.resources import files
+
+        native = Path(str(files("noida_db").joinpath("noida-db")))
+    except ModuleNotFoundError:
+        native = None
+    if native is not None and native.is_file():
+        if not os.access(native, os.X_OK):
+            native.chmod(0o755)
+        return str(native)
     exe = shutil.which("noida-db") or str(Path(sys.executable).parent / "noida-db")
     if not Path(exe).exists():
         raise StackError("noida-db is not installed: pip install 'patronage[local]' (make setup does this)")
