@@ -138,11 +138,23 @@ def test_rows_are_the_definition_and_survive_rebuild_and_redelivery(seed: int) -
 
 def test_an_identified_visitor_who_buys_is_a_buyer_once() -> None:
     h = PipelineHarness()
-    visit = {"event_id": "v1", "anonymous_id": "anon-1", "ts": T0 + 600_000, "type": "visit", "store_id": "s1"}
+    visit = {
+        "event_id": "v1",
+        "anonymous_id": "anon-1",
+        "ts": T0 + 600_000,
+        "type": "visit",
+        "store_id": "s1",
+    }
     h.send(Topic.TOUCHPOINTS, visit)
     h.send(
         Topic.TOUCHPOINTS,
-        {"event_id": "i1", "customer_id": "c1", "anonymous_id": "anon-1", "ts": T0 + 700_000, "type": "identify"},
+        {
+            "event_id": "i1",
+            "customer_id": "c1",
+            "anonymous_id": "anon-1",
+            "ts": T0 + 700_000,
+            "type": "identify",
+        },
     )
     h.send(
         Topic.PURCHASES,
@@ -163,7 +175,13 @@ def test_entries_are_bounded_by_retention_and_count() -> None:
     for n in range(10):
         h.send(
             Topic.TOUCHPOINTS,
-            {"event_id": f"v{n}", "customer_id": "c1", "ts": T0 + n * HOUR_MS, "type": "visit", "store_id": "s1"},
+            {
+                "event_id": f"v{n}",
+                "customer_id": "c1",
+                "ts": T0 + n * HOUR_MS,
+                "type": "visit",
+                "store_id": "s1",
+            },
         )
     state = h.state("c1")
     assert state is not None and state.funnel is not None
@@ -232,5 +250,7 @@ def test_population_gauges_equal_a_full_scan() -> None:
     ctx = pipeline.context(0)
     tiers = [churn.tier(s, ctx) for s in h.store.values() if s.merged_into is None]
     assert core == tiers.count("core") > 0
-    assert registry.get_sample_value("patronage_tier_customers", {"tier": "regular"}) == tiers.count("regular")
+    assert registry.get_sample_value("patronage_tier_customers", {"tier": "regular"}) == tiers.count(
+        "regular"
+    )
     assert registry.get_sample_value("patronage_customers", {"kind": "known"}) == summary["customers"]
