@@ -433,8 +433,10 @@ def create_app(
             if high is None or high < 0:
                 continue
             lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - ((read + 1) if read is not None else 0))
-        for name in (*(topics.real(t) for t in INPUTS), topics.real(Topic.IDENTITY)):
-            metrics.consumer_lag.labels(name).set(lag.get(name, 0))
+        # labelled with the logical topic, as patronage_events_total (alerts join the two on
+        # topic; the real names carry PATRONAGE_TOPIC_PREFIX)
+        for topic in (*INPUTS, Topic.IDENTITY):
+            metrics.consumer_lag.labels(topic.value).set(lag.get(topics.real(topic), 0))
         if clock.name == "event":
             metrics.event_clock_lag.set(max(0.0, time.time() - clock.now_ms() / 1000))
 

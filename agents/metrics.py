@@ -204,7 +204,7 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             "patronage_consumer_lag",
-            "Records not yet processed in assigned partitions",
+            "Records not yet processed in assigned partitions, by logical topic (without PATRONAGE_TOPIC_PREFIX)",
             ["topic"],
             registry=r,
         )
