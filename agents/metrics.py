@@ -44,6 +44,16 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 STAGES = ("stranger", "visitor", "prospect", "customer", "member", "advocate", "at_risk", "lapsed", "lost")
 OTHER_STORE = "other"
+_OVER = " over the last PATRONAGE_METRICS_STORE_HOURS hours on the clock"
+# (measure, help) in the order of streams.storefunnel's per-store totals
+STORE_GAUGES = (
+    ("visits", "Store visits" + _OVER + " (store: up to PATRONAGE_METRICS_MAX_STORES ids, then other)"),
+    ("visitors", "Distinct visitors per store and hour, summed" + _OVER),
+    ("buyers", "Purchasing visitors (bought at the store within PATRONAGE_FUNNEL_BUY_WINDOW_MIN of a "
+     "visit) per store and hour, summed" + _OVER),
+    ("orders", "Purchases at the store" + _OVER),
+    ("revenue", "Revenue (money units) of the purchases at the store" + _OVER),
+)  # fmt: skip
 
 
 class BulkHistogram(Collector):
@@ -281,38 +291,11 @@ class Metrics:
             ["tier"],
             registry=r,
         )
-        self.store_visits = Gauge(
-            "patronage_store_visits",
-            "Store visits over the last PATRONAGE_METRICS_STORE_HOURS hours on the clock (store: "
-            "up to PATRONAGE_METRICS_MAX_STORES ids, then other)",
-            ["store"],
-            registry=r,
-        )
-        self.store_visitors = Gauge(
-            "patronage_store_visitors",
-            "Distinct visitors per store and hour, summed over the last PATRONAGE_METRICS_STORE_HOURS hours",
-            ["store"],
-            registry=r,
-        )
-        self.store_buyers = Gauge(
-            "patronage_store_buyers",
-            "Purchasing visitors (bought at the store within PATRONAGE_FUNNEL_BUY_WINDOW_MIN of a visit) "
-            "per store and hour, summed over the last PATRONAGE_METRICS_STORE_HOURS hours",
-            ["store"],
-            registry=r,
-        )
-        self.store_orders = Gauge(
-            "patronage_store_orders",
-            "Purchases at the store over the last PATRONAGE_METRICS_STORE_HOURS hours",
-            ["store"],
-            registry=r,
-        )
-        self.store_revenue = Gauge(
-            "patronage_store_revenue",
-            "Revenue (money units) of the purchases at the store over the last PATRONAGE_METRICS_STORE_HOURS hours",
-            ["store"],
-            registry=r,
-        )
+        # the store funnel, one gauge per measure (streams/storefunnel.py), all labelled by store
+        self.store = {
+            measure: Gauge(f"patronage_store_{measure}", doc, ["store"], registry=r)
+            for measure, doc in STORE_GAUGES
+        }
         self.model_loaded = Gauge(
             "patronage_churn_model_loaded",
             "1 when BG/NBD parameters are loaded (P(alive) available)",
@@ -388,13 +371,11 @@ class Metrics:
             agg = merged.setdefault(self.store_label(store), [0, 0, 0, 0, 0])
             for i, v in enumerate(totals[store]):
                 agg[i] += v
-        gauges = (self.store_visits, self.store_visitors, self.store_buyers, self.store_orders)
-        for gauge in (*gauges, self.store_revenue):
+        for gauge in self.store.values():
             gauge.clear()
-        for label, (visits, visitors, buyers, orders, cents) in merged.items():
-            for gauge, value in zip(gauges, (visits, visitors, buyers, orders), strict=True):
-                gauge.labels(label).set(value)
-            self.store_revenue.labels(label).set(cents / 100)
+        for label, values in merged.items():
+            for (measure, _doc), value in zip(STORE_GAUGES, values, strict=True):
+                self.store[measure].labels(label).set(value / 100 if measure == "revenue" else value)
 
     def observe_batch(self, batch: Batch, seconds: float) -> None:
         self.batch_seconds.observe(seconds)

@@ -28,6 +28,7 @@ from typing import Any
 
 from schemas.state import CustomerState
 from schemas.timestamps import HOUR_MS
+from streams.indexes import PartitionedIndex
 from streams.policy import FunnelPolicy
 
 Cell = tuple[str, int]  # (store id, hour start in epoch ms)
@@ -120,14 +121,14 @@ def contribution(state: CustomerState, buy_window_ms: int) -> dict[Cell, tuple[i
     return {cell: (v[0], v[1], v[2], v[3], v[4]) for cell, v in out.items()}
 
 
-class StoreFunnelIndex:
+class StoreFunnelIndex(PartitionedIndex):
     """Sums of the customers' contributions per (store, hour); a StateIndex."""
 
-    __slots__ = ("_cells", "_of", "buy_window_ms")
+    __slots__ = ("_cells", "buy_window_ms")
 
     def __init__(self, buy_window_ms: int) -> None:
+        super().__init__()
         self.buy_window_ms = buy_window_ms
-        self._of: dict[str, tuple[int, dict[Cell, tuple[int, int, int, int, int]]]] = {}
         self._cells: dict[Cell, list[int]] = {}
 
     def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
@@ -155,14 +156,8 @@ class StoreFunnelIndex:
             if not any(agg):
                 del cells[cell]
 
-    def clear(self, partition: int | None = None) -> None:
-        if partition is None:
-            self._of.clear()
-            self._cells.clear()
-            return
-        for subject, (p, _) in list(self._of.items()):
-            if p == partition:
-                self.update(partition, subject, None)
+    def _clear_all(self) -> None:
+        self._cells.clear()
 
     def cells(self, since_ms: int) -> dict[Cell, tuple[int, int, int, int, int]]:
         """(store, hour) -> (visits, visitors, buyers, orders, cents) for the hours from
