@@ -34,6 +34,7 @@ from streams.pipeline import CustomerPipeline
 from streams.policy import Policy
 from streams.profile import build_profile, churn_summary_rows, summarize
 from streams.profile import why as why_document
+from streams.rfm import segment
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +126,19 @@ class Runtime:
         )
 
     def set_gauges(self) -> None:
-        """``patronage_customers{kind}`` and ``patronage_customers_at_risk{stage,alerted}``."""
-        known = anonymous = 0
-        for s in self.store.values():
-            if s.merged_into is None:
-                if s.anonymous:
-                    anonymous += 1
-                else:
-                    known += 1
-        self.metrics.customers.labels("known").set(known)
-        self.metrics.customers.labels("anonymous").set(anonymous)
+        """The scrape-time gauges, from the pipeline's incremental indexes (no walk over the
+        customers): subjects per kind and stage, the RFM grid, segments and tiers, risk, the
+        store funnel."""
+        pipeline = self.pipeline
+        population = pipeline.population
+        self.metrics.set_population(
+            pipeline.stage_counts(),
+            population.rf_grid(),
+            {(r, f): segment(r, f) for r in range(1, 6) for f in range(1, 6)},
+            len(population),
+            population.core_count(self.policy.churn.core_share),
+        )
+        self.metrics.set_stores(pipeline.store_totals(self.metrics.store_hours))
         counts = self.pipeline.risk_counts()
         for stage in ("at_risk", "lapsed", "lost", "none"):
             for alerted in (True, False):
@@ -225,6 +229,11 @@ class Runtime:
         }
         return out
 
+    def store_funnel(self, hours: int = 24) -> list[dict[str, Any]]:
+        """Per store and hour (newest first) for the last ``hours`` hours on the clock: visits,
+        visitors, buyers, conversion, orders, revenue, avg_basket (streams/storefunnel.py)."""
+        return self.pipeline.store_funnel(hours)
+
     def assigned_partitions(self, app: faust.App) -> list[int]:
         purchases = self.topics.real(Topic.PURCHASES)
         try:
@@ -298,7 +307,9 @@ def create_app(
         broker_rebalance_timeout=max(20.0, settings.session_timeout_s * 2),
         worker_redirect_stdouts=False,
     )
-    metrics = metrics or Metrics()
+    metrics = metrics or Metrics(
+        max_stores=settings.metrics_max_stores, store_hours=settings.metrics_store_hours
+    )
     policy = settings.policy()
     clock = make_clock(settings.clock, settings.allowed_lateness_s, settings.event_clock_idle_s)
     partitioner = KeyPartitioner(
@@ -448,8 +459,10 @@ def create_app(
             if high is None or high < 0:
                 continue
             lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - ((read + 1) if read is not None else 0))
-        for name in (*(topics.real(t) for t in INPUTS), topics.real(Topic.IDENTITY)):
-            metrics.consumer_lag.labels(name).set(lag.get(name, 0))
+        # labelled with the logical topic, as patronage_events_total (alerts join the two on
+        # topic; the real names carry PATRONAGE_TOPIC_PREFIX)
+        for topic in (*INPUTS, Topic.IDENTITY):
+            metrics.consumer_lag.labels(topic.value).set(lag.get(topics.real(topic), 0))
         if clock.name == "event":
             metrics.event_clock_lag.set(max(0.0, time.time() - clock.now_ms() / 1000))
 
@@ -509,7 +522,19 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
             return web.json({"error": "add ?category=<category>"}, status=400)
         return web.json(runtime.why(customer_id, category))
 
+    @app.page("/store-funnel/")
+    class StoreFunnel(View):
+        """{"rows": [...]}: per store and hour, newest first; ?hours=N (default 24, at most
+        PATRONAGE_FUNNEL_RETENTION_H). This worker's partitions."""
+
+        async def get(self, request: Request) -> Response:
+            raw = request.query.get("hours", "24")
+            if not raw.isdigit() or int(raw) < 1:
+                return self.json({"error": f"hours must be a positive integer, got {raw!r}"}, status=400)
+            return self.json({"rows": runtime.store_funnel(int(raw))})
+
     # without the trailing slash too (the same views)
+    app.page("/store-funnel")(StoreFunnel)
     app.page("/summary")(Summary)
     app.page("/profile/{customer_id}")(profile)
     app.page("/why/{customer_id}")(why)

@@ -1,20 +1,142 @@
 """Prometheus metrics. Labels are bounded sets only (topic, outcome, stage, reason code,
-trigger type, risk stage) - never a customer id or another unbounded value."""
+trigger type, risk stage, RFM scores and segment, tier, store up to a cap) - never a
+customer id or another unbounded value. No ``_created`` series (disabled process-wide).
+
+Gauges about the population (stages, RFM grid, tiers, risk, store funnel) are set at scrape
+time from indexes the pipeline keeps incrementally (``Runtime.set_gauges``): a scrape costs
+the distinct index keys, never a walk over the customers."""
 
 from __future__ import annotations
 
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streams.gate import SUPPRESSIONS
+from streams.rfm import SEGMENTS
 
 if TYPE_CHECKING:
     from streams.pipeline import Batch
 
+disable_created_metrics()
+
+# Latency from an event's own time (or its Kafka timestamp) to done, in seconds. Live data
+# lands in the first rows (ms .. minutes); a replay of history on the event clock lands in
+# the day .. year rows (its event-time lag is the data's age) instead of all in +Inf, so the
+# same panel tells "live and keeping up" from "replaying the past" at a glance.
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800,
+    3600, 2 * 3600, 6 * 3600, 86_400, 7 * 86_400, 30 * 86_400, 365 * 86_400,
+)  # fmt: skip
+STAGES = ("stranger", "visitor", "prospect", "customer", "member", "advocate", "at_risk", "lapsed", "lost")
+OTHER_STORE = "other"
+_OVER = " over the last PATRONAGE_METRICS_STORE_HOURS hours on the clock"
+# (measure, help) in the order of streams.storefunnel's per-store totals
+STORE_GAUGES = (
+    ("visits", "Store visits" + _OVER + " (store: up to PATRONAGE_METRICS_MAX_STORES ids, then other)"),
+    ("visitors", "Distinct visitors per store and hour, summed" + _OVER),
+    ("buyers", "Purchasing visitors (bought at the store within PATRONAGE_FUNNEL_BUY_WINDOW_MIN of a "
+     "visit) per store and hour, summed" + _OVER),
+    ("orders", "Purchases at the store" + _OVER),
+    ("revenue", "Revenue (money units) of the purchases at the store" + _OVER),
+)  # fmt: skip
+
+
+class BulkHistogram(Collector):
+    """A labelled histogram observed many values at a time (a batch's records: one bisect
+    per value, one lock per batch - ``Histogram.observe`` per record would cost a lock and
+    a bucket walk each)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._bounds = tuple(float(b) for b in buckets)
+        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, labels: tuple[str, ...], values: Iterable[float]) -> None:
+        bounds = self._bounds
+        counts = [0] * (len(bounds) + 1)
+        total = 0.0
+        for v in values:
+            counts[bisect_left(bounds, v)] += 1
+            total += v
+        with self._lock:
+            series = self._series.get(labels)
+            if series is None:
+                series = self._series[labels] = ([0] * (len(bounds) + 1), [0.0])
+            held, held_sum = series
+            for i, n in enumerate(counts):
+                held[i] += n
+            held_sum[0] += total
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self._labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self._labelnames)
+        with self._lock:
+            series = [(labels, list(counts), total[0]) for labels, (counts, total) in self._series.items()]
+        for labels, counts, total in series:
+            running = 0
+            buckets = []
+            for bound, n in zip((*(repr(b) for b in self._bounds), "+Inf"), counts, strict=True):
+                running += n
+                buckets.append((bound, float(running)))
+            family.add_metric(list(labels), buckets, total)
+        yield family
+
+
+class StoreLabels:
+    """Store id -> metric label: the first ``cap`` stores seen keep their id, later ones are
+    counted under ``other`` (the label set stays bounded whatever the data holds)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._labels: dict[str, str] = {}
+
+    def __call__(self, store: str) -> str:
+        label = self._labels.get(store)
+        if label is None:
+            label = store if len(self._labels) < self.cap else OTHER_STORE
+            self._labels[store] = label
+        return label
+
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, max_stores: int = 200, store_hours: int = 24
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.store_label = StoreLabels(max_stores)
+        self.store_hours = store_hours
+        # the standard process (memory, CPU, open fds) and platform (Python version) series
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.events = Counter(
             "patronage_events",
             "Input records processed, by topic and outcome (re-routed events under their own topic)",
@@ -92,7 +214,7 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             "patronage_consumer_lag",
-            "Records not yet processed in assigned partitions",
+            "Records not yet processed in assigned partitions, by logical topic (without PATRONAGE_TOPIC_PREFIX)",
             ["topic"],
             registry=r,
         )
@@ -144,6 +266,56 @@ class Metrics:
             "Customer projections written to Redis (profile hash plus set memberships)",
             registry=r,
         )
+        self.suppressed = Counter(
+            "patronage_triggers_suppressed",
+            "Notifications the gate suppressed, by trigger type and reason (no_consent, cooldown, "
+            "just_bought, frequency_cap)",
+            ["type", "reason"],
+            registry=r,
+        )
+        self.event_lag = BulkHistogram(
+            "patronage_event_lag_seconds",
+            "Event time -> processed (state and outputs durable), per input topic, for applied "
+            "records; a replay of history on the event clock shows the data's age",
+            ["topic"],
+            LATENCY_BUCKETS,
+            r,
+        )
+        self.trigger_latency = BulkHistogram(
+            "patronage_trigger_latency_seconds",
+            "Ingest (the causing record's Kafka timestamp) -> trigger sent (acknowledged), per "
+            "trigger type; triggers fired by the clock alone (lapses, released notifications) are not "
+            "observed",
+            ["type"],
+            LATENCY_BUCKETS,
+            r,
+        )
+        self.stage_customers = Gauge(
+            "patronage_customers_by_stage",
+            "Subjects per lifecycle stage now (kind: known, anonymous; merged ids not counted)",
+            ["kind", "stage"],
+            registry=r,
+        )
+        self.rfm_customers = Gauge(
+            "patronage_rfm_customers",
+            "Buyers per RFM recency and frequency score (1-5) now, against the live population",
+            ["r", "f"],
+            registry=r,
+        )
+        self.segment_customers = Gauge(
+            "patronage_segment_customers", "Buyers per RFM segment now", ["segment"], registry=r
+        )
+        self.tier_customers = Gauge(
+            "patronage_tier_customers",
+            "Buyers per value tier now (core: top PATRONAGE_CHURN_CORE_SHARE by spend; regular)",
+            ["tier"],
+            registry=r,
+        )
+        # the store funnel, one gauge per measure (streams/storefunnel.py), all labelled by store
+        self.store = {
+            measure: Gauge(f"patronage_store_{measure}", doc, ["store"], registry=r)
+            for measure, doc in STORE_GAUGES
+        }
         self.model_loaded = Gauge(
             "patronage_churn_model_loaded",
             "1 when BG/NBD parameters are loaded (P(alive) available)",
@@ -162,6 +334,8 @@ class Metrics:
             self.triggers.labels(type_, reason).inc(n)
         for (type_, decision), n in stats.gate.items():
             self.notifications.labels(type_, decision).inc(n)
+            if decision in SUPPRESSIONS:
+                self.suppressed.labels(type_, decision).inc(n)
         for reason, n in stats.matched.items():
             self.stock_matches.labels(reason).inc(n)
         if stats.arrivals:
@@ -173,6 +347,55 @@ class Metrics:
         if stats.due:
             self.due.inc(stats.due)
         self.changelog_writes.inc(len(batch.changed))
+        # the batch is durable now: its records are processed, its triggers sent
+        now_s = time.time()
+        for topic, stamps in stats.event_ts.items():
+            self.event_lag.observe_many((topic,), (now_s - ts / 1000 for ts in stamps))
+        if stats.trigger_ingest:
+            by_type: dict[str, list[float]] = {}
+            for type_, ingest_ms in stats.trigger_ingest:
+                by_type.setdefault(type_, []).append(max(0.0, now_s - ingest_ms / 1000))
+            for type_, lags in by_type.items():
+                self.trigger_latency.observe_many((type_,), lags)
+
+    def set_population(
+        self,
+        stages: dict[tuple[str, str], int],
+        grid: dict[tuple[int, int], int],
+        segment_of: dict[tuple[int, int], str],
+        buyers: int,
+        core: int,
+    ) -> None:
+        """The scrape-time gauges about the population (every label combination set, zeros
+        included, so a series never vanishes and alerts on it stay defined)."""
+        for kind in ("known", "anonymous"):
+            self.customers.labels(kind).set(sum(n for (k, _), n in stages.items() if k == kind))
+            for stage in STAGES:
+                self.stage_customers.labels(kind, stage).set(stages.get((kind, stage), 0))
+        segments = dict.fromkeys(SEGMENTS, 0)
+        for r in range(1, 6):
+            for f in range(1, 6):
+                n = grid.get((r, f), 0)
+                self.rfm_customers.labels(str(r), str(f)).set(n)
+                segments[segment_of[(r, f)]] += n
+        for name, n in segments.items():
+            self.segment_customers.labels(name).set(n)
+        self.tier_customers.labels("core").set(core)
+        self.tier_customers.labels("regular").set(buyers - core)
+
+    def set_stores(self, totals: dict[str, tuple[int, int, int, int, int]]) -> None:
+        """Store funnel gauges from per-store totals (visits, visitors, buyers, orders, cents);
+        stores beyond the cap are summed under ``other``."""
+        merged: dict[str, list[int]] = {}
+        for store in sorted(totals):
+            agg = merged.setdefault(self.store_label(store), [0, 0, 0, 0, 0])
+            for i, v in enumerate(totals[store]):
+                agg[i] += v
+        for gauge in self.store.values():
+            gauge.clear()
+        for label, values in merged.items():
+            for (measure, _doc), value in zip(STORE_GAUGES, values, strict=True):
+                self.store[measure].labels(label).set(value / 100 if measure == "revenue" else value)
 
     def observe_batch(self, batch: Batch, seconds: float) -> None:
         self.batch_seconds.observe(seconds)

@@ -14,11 +14,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.timestamps import SECONDS_GUARD_BELOW_MS
 from schemas.topics import Topic, TopicNames
-from streams.policy import ChurnPolicy, GatePolicy, InterestPolicy, Policy
+from streams.policy import ChurnPolicy, FunnelPolicy, GatePolicy, InterestPolicy, Policy
 
 _CHURN = ChurnPolicy()
 _INTEREST = InterestPolicy()
 _GATE = GatePolicy()
+_FUNNEL = FunnelPolicy()
 TRIGGER_TYPES = ("new_stock_for_interest", "churn_risk", "won_back", "stalled_prospect")
 CHANNELS = ("push", "email", "sms", "in_store")
 
@@ -360,6 +361,29 @@ class Settings(BaseSettings):
     )
     gate_experiment: str = Field(_GATE.experiment, min_length=1, description="holdout hash salt")
     gate_log_size: int = Field(_GATE.log_size, ge=0, description="gate decisions remembered per customer")
+    # -- store funnel and metrics --
+    funnel_buy_window_min: float = Field(
+        _FUNNEL.buy_window_ms / 60_000,
+        ge=0,
+        description="store funnel: a purchase at the store up to this many minutes after a visit makes "
+        "the visitor a buyer (event time)",
+    )
+    funnel_retention_h: int = Field(
+        _FUNNEL.retention_ms // 3_600_000,
+        ge=2,
+        le=24 * 31,
+        description="store funnel: hours of store visits and purchases each customer keeps (before the "
+        "clock's now); the longest /store-funnel answer",
+    )
+    funnel_max_entries: int = Field(
+        _FUNNEL.max_entries, ge=1, description="store funnel: visits + store purchases kept per customer"
+    )
+    metrics_max_stores: int = Field(
+        200, ge=1, description="store label values in metrics; further stores are counted as 'other'"
+    )
+    metrics_store_hours: int = Field(
+        24, ge=1, description="hours (up to the clock's now) the patronage_store_* gauges sum over"
+    )
 
     @field_validator("redis_password", mode="before")
     @classmethod
@@ -530,6 +554,11 @@ class Settings(BaseSettings):
             churn=self.churn_policy(),
             interest=self.interest_policy(),
             gate=self.gate_policy(),
+            funnel=FunnelPolicy(
+                buy_window_ms=round(self.funnel_buy_window_min * 60_000),
+                retention_ms=self.funnel_retention_h * 3_600_000,
+                max_entries=self.funnel_max_entries,
+            ),
         )
 
     def interest_policy(self) -> InterestPolicy:

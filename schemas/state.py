@@ -18,7 +18,8 @@ import orjson
 
 # 2: typed facts, stores, churn (risk, episode, alert), experience, stalled prospect, outbox.
 # 3: interest profile and notification-gate memory (new stock for your interest).
-# Older records load with the newer fields empty.
+# Older records load with the newer fields empty. Fields added without a version bump
+# (older readers ignore them): "fun" (store funnel entries).
 STATE_VERSION = 3
 _READABLE_VERSIONS = (1, 2, 3)
 
@@ -156,6 +157,9 @@ class CustomerState:
         # memory (streams.gate): plain JSON-able dicts, None until first used
         "interest",
         "notify",
+        # store funnel (streams.storefunnel): {"v": [[store, ts]], "p": [[store, ts, cents]]},
+        # recent store visits and store purchases, None when there are none
+        "funnel",
         # derived, never encoded: the own-rhythm summary of the day buckets, recomputed
         # only when they change (streams.rfm.rhythm)
         "rhythm_cache",
@@ -198,6 +202,7 @@ class CustomerState:
         self.last_triggers: dict[str, list[Any]] = {}  # type -> [trigger_id, ts_ms]
         self.interest: dict[str, Any] | None = None
         self.notify: dict[str, Any] | None = None
+        self.funnel: dict[str, list[list[Any]]] | None = None
         self.rhythm_cache: tuple[int, int, float, int] | None = None
         self.stage = "stranger"
         self.stage_since_ms: int | None = None
@@ -250,6 +255,8 @@ class CustomerState:
             d["int"] = self.interest
         if self.notify:
             d["ntf"] = self.notify
+        if self.funnel:
+            d["fun"] = self.funnel
         d["st"] = self.stage
         if self.stage_since_ms is not None:
             d["ss"] = self.stage_since_ms
@@ -300,6 +307,7 @@ class CustomerState:
         s.last_triggers = d.get("ltr", {})
         s.interest = d.get("int")
         s.notify = d.get("ntf")
+        s.funnel = d.get("fun")
         s.stage = d.get("st", "stranger")
         s.stage_since_ms = d.get("ss")
         s.aliases = d.get("al", [])

@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from schemas.errors import Reason
 
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -12,7 +12,7 @@ from schemas.errors import Reason, Rejected, Stage
 from schemas.events import CustomerUpdate, PurchaseLike, TouchpointLike, TouchType
 from schemas.state import CustomerState, Fact
 from schemas.topics import Topic
-from streams import churn, dedupe
+from streams import churn, dedupe, storefunnel
 from streams import interest as interests
 from streams.core import Context, Outcome, Step, lifecycle_change
 from streams.dedupe import POSITIVE_REVIEW_CODE, TOUCH_CODE_MASK, TOUCH_CODES, Seen
@@ -45,6 +45,8 @@ def on_purchase(state: CustomerState | None, ev: PurchaseLike, ctx: Context) -> 
         return Step(state, Outcome.DUPLICATE)
     note_event_time(state, ev.ts)
     churn.note_store(state, ev.store_id, policy.churn)
+    if ev.store_id is not None:
+        storefunnel.note_purchase(state, ev.store_id, ev.ts, ev.amount_cents, ctx.now_ms, policy.funnel)
     interests.note_purchase(state, ev.ts, ev.items, policy.interest)
     payer = ev.payer_id
     if payer is not None and payer != state.subject:
@@ -97,6 +99,8 @@ def on_touchpoint(state: CustomerState | None, ev: TouchpointLike, ctx: Context)
     if seen is Seen.DUPLICATE:
         return Step(state, Outcome.DUPLICATE)
     apply_touch(state, ev.type.value, ev.ts, ev.rating, policy)
+    if ev.type is TouchType.visit and ev.store_id is not None:
+        storefunnel.note_visit(state, ev.store_id, ev.ts, ctx.now_ms, policy.funnel)
     if ev.category is not None and ev.type.value in policy.interest.touch_types:
         interests.note_touch(state, ev.ts, ev.category, policy.interest)
     step = Step(state, Outcome.APPLIED, beyond_horizon=seen is Seen.NEW_BEYOND_HORIZON)

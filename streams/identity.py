@@ -23,7 +23,7 @@ from schemas.events import describe_validation_error
 from schemas.outputs import IdentityRecord
 from schemas.state import CustomerState
 from schemas.topics import Topic
-from streams import dedupe
+from streams import dedupe, storefunnel
 from streams.core import Context, Emit, Outcome, Step
 from streams.dedupe import POSITIVE_REVIEW_CODE, TOUCH_CODE_MASK, TOUCH_CODES, TOUCH_TYPES
 from streams.lifecycle import note_event_time, restage
@@ -150,6 +150,7 @@ def on_merge(
         ):
             state.last_touch_ms = other.last_touch_ms
         dedupe.union(state.touch_ids, other.touch_ids, policy.touch_id_cap)
+        storefunnel.merge(state, other, ctx.now_ms, policy.funnel)
         if other.last_event_ms is not None:
             note_event_time(state, other.last_event_ms)
     state.aliases.append(anon)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Hashable
-from typing import Protocol
+from typing import Any, Protocol
 
 from schemas.state import CustomerState
 
@@ -105,15 +105,40 @@ class DeadlineIndex:
         self._swept_at.pop(partition, None)
 
 
-class CountIndex:
+class PartitionedIndex:
+    """An index holding one entry per subject, ``_of[subject] = (partition, entry)``:
+    ``clear(partition)`` removes that partition's subjects through ``update(..., None)``."""
+
+    __slots__ = ("_of",)
+
+    def __init__(self) -> None:
+        self._of: dict[str, tuple[int, Any]] = {}
+
+    def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
+        raise NotImplementedError
+
+    def _clear_all(self) -> None:
+        raise NotImplementedError
+
+    def clear(self, partition: int | None = None) -> None:
+        if partition is None:
+            self._of.clear()
+            self._clear_all()
+            return
+        for subject, (p, _) in list(self._of.items()):
+            if p == partition:
+                self.update(partition, subject, None)
+
+
+class CountIndex(PartitionedIndex):
     """How many subjects fall in each class (lifecycle stage, open churn alerts, ...), kept
     incrementally so a metrics scrape never walks the table."""
 
-    __slots__ = ("_class_of", "_counts", "_of")
+    __slots__ = ("_class_of", "_counts")
 
     def __init__(self, class_of: Callable[[CustomerState], Hashable | None]) -> None:
+        super().__init__()
         self._class_of = class_of
-        self._of: dict[str, tuple[int, Hashable]] = {}
         self._counts: dict[Hashable, int] = {}
 
     def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
@@ -135,11 +160,5 @@ class CountIndex:
     def counts(self) -> dict[Hashable, int]:
         return dict(self._counts)
 
-    def clear(self, partition: int | None = None) -> None:
-        if partition is None:
-            self._of.clear()
-            self._counts.clear()
-            return
-        for subject, (p, _) in list(self._of.items()):
-            if p == partition:
-                self.update(partition, subject, None)
+    def _clear_all(self) -> None:
+        self._counts.clear()

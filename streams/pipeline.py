@@ -42,7 +42,7 @@ from schemas.outputs import dead_letter_record
 from schemas.state import CustomerState
 from schemas.timestamps import DAY_MS, TsBounds, iso_utc
 from schemas.topics import CUSTOMER_INPUTS, EVENT_TIME_INPUTS, Topic, TopicNames
-from streams import churn, gate, identity
+from streams import churn, gate, identity, storefunnel
 from streams import customer as steps
 from streams import stock as stocks
 from streams.clock import Clock
@@ -83,6 +83,11 @@ class BatchStats:
     matched: Counter[str] = field(default_factory=Counter)  # stock audience by reason
     arrivals: int = 0  # stock arrivals matched
     stale: list[str] = field(default_factory=list)  # ids of arrivals too old to offer
+    # event times of the records applied, per topic (event time -> processed latency)
+    event_ts: dict[str, list[int]] = field(default_factory=dict)
+    # (trigger type, Kafka timestamp ms of the record that caused it) for triggers decided
+    # while applying a record (ingest -> trigger sent latency); clock-fired ones are not here
+    trigger_ingest: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -145,6 +150,7 @@ class _Work:
     touched: dict[str, CustomerState | None] = field(default_factory=dict)
     newest: dict[str, int] = field(default_factory=dict)  # topic -> newest applied event time
     last: str | None = None  # the subject the record just applied changed
+    ingest_ms: int | None = None  # Kafka timestamp of the record being applied
 
 
 class _Ready(NamedTuple):
@@ -200,6 +206,10 @@ class CustomerPipeline:
         self.deadlines = DeadlineIndex(self._next_deadline)
         # customers at risk now, per (risk stage, tier-independent "alerted")
         self.risk = CountIndex(_risk_class)
+        # subjects per (known | anonymous, lifecycle stage), for the metrics
+        self.stages = CountIndex(_stage_class)
+        # store funnel: per (store, hour) sums of the customers' recent visits and purchases
+        self.funnel = storefunnel.StoreFunnelIndex(policy.funnel.buy_window_ms)
         # stock fan-out: category -> candidates, co-purchase counts, store -> region
         self.interests = stocks.InterestIndex(policy.interest)
         self.affinity = stocks.AffinityIndex(policy.interest)
@@ -214,6 +224,8 @@ class CustomerPipeline:
             self.population,
             self.deadlines,
             self.risk,
+            self.stages,
+            self.funnel,
             self.interests,
             *((self.affinity,) if affinity_on else ()),
         )
@@ -332,6 +344,7 @@ class CustomerPipeline:
                 self.tick(partition, now_ms=ts, batch=batch, base=work.ctx)
                 due_at = deadlines.next_deadline(partition)
             work.last = None
+            work.ingest_ms = _ingest_ms(record)
             try:
                 outcome = prepared.run()
             except Rejected as exc:
@@ -341,6 +354,11 @@ class CustomerPipeline:
                 outcome = Outcome.DEAD_LETTER
                 self._crashed(record, prepared.label, exc, batch)
             stats.outcomes[(prepared.label, outcome.value)] += 1
+            if outcome is Outcome.APPLIED and ts != _FIRST:
+                event_ts = stats.event_ts.get(prepared.label)
+                if event_ts is None:
+                    event_ts = stats.event_ts[prepared.label] = []
+                event_ts.append(ts)
             if work.last is not None:  # its next deadline counts from now on
                 last_state = self.store.get(work.last)
                 deadlines.update(partition, work.last, last_state)
@@ -458,6 +476,8 @@ class CustomerPipeline:
             p = self.home_partition(subject)
             self.deadlines.update(p, subject, state)
             self.risk.update(p, subject, state)
+            self.stages.update(p, subject, state)
+            self.funnel.update(p, subject, state)
             for index in self._stock_indexes:
                 index.update(p, subject, state)
         for p, ms in floors.items():
@@ -472,6 +492,25 @@ class CustomerPipeline:
     def risk_counts(self) -> dict[Any, int]:
         """Customers per (risk stage or "none", open churn alert) right now."""
         return self.risk.counts()
+
+    def stage_counts(self) -> dict[Any, int]:
+        """Subjects per ("known" | "anonymous", lifecycle stage) right now (merged anonymous
+        ids and erased strangers not counted, as in the summary)."""
+        return self.stages.counts()
+
+    def store_funnel(self, hours: int) -> list[dict[str, Any]]:
+        """``/store-funnel`` rows for the ``hours`` hours up to the clock's now (at most the
+        funnel retention: older hours may be incomplete), newest hour first."""
+        return storefunnel.rows(self.funnel.cells(self._funnel_since(hours)), iso_utc)
+
+    def store_totals(self, hours: int) -> dict[str, tuple[int, int, int, int, int]]:
+        """Per store over the last ``hours`` hours (the clock's now included): visits,
+        visitors, buyers, orders, revenue cents (visitors and buyers summed per hour)."""
+        return self.funnel.per_store(self._funnel_since(hours))
+
+    def _funnel_since(self, hours: int) -> int:
+        hours = max(1, min(hours, self.policy.funnel.retention_ms // storefunnel.HOUR_MS))
+        return storefunnel.hour_of(self.clock.now_ms()) - (hours - 1) * storefunnel.HOUR_MS
 
     # --- decode + validate per topic ------------------------------------------------------
     def _purchase(self, obj: dict[str, Any]) -> PurchaseLike:
@@ -607,7 +646,7 @@ class CustomerPipeline:
                     if had_pending or state.notify["pend"]:  # type: ignore[index]
                         self.deadlines.update(partition, match.subject, state)
                 if result.emits:
-                    self._route(result.emits, work.batch)
+                    self._route(result.emits, work.batch, work.ingest_ms)
             return Outcome.APPLIED
 
         return _Ready(Topic.STOCK_BROADCAST.value, ev.ts, run)
@@ -641,14 +680,16 @@ class CustomerPipeline:
         if step.beyond_horizon:
             work.batch.stats.beyond_horizon += 1
         if step.emits:
-            self._route(step.emits, work.batch)
+            self._route(step.emits, work.batch, work.ingest_ms)
 
-    def _route(self, emits: list[Emit], batch: Batch) -> None:
+    def _route(self, emits: list[Emit], batch: Batch, ingest_ms: int | None = None) -> None:
         stats = batch.stats
         for emit in emits:
             if emit.topic is Topic.TRIGGERS:
                 batch.triggers.append(emit)
                 stats.triggers[(emit.value["type"], emit.value["reason"])] += 1
+                if ingest_ms is not None:
+                    stats.trigger_ingest.append((emit.value["type"], ingest_ms))
             else:
                 if emit.topic is Topic.LIFECYCLE_CHANGES:
                     stats.lifecycle[emit.value["to_stage"]] += 1
@@ -708,6 +749,22 @@ def dead_letter(record: RecordLike, exc: Rejected, wall_ms: int, max_bytes: int)
 
 _CUSTOMER_INPUT_NAMES = {t.value for t in CUSTOMER_INPUTS}
 assert set(EVENT_TIME_INPUTS) <= set(CUSTOMER_INPUTS)
+
+
+def _ingest_ms(record: Any) -> int | None:
+    """A record's Kafka timestamp in epoch ms (aiokafka: int ms; Faust messages: float s)."""
+    ts = getattr(record, "timestamp", None)
+    if isinstance(ts, float):
+        return int(ts * 1000)
+    return ts if isinstance(ts, int) and ts > 0 else None
+
+
+def _stage_class(state: CustomerState) -> tuple[str, str] | None:
+    if state.merged_into is not None:
+        return None
+    if state.erased_ms is not None and state.stage == "stranger" and not state.frequency:
+        return None
+    return ("anonymous" if state.anonymous else "known", state.stage)
 
 
 def _risk_class(state: CustomerState) -> tuple[str, bool] | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from schemas.timestamps import DAY_MS, SECONDS_GUARD_BELOW_MS
+from schemas.timestamps import DAY_MS, HOUR_MS, SECONDS_GUARD_BELOW_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +161,23 @@ class GatePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class FunnelPolicy:
+    """The store funnel (streams/storefunnel.py), on event time."""
+
+    buy_window_ms: int = 2 * HOUR_MS  # a purchase at the store this long after a visit: a buyer
+    retention_ms: int = 72 * HOUR_MS  # visits/purchases kept per customer before the clock's now
+    max_entries: int = 256  # visits + store purchases kept per customer (newest kept)
+
+    def __post_init__(self) -> None:
+        if self.buy_window_ms < 0:
+            raise ValueError("store funnel buy window must be >= 0")
+        if self.retention_ms < self.buy_window_ms + HOUR_MS:
+            raise ValueError("store funnel retention must be at least the buy window plus one hour")
+        if self.max_entries < 1:
+            raise ValueError("store funnel max entries must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     # lifecycle
     member_min_purchases: int = 3
@@ -189,6 +206,7 @@ class Policy:
     churn: ChurnPolicy = field(default_factory=ChurnPolicy)
     interest: InterestPolicy = field(default_factory=InterestPolicy)
     gate: GatePolicy = field(default_factory=GatePolicy)
+    funnel: FunnelPolicy = field(default_factory=FunnelPolicy)
 
     def __post_init__(self) -> None:
         if self.bucket_retention_days <= max(self.windows_days):

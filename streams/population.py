@@ -85,7 +85,7 @@ class _Ranks:
 class Population:
     """Rank index over the buyers this process holds (keyed by subject id); a StateIndex."""
 
-    __slots__ = ("_below", "_by_subject", "_hists", "_prior")
+    __slots__ = ("_below", "_by_subject", "_hists", "_prior", "_rf")
 
     def __init__(self) -> None:
         self._by_subject: dict[str, Contribution] = {}
@@ -95,6 +95,9 @@ class Population:
         # cached "how many buyers have a smaller value" tables, dropped on every change
         self._below: list[_Ranks | None] = [None, None, None]
         self._prior: tuple[int, float | None] | None = None
+        # (last purchase day, frequency) -> buyers: the R x F grid at a scrape costs the
+        # distinct pairs (days x frequencies), not the buyers
+        self._rf: dict[tuple[int, int], int] = {}
 
     def __len__(self) -> int:
         return len(self._by_subject)
@@ -112,6 +115,7 @@ class Population:
                 self._below = [None, None, None]
             for hist, value in zip(hists[:3], old[:3], strict=True):
                 _dec(hist, value)
+            _dec(self._rf, old[:2])  # type: ignore[arg-type]
             if old[3] >= 0:
                 _dec(hists[3], old[3])
                 self._prior = None
@@ -121,6 +125,8 @@ class Population:
         if new is not None:
             for hist, value in zip(hists[:3], new[:3], strict=True):
                 hist[value] = hist.get(value, 0) + 1
+            rf = self._rf
+            rf[new[:2]] = rf.get(new[:2], 0) + 1
             if new[3] >= 0:
                 hists[3][new[3]] = hists[3].get(new[3], 0) + 1
                 self._prior = None
@@ -187,3 +193,42 @@ class Population:
             f=quintile_score(self._count_below(1, c[1]), n),
             m=quintile_score(self._count_below(2, c[2]), n),
         )
+
+    def rf_grid(self) -> dict[tuple[int, int], int]:
+        """Buyers per (R score, F score) right now (what ``scores`` gives each of them)."""
+        n = len(self._by_subject)
+        grid: dict[tuple[int, int], int] = {}
+        for (day, freq), count in self._rf.items():
+            cell = (
+                quintile_score(self._count_below(0, day), n),
+                quintile_score(self._count_below(1, freq), n),
+            )
+            grid[cell] = grid.get(cell, 0) + count
+        return grid
+
+    def core_count(self, share: float) -> int:
+        """Buyers in the top ``share`` by lifetime spend (tier ``core``, as ``is_core``): from
+        the cached rank table when scores were read since the last change, else one sort
+        of the distinct spend values (no rank table built for a scrape)."""
+        n = len(self._by_subject)
+        if not n:
+            return 0
+        limit = max(1.0, share * n)
+        table = self._below[2]
+        hist = self._hists[2]
+        if table is not None:
+            cum = table.cum  # values ascending; buyers at or above keys[i] = n - cum[i]
+            lo, hi = 0, len(table.keys)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if n - cum[mid] <= limit:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return n - cum[lo]
+        at_or_above = 0
+        for value in sorted(hist, reverse=True):
+            if at_or_above + hist[value] > limit:
+                break
+            at_or_above += hist[value]
+        return at_or_above

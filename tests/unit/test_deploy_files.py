@@ -42,17 +42,7 @@ APP_SOURCES = sorted((ROOT / "agents").glob("*.py"))
 EXPECTED_INPUTS = ("purchases", "touchpoints", "stock-arrivals", "customer-updates")
 EXPECTED_OUTPUTS = ("triggers", "lifecycle-changes", "dead-letters")
 
-# The metrics the dashboard and the alerts rely on (see deploy/README.md); checked against
-# agents.metrics.Metrics below.
-METRICS = {
-    "up",
-    "patronage_events_total",
-    "patronage_dead_letters_total",
-    "patronage_consumer_lag",
-    "patronage_batch_seconds_bucket",
-    "patronage_lifecycle_changes_total",
-    "patronage_customers",
-}
+README = (ROOT / "README.md").read_text()
 # Labels every Prometheus series has, or that histogram_quantile needs.
 TARGET_LABELS = {"instance", "job", "le"}
 # Unbounded (per-customer or per-event) labels must never appear in metrics or queries.
@@ -63,7 +53,8 @@ UNBOUNDED_LABEL = re.compile(
 PROMQL_WORDS = {
     "sum", "by", "without", "rate", "irate", "increase", "histogram_quantile", "absent", "and", "or",
     "unless", "on", "ignoring", "max", "min", "avg", "count", "deriv", "le", "topic", "stage",
-    "to_stage", "instance", "job", "bool", "offset", "outcome", "kind",
+    "to_stage", "instance", "job", "bool", "offset", "outcome", "kind", "topk", "type", "reason",
+    "decision", "alerted", "segment", "tier", "store", "r", "f",
 }  # fmt: skip
 
 
@@ -87,10 +78,14 @@ def app_page(name: str) -> str:
 def exported_series() -> dict[str, set[str]]:
     """Sample name -> label names of everything the worker's /metrics can export."""
     registry = Metrics().registry
-    return {
+    out = {
         name: set(getattr(collector, "_labelnames", ()))
         for name, collector in registry._names_to_collectors.items()
     }
+    for family in registry.collect():  # collectors without describe() (process, platform)
+        for sample in family.samples:
+            out.setdefault(sample.name, set()).update(set(sample.labels) - {"le"})
+    return out
 
 
 def check_query(expr: str, where: str) -> None:
@@ -98,7 +93,9 @@ def check_query(expr: str, where: str) -> None:
     assert not UNBOUNDED_LABEL.search(expr), f"{where}: unbounded label in {expr}"
     series = exported_series()
     names = metric_names(expr)
-    assert names <= METRICS, f"{where}: metric outside the documented set in {expr}"
+    assert names <= set(series) | {"up"}, f"{where}: metric the worker does not export in {expr}"
+    for name in names - {"up"}:
+        assert documented(name), f"{where}: {name} is not in README's Metrics table"
     labels = set(TARGET_LABELS)
     for name in names - {"up"}:
         assert name in series, f"{where}: {name} is not exported by agents.metrics.Metrics"
@@ -106,6 +103,18 @@ def check_query(expr: str, where: str) -> None:
     for group in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr):
         used = {label.strip() for label in group.split(",") if label.strip()}
         assert used <= labels, f"{where}: labels {sorted(used - labels)} not on the metrics of {expr}"
+
+
+def documented(name: str) -> bool:
+    """``name`` (a sample name) is in the README's Metrics section (histograms by their
+    base name, the process collector as ``process_*``)."""
+    section = README.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    base = re.sub(r"_(bucket|sum|count)$", "", name)
+    return (
+        f"`{base}`" in section
+        or f"`{name}`" in section
+        or (name.startswith("process_") and "`process_*`" in section)
+    )
 
 
 def settings_env_names() -> set[str]:
@@ -513,6 +522,18 @@ def test_promtool_alert_unit_tests() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_every_alert_has_a_unit_test_where_it_fires() -> None:
+    tests = load_yaml(PROMETHEUS / "alerts_test.yml")["tests"]
+    firing = {
+        case["alertname"] for test in tests for case in test["alert_rule_test"] if case.get("exp_alerts")
+    }
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names <= firing, f"alerts without a unit test that makes them fire: {sorted(names - firing)}"
+    for required in ("PatronageWorkerDown", "PatronageConsumerLagHigh", "PatronageDeadLetterRateHigh",
+                     "PatronageValuedCustomersLapsingSpike"):  # fmt: skip
+        assert required in names
+
+
 # --------------------------------------------------------------------------- Grafana
 
 
@@ -521,8 +542,20 @@ def dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text())
 
 
+# Grafana's variables in panel queries, and the concrete values the checks use for them
+GRAFANA_VARIABLES = ("$__rate_interval", "$__interval", "$interval", "$job")
+
+
+def concrete(expr: str, rate_interval: str = "1m", job: str = "patronage") -> str:
+    """A panel query as Grafana sends it: its variables replaced by concrete values."""
+    out = expr.replace("$__rate_interval", rate_interval).replace("$__interval", rate_interval)
+    out = out.replace("$interval", rate_interval).replace("$job", job)
+    assert "$" not in out, f"unknown Grafana variable in {expr}"
+    return out
+
+
 def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return [concrete(target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
 
 
 def test_dashboard_panels_have_promql_with_bounded_labels(dashboard: dict[str, Any]) -> None:
@@ -552,6 +585,31 @@ def test_dashboard_covers_the_required_views(dashboard: dict[str, Any]) -> None:
     ]
     for expr in required:
         assert expr in exprs, expr
+    # the operator's views: each metric appears in some panel
+    used = set().union(*(metric_names(e) for e in exprs))
+    for metric in (
+        "patronage_event_lag_seconds_bucket",  # latency percentiles
+        "patronage_trigger_latency_seconds_bucket",
+        "patronage_customers_by_stage",  # lifecycle funnel
+        "patronage_rfm_customers",  # RFM grid
+        "patronage_segment_customers",
+        "patronage_tier_customers",
+        "patronage_customers_at_risk",  # churn: valued at risk
+        "patronage_triggers_total",  # trigger rates, churn alerts
+        "patronage_triggers_suppressed_total",
+        "patronage_dead_letters_total",
+        "patronage_store_visits",  # store funnel
+        "patronage_store_visitors",
+        "patronage_store_buyers",
+        "patronage_store_orders",
+        "patronage_store_revenue",
+        "patronage_tick_seconds_bucket",
+        "patronage_deadlines_due_total",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ):
+        assert metric in used, metric
+    assert any("histogram_quantile(0.99" in e and "patronage_event_lag_seconds_bucket" in e for e in exprs)
 
 
 def test_dashboard_queries_parse_with_promtool(dashboard: dict[str, Any], tmp_path: Path) -> None:

@@ -1,0 +1,202 @@
+"""The store funnel: per store and hour, visits, distinct visitors, purchasing visitors,
+orders and revenue - derived from customer state, so it is exact after a restart.
+
+Definitions (event time; ``hour`` = the UTC hour an event falls in):
+
+- **visits** of (store S, hour H): ``visit`` touchpoints with ``store_id`` S in H (each
+  touchpoint once: they are de-duplicated by event id before they get here);
+- **visitors**: distinct subjects (customer id, or anonymous id until it is identified:
+  an identified visitor's visits move to the customer) with a visit at S in H;
+- **buyers** (purchasing visitors): visitors of (S, H) with a purchase at S (``store_id`` S)
+  no earlier than one of their visits at S in H and at most ``buy_window_ms`` after it;
+- **orders** / **revenue**: purchases at S whose event time falls in H (every customer's,
+  visit or not) and their amounts; ``conversion`` = buyers / visitors, ``avg_basket`` =
+  revenue / orders.
+
+Each customer keeps its recent store visits and store purchases in its state
+(``CustomerState.funnel``: bounded by ``retention_ms`` before the partition clock's now,
+and by ``max_entries``), and :class:`StoreFunnelIndex` sums the per-customer contributions.
+The index is rebuilt from the table after a restart, like the population. Entries older
+than the retention are dropped only when the customer changes, so hours older than
+``now - retention`` may be incomplete: they are never reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from schemas.state import CustomerState
+from schemas.timestamps import HOUR_MS
+from streams.indexes import PartitionedIndex
+from streams.policy import FunnelPolicy
+
+Cell = tuple[str, int]  # (store id, hour start in epoch ms)
+# per cell: visits, visitors, buyers, orders, revenue cents
+VISITS, VISITORS, BUYERS, ORDERS, CENTS = range(5)
+
+
+def hour_of(ts_ms: int) -> int:
+    return ts_ms - ts_ms % HOUR_MS
+
+
+def _entries(state: CustomerState) -> tuple[list[list[Any]], list[list[Any]]]:
+    funnel = state.funnel
+    if funnel is None:
+        funnel = state.funnel = {"v": [], "p": []}
+    return funnel["v"], funnel["p"]
+
+
+def _prune(state: CustomerState, now_ms: int, policy: FunnelPolicy) -> None:
+    visits, buys = _entries(state)
+    floor = now_ms - policy.retention_ms
+    visits[:] = [e for e in visits if e[1] >= floor]
+    buys[:] = [e for e in buys if e[1] >= floor]
+    extra = len(visits) + len(buys) - policy.max_entries
+    if extra > 0:  # drop the oldest entries of either kind
+        oldest = sorted(
+            [(e[1], 0, i) for i, e in enumerate(visits)] + [(e[1], 1, i) for i, e in enumerate(buys)]
+        )
+        drop = {(kind, i) for _ts, kind, i in oldest[:extra]}
+        visits[:] = [e for i, e in enumerate(visits) if (0, i) not in drop]
+        buys[:] = [e for i, e in enumerate(buys) if (1, i) not in drop]
+    if not visits and not buys:
+        state.funnel = None
+
+
+def note_visit(state: CustomerState, store_id: str, ts_ms: int, now_ms: int, policy: FunnelPolicy) -> None:
+    """A (new, de-duplicated) store visit. Older than the retention before ``now_ms``: it
+    lies in hours never reported, so it is not kept."""
+    if ts_ms < now_ms - policy.retention_ms:
+        return
+    visits, _ = _entries(state)
+    visits.append([store_id, ts_ms])
+    visits.sort(key=lambda e: (e[1], e[0]))
+    _prune(state, now_ms, policy)
+
+
+def note_purchase(
+    state: CustomerState, store_id: str, ts_ms: int, cents: int, now_ms: int, policy: FunnelPolicy
+) -> None:
+    """A (new, de-duplicated) purchase at a store."""
+    if ts_ms < now_ms - policy.retention_ms:
+        return
+    _, buys = _entries(state)
+    buys.append([store_id, ts_ms, cents])
+    buys.sort(key=lambda e: (e[1], e[0]))
+    _prune(state, now_ms, policy)
+
+
+def merge(into: CustomerState, other: CustomerState, now_ms: int, policy: FunnelPolicy) -> None:
+    """An identified anonymous visitor's entries join the customer's (the merge record
+    carries them once; entries already held are not added twice)."""
+    if other.funnel is None:
+        return
+    visits, buys = _entries(into)
+    for mine, theirs in ((visits, other.funnel["v"]), (buys, other.funnel["p"])):
+        held = {tuple(e) for e in mine}
+        mine.extend(list(e) for e in theirs if tuple(e) not in held)
+        mine.sort(key=lambda e: (e[1], e[0]))
+    _prune(into, now_ms, policy)
+
+
+def contribution(state: CustomerState, buy_window_ms: int) -> dict[Cell, tuple[int, int, int, int, int]]:
+    """What one customer adds to each (store, hour): (visits, visitor, buyer, orders, cents)."""
+    funnel = state.funnel
+    if not funnel:
+        return {}
+    out: dict[Cell, list[int]] = {}
+    buys: dict[str, list[int]] = {}
+    for store, ts, cents in funnel["p"]:
+        cell = out.setdefault((store, hour_of(ts)), [0, 0, 0, 0, 0])
+        cell[ORDERS] += 1
+        cell[CENTS] += cents
+        buys.setdefault(store, []).append(ts)
+    for store, ts in funnel["v"]:
+        cell = out.setdefault((store, hour_of(ts)), [0, 0, 0, 0, 0])
+        cell[VISITS] += 1
+        cell[VISITORS] = 1
+        if not cell[BUYERS] and any(ts <= b <= ts + buy_window_ms for b in buys.get(store, ())):
+            cell[BUYERS] = 1
+    return {cell: (v[0], v[1], v[2], v[3], v[4]) for cell, v in out.items()}
+
+
+class StoreFunnelIndex(PartitionedIndex):
+    """Sums of the customers' contributions per (store, hour); a StateIndex."""
+
+    __slots__ = ("_cells", "buy_window_ms")
+
+    def __init__(self, buy_window_ms: int) -> None:
+        super().__init__()
+        self.buy_window_ms = buy_window_ms
+        self._cells: dict[Cell, list[int]] = {}
+
+    def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
+        new = {} if state is None or state.funnel is None else contribution(state, self.buy_window_ms)
+        old = self._of.get(subject)
+        if old is None and not new:
+            return
+        if old is not None:
+            if old[1] == new and old[0] == partition:
+                return
+            self._add(old[1], -1)
+            del self._of[subject]
+        if new:
+            self._add(new, 1)
+            self._of[subject] = (partition, new)
+
+    def _add(self, contrib: dict[Cell, tuple[int, int, int, int, int]], sign: int) -> None:
+        cells = self._cells
+        for cell, values in contrib.items():
+            agg = cells.get(cell)
+            if agg is None:
+                agg = cells[cell] = [0, 0, 0, 0, 0]
+            for i, v in enumerate(values):
+                agg[i] += sign * v
+            if not any(agg):
+                del cells[cell]
+
+    def _clear_all(self) -> None:
+        self._cells.clear()
+
+    def cells(self, since_ms: int) -> dict[Cell, tuple[int, int, int, int, int]]:
+        """(store, hour) -> (visits, visitors, buyers, orders, cents) for the hours from
+        ``hour_of(since_ms)`` on (hours past the clock's now included: events a partition
+        applied ahead of another's clock)."""
+        start = hour_of(since_ms)
+        return {cell: (v[0], v[1], v[2], v[3], v[4]) for cell, v in self._cells.items() if cell[1] >= start}
+
+    def per_store(self, since_ms: int) -> dict[str, tuple[int, int, int, int, int]]:
+        """Store -> totals over the hours from ``since_ms`` on (visitors and buyers summed
+        over hours: a customer visiting in two hours counts in both)."""
+        out: dict[str, list[int]] = {}
+        for (store, _hour), v in self.cells(since_ms).items():
+            agg = out.setdefault(store, [0, 0, 0, 0, 0])
+            for i in range(5):
+                agg[i] += v[i]
+        return {s: (v[0], v[1], v[2], v[3], v[4]) for s, v in out.items()}
+
+
+def rows(
+    cells: dict[Cell, tuple[int, int, int, int, int]], iso: Callable[[int], str | None]
+) -> list[dict[str, Any]]:
+    """The ``/store-funnel`` rows, newest hour first, then by store. ``iso`` formats epoch ms."""
+    out: list[dict[str, Any]] = []
+    for (store, hour), (visits, visitors, buyers, orders, cents) in sorted(
+        cells.items(), key=lambda kv: (-kv[0][1], kv[0][0])
+    ):
+        revenue = cents / 100
+        out.append(
+            {
+                "store": store,
+                "hour": iso(hour),
+                "visits": visits,
+                "visitors": visitors,
+                "buyers": buyers,
+                "conversion": round(buyers / visitors, 4) if visitors else None,
+                "orders": orders,
+                "revenue": revenue,
+                "avg_basket": round(revenue / orders, 2) if orders else None,
+            }
+        )
+    return out
