@@ -18,9 +18,10 @@ import orjson
 
 # 2: typed facts, stores, churn (risk, episode, alert), experience, stalled prospect, outbox.
 # 3: interest profile and notification-gate memory (new stock for your interest).
+# 4: uplift exposures and tallies (streams.uplift); the churn alert may be held out.
 # Older records load with the newer fields empty.
-STATE_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+STATE_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 class Fact(NamedTuple):
@@ -37,6 +38,7 @@ class Alert(NamedTuple):
     ts_ms: int  # when the condition arose (configured clock)
     reason: str  # lapse | complaint | experience
     trigger_id: str
+    held_out: bool = False  # in the churn-risk control group (recorded, not delivered)
 
 
 class Experience(NamedTuple):
@@ -156,6 +158,8 @@ class CustomerState:
         # memory (streams.gate): plain JSON-able dicts, None until first used
         "interest",
         "notify",
+        # uplift exposures (open) and closed tallies (streams.uplift); None until first used
+        "uplift",
         # derived, never encoded: the own-rhythm summary of the day buckets, recomputed
         # only when they change (streams.rfm.rhythm)
         "rhythm_cache",
@@ -198,6 +202,7 @@ class CustomerState:
         self.last_triggers: dict[str, list[Any]] = {}  # type -> [trigger_id, ts_ms]
         self.interest: dict[str, Any] | None = None
         self.notify: dict[str, Any] | None = None
+        self.uplift: dict[str, Any] | None = None
         self.rhythm_cache: tuple[int, int, float, int] | None = None
         self.stage = "stranger"
         self.stage_since_ms: int | None = None
@@ -250,6 +255,8 @@ class CustomerState:
             d["int"] = self.interest
         if self.notify:
             d["ntf"] = self.notify
+        if self.uplift:
+            d["upl"] = self.uplift
         d["st"] = self.stage
         if self.stage_since_ms is not None:
             d["ss"] = self.stage_since_ms
@@ -300,6 +307,7 @@ class CustomerState:
         s.last_triggers = d.get("ltr", {})
         s.interest = d.get("int")
         s.notify = d.get("ntf")
+        s.uplift = d.get("upl")
         s.stage = d.get("st", "stranger")
         s.stage_since_ms = d.get("ss")
         s.aliases = d.get("al", [])
