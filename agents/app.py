@@ -120,7 +120,8 @@ class Runtime:
         )
 
     def set_gauges(self) -> None:
-        """``patronage_customers{kind}`` and ``patronage_customers_at_risk{stage,alerted}``."""
+        """``patronage_customers{kind}``, ``patronage_customers_at_risk{stage,alerted}`` and the
+        uplift gauges."""
         known = anonymous = 0
         for s in self.store.values():
             if s.merged_into is None:
@@ -135,6 +136,12 @@ class Runtime:
             for alerted in (True, False):
                 self.metrics.at_risk.labels(stage, str(alerted).lower()).set(counts.get((stage, alerted), 0))
         self.metrics.model_loaded.set(0 if self.pipeline.model is None else 1)
+        self.metrics.set_uplift(self.pipeline.uplift.totals())
+
+    def uplift(self) -> list[dict[str, Any]]:
+        """Treated vs control per (trigger type, RFM segment, tier) over this worker's
+        partitions: counts, rates, uplift and its 95 % interval (streams/uplift.py)."""
+        return self.pipeline.uplift_rows()
 
     async def handle_batch(
         self, partition: int, records: Sequence[Any], align: bool = False, waiting: Sequence[str] = ()
@@ -483,8 +490,16 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
             return web.json({"error": "add ?category=<category>"}, status=400)
         return web.json(runtime.why(customer_id, category))
 
+    @app.page("/uplift/")
+    class Uplift(View):
+        """Treated vs control per trigger type x segment x tier (this worker's partitions)."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json({"rows": runtime.uplift(), "window_days": runtime.policy.uplift.window_days})
+
     # without the trailing slash too (the same views)
     app.page("/summary")(Summary)
+    app.page("/uplift")(Uplift)
     app.page("/profile/{customer_id}")(profile)
     app.page("/why/{customer_id}")(why)
 

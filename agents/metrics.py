@@ -3,6 +3,7 @@ trigger type, risk stage) - never a customer id or another unbounded value."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -124,6 +125,26 @@ class Metrics:
             "event by more than PATRONAGE_GATE_MAX_ARRIVAL_AGE_DAYS (re-sent or late stock records)",
             registry=r,
         )
+        self.uplift_exposures = Gauge(
+            "patronage_uplift_exposures",
+            "Closed uplift exposures (trigger decided, attribution window ended) by trigger type, RFM "
+            "segment and tier at decision time, and group (treated: delivered; control: held out)",
+            ["type", "segment", "tier", "group"],
+            registry=r,
+        )
+        self.uplift_conversions = Gauge(
+            "patronage_uplift_conversions",
+            "Closed uplift exposures converted by a purchase within the window (stock: in the "
+            "notification's category; churn risk: any), same labels as patronage_uplift_exposures",
+            ["type", "segment", "tier", "group"],
+            registry=r,
+        )
+        self.uplift_unmeasured = Counter(
+            "patronage_uplift_unmeasured",
+            "Triggers not measured for uplift: the customer had PATRONAGE_UPLIFT_MAX_OPEN exposures open",
+            ["type"],
+            registry=r,
+        )
         self.model_loaded = Gauge(
             "patronage_churn_model_loaded",
             "1 when BG/NBD parameters are loaded (P(alive) available)",
@@ -148,11 +169,22 @@ class Metrics:
             self.stock_arrivals.inc(stats.arrivals)
         if stats.stale:
             self.stock_stale.inc(len(stats.stale))
+        for type_, n in stats.unmeasured.items():
+            self.uplift_unmeasured.labels(type_).inc(n)
         if stats.beyond_horizon:
             self.dedupe_beyond_horizon.inc(stats.beyond_horizon)
         if stats.due:
             self.due.inc(stats.due)
         self.changelog_writes.inc(len(batch.changed))
+
+    def set_uplift(self, totals: Mapping[tuple[str, str, str, str], Sequence[int]]) -> None:
+        """The uplift gauges from the kept tallies (closed exposures only); series of keys
+        that are gone (partitions moved away) disappear."""
+        self.uplift_exposures.clear()
+        self.uplift_conversions.clear()
+        for (type_, segment, tier, group), (closed, converted, _open) in totals.items():
+            self.uplift_exposures.labels(type_, segment, tier, group).set(closed)
+            self.uplift_conversions.labels(type_, segment, tier, group).set(converted)
 
     def observe_batch(self, batch: Batch, seconds: float) -> None:
         self.batch_seconds.observe(seconds)

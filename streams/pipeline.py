@@ -661,8 +661,12 @@ class CustomerPipeline:
                 continue
             scores = ctx.population.scores(state)
             ts_ms = state.last_triggers[type_][1]  # set with the record, epoch ms
-            segment = None if scores is None else scores.segment
-            if uplift.expose(state, value, ts_ms, segment, churn.tier(state, ctx), self.policy.uplift):
+            segment = uplift.NONE if scores is None else scores.segment
+            tier = churn.tier(state, ctx) or uplift.NONE
+            # the record says which group it is measured in (decided once, kept in the outbox)
+            value["details"]["segment"] = segment
+            value["details"]["tier"] = tier
+            if uplift.expose(state, value, ts_ms, segment, tier, self.policy.uplift):
                 stats.exposures[(type_, uplift.group_of(value))] += 1
             else:
                 stats.unmeasured[type_] += 1
