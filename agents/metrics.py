@@ -125,19 +125,21 @@ class Metrics:
             "event by more than PATRONAGE_GATE_MAX_ARRIVAL_AGE_DAYS (re-sent or late stock records)",
             registry=r,
         )
-        self.uplift_exposures = Gauge(
-            "patronage_uplift_exposures",
-            "Closed uplift exposures (trigger decided, attribution window ended) by trigger type, RFM "
-            "segment and tier at decision time, and group (treated: delivered; control: held out)",
-            ["type", "segment", "tier", "group"],
-            registry=r,
-        )
-        self.uplift_conversions = Gauge(
-            "patronage_uplift_conversions",
-            "Closed uplift exposures converted by a purchase within the window (stock: in the "
-            "notification's category; churn risk: any), same labels as patronage_uplift_exposures",
-            ["type", "segment", "tier", "group"],
-            registry=r,
+        # closed uplift exposures and their conversions, per cell (README "Uplift")
+        self.uplift_exposures, self.uplift_conversions = (
+            Gauge(name, doc, ["type", "segment", "tier", "group"], registry=r)
+            for name, doc in (
+                (
+                    "patronage_uplift_exposures",
+                    "Closed uplift exposures (trigger decided, attribution window ended) by trigger type, "
+                    "RFM segment and tier at decision time, and group (treated: delivered; control: held out)",
+                ),
+                (
+                    "patronage_uplift_conversions",
+                    "Closed uplift exposures converted by a purchase within the window (stock: in the "
+                    "notification's category; churn risk: any), same labels as patronage_uplift_exposures",
+                ),
+            )
         )
         self.uplift_unmeasured = Counter(
             "patronage_uplift_unmeasured",

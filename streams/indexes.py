@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Hashable
-from typing import Protocol
+from typing import Any, Protocol
 
 from schemas.state import CustomerState
 
@@ -105,7 +105,29 @@ class DeadlineIndex:
         self._swept_at.pop(partition, None)
 
 
-class CountIndex:
+class PerSubject:
+    """``clear`` for an index that remembers ``(partition, entry)`` per subject in ``_of``:
+    forgetting a partition removes its subjects one by one through ``update``."""
+
+    __slots__ = ()
+    _of: dict[str, tuple[int, Any]]
+
+    def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
+        raise NotImplementedError
+
+    def _reset(self) -> None:
+        raise NotImplementedError
+
+    def clear(self, partition: int | None = None) -> None:
+        if partition is None:
+            self._reset()
+            return
+        for subject, (p, _) in list(self._of.items()):
+            if p == partition:
+                self.update(partition, subject, None)
+
+
+class CountIndex(PerSubject):
     """How many subjects fall in each class (lifecycle stage, open churn alerts, ...), kept
     incrementally so a metrics scrape never walks the table."""
 
@@ -135,11 +157,6 @@ class CountIndex:
     def counts(self) -> dict[Hashable, int]:
         return dict(self._counts)
 
-    def clear(self, partition: int | None = None) -> None:
-        if partition is None:
-            self._of.clear()
-            self._counts.clear()
-            return
-        for subject, (p, _) in list(self._of.items()):
-            if p == partition:
-                self.update(partition, subject, None)
+    def _reset(self) -> None:
+        self._of.clear()
+        self._counts.clear()

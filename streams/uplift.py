@@ -39,6 +39,7 @@ from scipy.special import ndtri
 
 from schemas.state import CustomerState
 from streams import interest as interests
+from streams.indexes import PerSubject
 from streams.policy import UpliftPolicy
 
 CHURN_RISK = "churn_risk"
@@ -172,7 +173,7 @@ def contribution(state: CustomerState) -> Counts | None:
     return out
 
 
-class UpliftIndex:
+class UpliftIndex(PerSubject):
     """Sum of the customers' tallies (a StateIndex): kept per touched customer, so a scrape
     reads a small dict and never walks the table; rebuilt from the table on assignment."""
 
@@ -210,14 +211,9 @@ class UpliftIndex:
     def totals(self) -> Counts:
         return {k: list(v) for k, v in self._totals.items()}
 
-    def clear(self, partition: int | None = None) -> None:
-        if partition is None:
-            self._of.clear()
-            self._totals.clear()
-            return
-        for subject, (p, _) in list(self._of.items()):
-            if p == partition:
-                self.update(partition, subject, None)
+    def _reset(self) -> None:
+        self._of.clear()
+        self._totals.clear()
 
 
 # --- statistics -------------------------------------------------------------------------------

@@ -123,11 +123,18 @@ def test_uplift_rows_equal_an_independent_computation_and_survive_restarts(clust
     got = doc["rows"]
     expected = oracle(triggers, _lines(data / "purchases.jsonl"), _now_ms(cluster))
     assert got == expected
-    closed = {(r["type"], g): 0 for r in got for g in ("treated", "control")}
-    for r in got:
-        closed[(r["type"], "treated")] += r["treated_converted"]
-        closed[(r["type"], "control")] += r["control_converted"]
-    print("conversions (type, group):", closed)
+    pooled: dict[tuple[str, str, str, str], list[int]] = {}
+    for r in got:  # per type, all segments and tiers together
+        for group, n, c in (
+            ("treated", r["treated"], r["treated_converted"]),
+            ("control", r["control"], r["control_converted"]),
+        ):
+            cell = pooled.setdefault((r["type"], "all", "all", group), [0, 0, 0])
+            cell[0] += n
+            cell[1] += c
+            cell[2] += r["open"] if group == "treated" else 0
+    for row in uplift_rows(pooled):
+        print("pooled:", row)
     assert sum(r["treated_converted"] for r in got) > 0 and sum(r["control_converted"] for r in got) > 0
     assert sum(r["treated"] + r["control"] for r in got) > 0.8 * len(triggers)
 
