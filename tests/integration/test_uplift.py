@@ -23,6 +23,15 @@ from tests.oracle import ts_ms
 pytestmark = pytest.mark.integration
 WINDOW_DAYS = 14
 MEASURED = ("churn_risk", "new_stock_for_interest")
+CONTROL_GROUPS = {  # both trigger types with a 30 % control group; the gate mostly open
+    "PATRONAGE_GATE_CONSENT_DEFAULT": "true",
+    "PATRONAGE_GATE_QUIET_HOURS": "00:00-00:00",
+    "PATRONAGE_GATE_COALESCE_S": "0",
+    "PATRONAGE_GATE_HOLDOUT": "new_stock_for_interest=0.3",
+    "PATRONAGE_CHURN_HOLDOUT": "0.3",
+    "PATRONAGE_UPLIFT_WINDOW_DAYS": str(WINDOW_DAYS),
+    "PATRONAGE_UPLIFT_MAX_OPEN": "256",  # every trigger measured (the oracle sees them all)
+}
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -93,18 +102,8 @@ def _now_ms(cluster: Cluster) -> int:
 def test_uplift_rows_equal_an_independent_computation_and_survive_restarts(cluster: Cluster) -> None:
     data = cluster.tmp / "data"
     cluster.run("generate", "--customers", "800", "--seed", "21", "--out", str(data))
-    cluster.env.update(
-        {
-            "PATRONAGE_GATE_CONSENT_DEFAULT": "true",
-            "PATRONAGE_GATE_QUIET_HOURS": "00:00-00:00",
-            "PATRONAGE_GATE_COALESCE_S": "0",
-            "PATRONAGE_GATE_HOLDOUT": "new_stock_for_interest=0.3",
-            "PATRONAGE_CHURN_HOLDOUT": "0.3",
-            "PATRONAGE_CHURN_ALERT_TIERS": "core,regular",  # more alerts, more to measure
-            "PATRONAGE_UPLIFT_WINDOW_DAYS": str(WINDOW_DAYS),
-            "PATRONAGE_UPLIFT_MAX_OPEN": "256",  # every trigger measured (the oracle sees them all)
-        }
-    )
+    cluster.env.update(CONTROL_GROUPS)
+    cluster.env["PATRONAGE_CHURN_ALERT_TIERS"] = "core,regular"  # more alerts, more to measure
     cluster.start_worker()
     cluster.run("replay", str(data), "--quiet")
     cluster.wait(timeout=300, settle_s=3)
@@ -180,3 +179,38 @@ def test_uplift_rows_equal_an_independent_computation_and_survive_restarts(clust
     assert cluster.get("/uplift")[1] == doc
     after = [t for t in by_id_once(cluster.read_topic("triggers")).values() if t["type"] in MEASURED]
     assert len(after) == len(triggers)
+
+
+def test_two_workers_answer_for_their_partitions_and_the_cli_adds_them_up(cluster: Cluster) -> None:
+    data = cluster.tmp / "data"
+    cluster.run("generate", "--customers", "400", "--seed", "5", "--out", str(data))
+    cluster.env.update(CONTROL_GROUPS)
+    cluster.start_worker(0)
+    cluster.start_worker(1)
+    cluster.run("replay", str(data), "--quiet")
+    cluster.wait(timeout=300, settle_s=3)
+    docs = [cluster.get("/uplift", i)[1] for i in (0, 1)]
+    assert all(d["rows"] for d in docs), "both workers hold measured customers"
+    # each worker's event clock follows the newest event it has seen: the two may differ a
+    # little, so an exposure ending between them may be closed on one worker, open on the other
+    nows = sorted(parse_ts_ms(cluster.get("/summary/", i)[1]["as_of"]) for i in (0, 1))
+    triggers = [t for t in by_id_once(cluster.read_topic("triggers")).values() if t["type"] in MEASURED]
+    purchases = _lines(data / "purchases.jsonl")
+    early, late = oracle(triggers, purchases, nows[0]), oracle(triggers, purchases, nows[1])
+    both = cluster.url(0) + "," + cluster.url(1)
+    added = json.loads(cluster.run("uplift", "--json", "--url", both).stdout)
+    assert added["window_days"] == WINDOW_DAYS
+    got = added["rows"]
+    assert [(r["type"], r["segment"], r["tier"]) for r in got] == [
+        (r["type"], r["segment"], r["tier"]) for r in late
+    ]
+    for g, lo, hi in zip(got, early, late, strict=True):
+        for key in ("treated", "treated_converted", "control", "control_converted"):
+            assert lo[key] <= g[key] <= hi[key], (key, g, lo, hi)
+        assert g["treated"] + g["control"] + g["open"] == hi["treated"] + hi["control"] + hi["open"]
+    if nows[0] == nows[1]:
+        assert got == late
+    # the CLI's sum is the sum of what each worker answers for its own partitions
+    for key in ("treated", "treated_converted", "control", "control_converted", "open"):
+        assert sum(r[key] for r in got) == sum(r[key] for d in docs for r in d["rows"])
+    assert sum(r["treated"] + r["control"] + r["open"] for r in got) == len(triggers)
