@@ -128,7 +128,7 @@ class Runtime:
     def set_gauges(self) -> None:
         """The scrape-time gauges, from the pipeline's incremental indexes (no walk over the
         customers): subjects per kind and stage, the RFM grid, segments and tiers, risk, the
-        store funnel."""
+        store funnel, uplift, the Redis projection."""
         pipeline = self.pipeline
         population = pipeline.population
         self.metrics.set_population(
@@ -147,6 +147,12 @@ class Runtime:
         if self.projection is not None:
             self.metrics.projection_lag.set(round(self.projection.lag_seconds(), 3))
             self.metrics.projection_pending.set(self.projection.backlog())
+        self.metrics.set_uplift(self.pipeline.uplift.totals())
+
+    def uplift(self) -> list[dict[str, Any]]:
+        """Treated vs control per (trigger type, RFM segment, tier) over this worker's
+        partitions: counts, rates, uplift and its 95 % interval (streams/uplift.py)."""
+        return self.pipeline.uplift_rows()
 
     async def handle_batch(
         self, partition: int, records: Sequence[Any], align: bool = False, waiting: Sequence[str] = ()
@@ -533,9 +539,17 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
                 return self.json({"error": f"hours must be a positive integer, got {raw!r}"}, status=400)
             return self.json({"rows": runtime.store_funnel(int(raw))})
 
+    @app.page("/uplift/")
+    class Uplift(View):
+        """Treated vs control per trigger type x segment x tier (this worker's partitions)."""
+
+        async def get(self, request: Request) -> Response:
+            return self.json({"rows": runtime.uplift(), "window_days": runtime.policy.uplift.window_days})
+
     # without the trailing slash too (the same views)
     app.page("/store-funnel")(StoreFunnel)
     app.page("/summary")(Summary)
+    app.page("/uplift")(Uplift)
     app.page("/profile/{customer_id}")(profile)
     app.page("/why/{customer_id}")(why)
 

@@ -445,6 +445,99 @@ def print_summary(doc: dict[str, Any]) -> None:
         out.print(f"as of {doc['as_of']} (the clock)")
 
 
+# --- uplift -------------------------------------------------------------------------------
+@app.command()
+def uplift(
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="worker URL, or several separated by commas (each answers for its own partitions; "
+            "their counts are added up). Default from settings",
+        ),
+    ] = None,
+) -> None:
+    """Do the triggers work? Treated vs held-out conversion per trigger type x RFM segment x tier.
+
+    Each churn-risk alert and new-stock notification is an exposure: treated when delivered,
+    control when held out by the control group (PATRONAGE_CHURN_HOLDOUT,
+    PATRONAGE_GATE_HOLDOUT=new_stock_for_interest=...). It converts when the customer buys
+    (new stock: an item of the notification's category; churn risk: anything) after the
+    trigger and within PATRONAGE_UPLIFT_WINDOW_DAYS, on event time. Only exposures whose
+    window has ended count ("open": still running). Segment and tier are the customer's at
+    the trigger.
+
+    rate = converted / exposures; uplift = treated rate - control rate (percentage points);
+    the 95 % interval is Newcombe's hybrid score interval for a difference of proportions.
+    An interval that contains 0 means no effect is shown yet; small groups give wide intervals.
+    """
+    from streams.uplift import counts_from_rows, rows
+
+    settings = load_settings()
+    urls = [u.strip() for u in url.split(",") if u.strip()] if url else [None]
+    found: list[dict[str, Any]] = []
+    window = None
+    for one in urls:
+        status, doc = _get(settings, "/uplift/", one)
+        if status != 200:
+            fail(f"worker answered {status}: {doc}", 2)
+        found.extend(doc["rows"])
+        window = doc.get("window_days", window)
+    result = {"rows": rows(counts_from_rows(found)) if len(urls) > 1 else found, "window_days": window}
+    if as_json:
+        out.print_json(data=result)
+        return
+    print_uplift(result)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def print_uplift(doc: dict[str, Any]) -> None:
+    table = Table(
+        title=f"uplift: purchase within {doc['window_days']:g} days of the trigger (event time), "
+        "treated (delivered) vs control (held out); closed windows only"
+    )
+    for name, justify in (
+        ("type", "left"),
+        ("segment", "left"),
+        ("tier", "left"),
+        ("treated conv/n", "right"),
+        ("control conv/n", "right"),
+        ("treated rate", "right"),
+        ("control rate", "right"),
+        ("uplift [95 % CI]", "right"),
+        ("open", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in doc["rows"]:
+        uplift_ = r["uplift"]
+        if uplift_ is None:
+            shown = "-"
+        else:
+            ci = "" if r["ci_low"] is None else f" [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
+            shown = f"{100 * uplift_:+.1f} pp{ci}"
+        table.add_row(
+            r["type"],
+            r["segment"],
+            r["tier"],
+            f"{r['treated_converted']}/{r['treated']}",
+            f"{r['control_converted']}/{r['control']}",
+            _pct(r["treated_rate"]),
+            _pct(r["control_rate"]),
+            shown,
+            str(r["open"]),
+        )
+    out.print(table)
+    if not doc["rows"]:
+        out.print(
+            "no measured triggers yet (a control group needs PATRONAGE_CHURN_HOLDOUT or "
+            "PATRONAGE_GATE_HOLDOUT=new_stock_for_interest=<share>)"
+        )
+
+
 # --- tail ---------------------------------------------------------------------------------
 @app.command()
 def tail(

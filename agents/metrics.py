@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -316,6 +316,28 @@ class Metrics:
             measure: Gauge(f"patronage_store_{measure}", doc, ["store"], registry=r)
             for measure, doc in STORE_GAUGES
         }
+        # closed uplift exposures and their conversions, per cell (README "Uplift")
+        self.uplift_exposures, self.uplift_conversions = (
+            Gauge(name, doc, ["type", "segment", "tier", "group"], registry=r)
+            for name, doc in (
+                (
+                    "patronage_uplift_exposures",
+                    "Closed uplift exposures (trigger decided, attribution window ended) by trigger type, "
+                    "RFM segment and tier at decision time, and group (treated: delivered; control: held out)",
+                ),
+                (
+                    "patronage_uplift_conversions",
+                    "Closed uplift exposures converted by a purchase within the window (stock: in the "
+                    "notification's category; churn risk: any), same labels as patronage_uplift_exposures",
+                ),
+            )
+        )
+        self.uplift_unmeasured = Counter(
+            "patronage_uplift_unmeasured",
+            "Triggers not measured for uplift: the customer had PATRONAGE_UPLIFT_MAX_OPEN exposures open",
+            ["type"],
+            registry=r,
+        )
         self.model_loaded = Gauge(
             "patronage_churn_model_loaded",
             "1 when BG/NBD parameters are loaded (P(alive) available)",
@@ -342,6 +364,8 @@ class Metrics:
             self.stock_arrivals.inc(stats.arrivals)
         if stats.stale:
             self.stock_stale.inc(len(stats.stale))
+        for type_, n in stats.unmeasured.items():
+            self.uplift_unmeasured.labels(type_).inc(n)
         if stats.beyond_horizon:
             self.dedupe_beyond_horizon.inc(stats.beyond_horizon)
         if stats.due:
@@ -396,6 +420,15 @@ class Metrics:
         for label, values in merged.items():
             for (measure, _doc), value in zip(STORE_GAUGES, values, strict=True):
                 self.store[measure].labels(label).set(value / 100 if measure == "revenue" else value)
+
+    def set_uplift(self, totals: Mapping[tuple[str, str, str, str], Sequence[int]]) -> None:
+        """The uplift gauges from the kept tallies (closed exposures only); series of keys
+        that are gone (partitions moved away) disappear."""
+        self.uplift_exposures.clear()
+        self.uplift_conversions.clear()
+        for (type_, segment, tier, group), (closed, converted, _open) in totals.items():
+            self.uplift_exposures.labels(type_, segment, tier, group).set(closed)
+            self.uplift_conversions.labels(type_, segment, tier, group).set(converted)
 
     def observe_batch(self, batch: Batch, seconds: float) -> None:
         self.batch_seconds.observe(seconds)

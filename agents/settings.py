@@ -14,12 +14,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.timestamps import SECONDS_GUARD_BELOW_MS
 from schemas.topics import Topic, TopicNames
-from streams.policy import ChurnPolicy, FunnelPolicy, GatePolicy, InterestPolicy, Policy
+from streams.policy import ChurnPolicy, FunnelPolicy, GatePolicy, InterestPolicy, Policy, UpliftPolicy
 
 _CHURN = ChurnPolicy()
 _INTEREST = InterestPolicy()
 _GATE = GatePolicy()
 _FUNNEL = FunnelPolicy()
+_UPLIFT = UpliftPolicy()
 TRIGGER_TYPES = ("new_stock_for_interest", "churn_risk", "won_back", "stalled_prospect")
 CHANNELS = ("push", "email", "sms", "in_store")
 
@@ -272,6 +273,13 @@ class Settings(BaseSettings):
         ge=1,
         description="stores remembered per customer, most frequented kept (churn recipient, stock location)",
     )
+    churn_holdout: float = Field(
+        _CHURN.holdout_share,
+        ge=0,
+        lt=1,
+        description="control group: share of churn-risk alerts held out (deliver: false), drawn from a "
+        "hash of (experiment, customer, episode); 0 = none",
+    )
     churn_model_refresh_s: float = Field(
         30.0, gt=0, description="how often workers re-read the BG/NBD parameters from the churn-model topic"
     )
@@ -390,6 +398,18 @@ class Settings(BaseSettings):
     def _no_empty_password(cls, value: object) -> object:
         return None if value in ("", None) else value
 
+    # --- uplift (UpliftPolicy; README "Uplift") ---
+    uplift_window_days: float = Field(
+        _UPLIFT.window_days,
+        gt=0,
+        description="a purchase within this many days after a trigger (event time) converts it",
+    )
+    uplift_max_open: int = Field(
+        _UPLIFT.max_open,
+        ge=1,
+        description="open exposures (windows not ended) per customer; triggers beyond are not measured",
+    )
+
     @field_validator(
         "churn_alert_tiers", "churn_stalled_ask_types", "interest_touch_types", "gate_to_payer", mode="before"
     )
@@ -457,6 +477,11 @@ class Settings(BaseSettings):
         for name, share in _parse_pairs(value, "gate_holdout", float):
             if name not in TRIGGER_TYPES:
                 raise ValueError(f"unknown trigger type {name!r}: one of {', '.join(TRIGGER_TYPES)}")
+            if name != "new_stock_for_interest":
+                raise ValueError(
+                    f"{name} does not pass the notification gate: its control group is "
+                    + ("PATRONAGE_CHURN_HOLDOUT" if name == "churn_risk" else "not available")
+                )
             if not 0 <= share < 1:
                 raise ValueError(f"holdout share for {name} must be in [0, 1) (got {share})")
         return value
@@ -538,6 +563,7 @@ class Settings(BaseSettings):
             default_recipient=self.churn_default_recipient,
             sales_recipient=self.churn_sales_recipient,
             max_stores=self.max_stores,
+            holdout_share=self.churn_holdout,
         )
 
     def policy(self) -> Policy:
@@ -559,6 +585,7 @@ class Settings(BaseSettings):
                 retention_ms=self.funnel_retention_h * 3_600_000,
                 max_entries=self.funnel_max_entries,
             ),
+            uplift=UpliftPolicy(window_days=self.uplift_window_days, max_open=self.uplift_max_open),
         )
 
     def interest_policy(self) -> InterestPolicy:

@@ -150,14 +150,17 @@ class Trigger(BaseModel):
         "stalled_prospect: asks{type: n}, first_ask_at, last_ask_at, touchpoints[...]; "
         "won_back: purchase_event_id, purchase_at, alerted_at, days_silent; "
         "new_stock_for_interest: arrivals (coalesced), first_arrival_at, first_arrival_id, experiment "
-        "(held out)"
+        "(held out); churn_risk and new_stock_for_interest: segment and tier, the uplift cell the "
+        "trigger is measured in"
     )
     # customer-facing types (new_stock_for_interest), decided by the notification gate
     channel: Channel | None = Field(default=None, description="the consented channel chosen")
     deliver: bool | None = Field(
-        default=None, description="false: held out (control group) - record only, do not deliver"
+        default=None,
+        description="false: held out (control group) - record only, do not deliver "
+        "(new_stock_for_interest, churn_risk and the won_back closing a held-out alert)",
     )
-    holdout: bool | None = Field(default=None, description="in the type's control group")
+    holdout: bool | None = Field(default=None, description="in the type's control group (measures uplift)")
     items: list[StockItem] | None = Field(default=None, description="at most gate_max_items arrivals")
     interest: InterestBasis | None = None
     user_id: str | None = Field(default=None, description="recipient_kind payer: the customer it is for")

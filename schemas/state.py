@@ -18,10 +18,11 @@ import orjson
 
 # 2: typed facts, stores, churn (risk, episode, alert), experience, stalled prospect, outbox.
 # 3: interest profile and notification-gate memory (new stock for your interest).
+# 4: uplift exposures and tallies (streams.uplift); the churn alert may be held out.
 # Older records load with the newer fields empty. Fields added without a version bump
 # (older readers ignore them): "fun" (store funnel entries).
-STATE_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+STATE_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 class Fact(NamedTuple):
@@ -38,6 +39,7 @@ class Alert(NamedTuple):
     ts_ms: int  # when the condition arose (configured clock)
     reason: str  # lapse | complaint | experience
     trigger_id: str
+    held_out: bool = False  # in the churn-risk control group (recorded, not delivered)
 
 
 class Experience(NamedTuple):
@@ -160,6 +162,8 @@ class CustomerState:
         # store funnel (streams.storefunnel): {"v": [[store, ts]], "p": [[store, ts, cents]]},
         # recent store visits and store purchases, None when there are none
         "funnel",
+        # uplift exposures (open) and closed tallies (streams.uplift); None until first used
+        "uplift",
         # derived, never encoded: the own-rhythm summary of the day buckets, recomputed
         # only when they change (streams.rfm.rhythm)
         "rhythm_cache",
@@ -203,6 +207,7 @@ class CustomerState:
         self.interest: dict[str, Any] | None = None
         self.notify: dict[str, Any] | None = None
         self.funnel: dict[str, list[list[Any]]] | None = None
+        self.uplift: dict[str, Any] | None = None
         self.rhythm_cache: tuple[int, int, float, int] | None = None
         self.stage = "stranger"
         self.stage_since_ms: int | None = None
@@ -257,6 +262,8 @@ class CustomerState:
             d["ntf"] = self.notify
         if self.funnel:
             d["fun"] = self.funnel
+        if self.uplift:
+            d["upl"] = self.uplift
         d["st"] = self.stage
         if self.stage_since_ms is not None:
             d["ss"] = self.stage_since_ms
@@ -308,6 +315,7 @@ class CustomerState:
         s.interest = d.get("int")
         s.notify = d.get("ntf")
         s.funnel = d.get("fun")
+        s.uplift = d.get("upl")
         s.stage = d.get("st", "stranger")
         s.stage_since_ms = d.get("ss")
         s.aliases = d.get("al", [])

@@ -41,7 +41,7 @@ from schemas.state import Alert, Ask, CustomerState, Experience
 from schemas.timestamps import DAY_MS, iso_utc
 from schemas.topics import Topic
 from streams import bgnbd
-from streams.core import ChurnModel, Context, Emit, lifecycle_change
+from streams.core import ChurnModel, Context, Emit, in_control, lifecycle_change
 from streams.policy import ChurnPolicy
 from streams.rfm import mean_interpurchase_days, rhythm
 
@@ -183,9 +183,12 @@ def trigger(
     episode: int,
     recipient_of: tuple[str, str],
     details: dict[str, Any],
+    held: bool | None = None,
 ) -> Emit:
     """Decide a trigger: the record goes into the customer's outbox (sent after the state is
-    durable, re-sent unchanged after a crash) and is remembered as the last of its type."""
+    durable, re-sent unchanged after a crash) and is remembered as the last of its type.
+    ``held`` (churn risk and its won back): ``deliver``/``holdout`` fields, true when the
+    alert is in the control group (recorded, never delivered)."""
     trigger_id = deterministic_id("trigger", type_, state.subject, episode)
     kind, who = recipient_of
     record = {
@@ -199,6 +202,9 @@ def trigger(
         "episode": episode,
         "details": details,
     }
+    if held is not None:
+        record["deliver"] = not held
+        record["holdout"] = held
     state.outbox.append(record)
     state.last_triggers[type_] = [trigger_id, ts_ms]
     return Emit(Topic.TRIGGERS, state.subject, record)
@@ -225,6 +231,11 @@ def churn_details(state: CustomerState, ctx: Context, at_ms: int) -> dict[str, A
 def _alert(state: CustomerState, ctx: Context, reason: str, ts_ms: int, extra: dict[str, Any]) -> Emit:
     details = churn_details(state, ctx, ts_ms)
     details.update(extra)
+    held = in_control(
+        ctx.policy.churn.holdout_share, ctx.policy.gate.experiment, "churn_risk", state.subject, state.episode
+    )
+    if held:
+        details["experiment"] = ctx.policy.gate.experiment
     emit = trigger(
         state,
         "churn_risk",
@@ -233,8 +244,9 @@ def _alert(state: CustomerState, ctx: Context, reason: str, ts_ms: int, extra: d
         state.episode,
         recipient(state, ctx.policy.churn.default_recipient),
         details,
+        held=held,
     )
-    state.alert = Alert(ts_ms, reason, emit.value["trigger_id"])
+    state.alert = Alert(ts_ms, reason, emit.value["trigger_id"], held)
     return emit
 
 
@@ -366,6 +378,7 @@ def _came_back(
         state.episode,
         recipient(state, policy.default_recipient),
         details,
+        held=alert.held_out,
     )
     state.alert = None
     state.episode += 1

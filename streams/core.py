@@ -73,6 +73,14 @@ class Context:
     prior_days: float = 30.0  # churn prior: usual interval for customers with little history
 
 
+def in_control(share: float, *parts: object) -> bool:
+    """Deterministic control-group draw: a hash of ``parts`` (experiment, type, customer ...)
+    below ``share`` - the same parts, the same answer, in any process and after a replay."""
+    if share <= 0:
+        return False
+    return int(deterministic_id("holdout", *parts)[:8], 16) / 2**32 < share
+
+
 def lifecycle_change(
     subject: str,
     anonymous: bool,

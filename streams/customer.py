@@ -12,7 +12,7 @@ from schemas.errors import Reason, Rejected, Stage
 from schemas.events import CustomerUpdate, PurchaseLike, TouchpointLike, TouchType
 from schemas.state import CustomerState, Fact
 from schemas.topics import Topic
-from streams import churn, dedupe, storefunnel
+from streams import churn, dedupe, storefunnel, uplift
 from streams import interest as interests
 from streams.core import Context, Outcome, Step, lifecycle_change
 from streams.dedupe import POSITIVE_REVIEW_CODE, TOUCH_CODE_MASK, TOUCH_CODES, Seen
@@ -48,6 +48,8 @@ def on_purchase(state: CustomerState | None, ev: PurchaseLike, ctx: Context) -> 
     if ev.store_id is not None:
         storefunnel.note_purchase(state, ev.store_id, ev.ts, ev.amount_cents, ctx.now_ms, policy.funnel)
     interests.note_purchase(state, ev.ts, ev.items, policy.interest)
+    if state.uplift:
+        uplift.on_purchase(state, ev.ts, (it.category for it in ev.items))
     payer = ev.payer_id
     if payer is not None and payer != state.subject:
         paid_by = state.facts.get("paid_by")

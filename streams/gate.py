@@ -41,7 +41,7 @@ from schemas.state import CustomerState
 from schemas.timestamps import DAY_MS, iso_utc
 from schemas.topics import Topic
 from streams import interest as interests
-from streams.core import Emit
+from streams.core import Emit, in_control
 from streams.dedupe import id_hash
 from streams.policy import GatePolicy, Policy
 
@@ -283,11 +283,7 @@ def _finish(
 
 def held_out(subject: str, type_: str, gate: GatePolicy) -> bool:
     """Deterministic holdout draw: the same customer, experiment and type, the same answer."""
-    share = gate.holdout_share(type_)
-    if share <= 0:
-        return False
-    draw = int(deterministic_id("holdout", gate.experiment, type_, subject)[:8], 16) / 2**32
-    return draw < share
+    return in_control(gate.holdout_share(type_), gate.experiment, type_, subject)
 
 
 def recipient(state: CustomerState, type_: str, gate: GatePolicy) -> tuple[str, str]:

@@ -42,7 +42,7 @@ from schemas.outputs import dead_letter_record
 from schemas.state import CustomerState
 from schemas.timestamps import DAY_MS, TsBounds, iso_utc
 from schemas.topics import CUSTOMER_INPUTS, EVENT_TIME_INPUTS, Topic, TopicNames
-from streams import churn, gate, identity, storefunnel
+from streams import churn, gate, identity, storefunnel, uplift
 from streams import customer as steps
 from streams import stock as stocks
 from streams.clock import Clock
@@ -88,6 +88,8 @@ class BatchStats:
     # (trigger type, Kafka timestamp ms of the record that caused it) for triggers decided
     # while applying a record (ingest -> trigger sent latency); clock-fired ones are not here
     trigger_ingest: list[tuple[str, int]] = field(default_factory=list)
+    exposures: Counter[tuple[str, str]] = field(default_factory=Counter)  # uplift (type, group)
+    unmeasured: Counter[str] = field(default_factory=Counter)  # triggers beyond the open bound, by type
 
 
 @dataclass(slots=True)
@@ -210,6 +212,8 @@ class CustomerPipeline:
         self.stages = CountIndex(_stage_class)
         # store funnel: per (store, hour) sums of the customers' recent visits and purchases
         self.funnel = storefunnel.StoreFunnelIndex(policy.funnel.buy_window_ms)
+        # uplift tallies (treated vs control, per trigger type x segment x tier)
+        self.uplift = uplift.UpliftIndex()
         # stock fan-out: category -> candidates, co-purchase counts, store -> region
         self.interests = stocks.InterestIndex(policy.interest)
         self.affinity = stocks.AffinityIndex(policy.interest)
@@ -226,6 +230,7 @@ class CustomerPipeline:
             self.risk,
             self.stages,
             self.funnel,
+            self.uplift,
             self.interests,
             *((self.affinity,) if affinity_on else ()),
         )
@@ -410,7 +415,10 @@ class CustomerPipeline:
             if released.decisions:
                 emits.extend(released.emits)
                 batch.stats.gate.update(released.decisions)
-            if emits or released.changed:
+            closed = uplift.close(state, now)  # windows that ended by now are final
+            if emits:
+                self._expose(state, emits, ctx, batch)
+            if emits or released.changed or closed:
                 touched[subject] = state
                 self._route(emits, batch)
             else:  # the deadline moved (the prior changed): index it again
@@ -478,6 +486,7 @@ class CustomerPipeline:
             self.risk.update(p, subject, state)
             self.stages.update(p, subject, state)
             self.funnel.update(p, subject, state)
+            self.uplift.update(p, subject, state)
             for index in self._stock_indexes:
                 index.update(p, subject, state)
         for p, ms in floors.items():
@@ -488,6 +497,10 @@ class CustomerPipeline:
     def applied_until(self, partition: int) -> int:
         """The newest event time applied in ``partition`` since start (``-2**63``: none)."""
         return self._applied_until.get(partition, _FIRST)
+
+    def uplift_rows(self) -> list[dict[str, Any]]:
+        """Treated vs control per (trigger type, segment, tier), from the kept tallies."""
+        return uplift.rows(self.uplift.totals())
 
     def risk_counts(self) -> dict[Any, int]:
         """Customers per (risk stage or "none", open churn alert) right now."""
@@ -639,11 +652,14 @@ class CustomerPipeline:
                     policy,
                 )
                 stats.gate.update(result.decisions)
+                if result.emits:  # released at once (no coalescing window): measured
+                    self._expose(state, result.emits, work.ctx, work.batch)
+                    self.uplift.update(partition, match.subject, state)
                 if result.changed:
-                    # only the gate's memory changed: the changelog, and the deadline index if
-                    # a notification is (or was) pending - no other index depends on it
+                    # only the gate's memory (and uplift's) changed: the changelog, and the
+                    # deadline index if a notification or an exposure is (or was) open
                     changed[match.subject] = state
-                    if had_pending or state.notify["pend"]:  # type: ignore[index]
+                    if had_pending or state.notify["pend"] or result.emits:  # type: ignore[index]
                         self.deadlines.update(partition, match.subject, state)
                 if result.emits:
                     self._route(result.emits, work.batch, work.ingest_ms)
@@ -662,12 +678,37 @@ class CustomerPipeline:
         return newest
 
     def _next_deadline(self, state: CustomerState) -> int | None:
-        """The earliest of the churn deadline and a pending notification's due time."""
-        churn_at = churn.next_deadline(state, self._prior_days, self.policy.churn)
-        notify_at = gate.next_due(state) if state.notify else None
-        if notify_at is None:
-            return churn_at
-        return notify_at if churn_at is None else min(churn_at, notify_at)
+        """The earliest of the churn deadline, a pending notification's due time and the end
+        of an open uplift exposure's window."""
+        at = churn.next_deadline(state, self._prior_days, self.policy.churn)
+        for other in (
+            gate.next_due(state) if state.notify else None,
+            uplift.next_end(state) if state.uplift else None,
+        ):
+            if other is not None and (at is None or other < at):
+                at = other
+        return at
+
+    def _expose(self, state: CustomerState, emits: list[Emit], ctx: Context, batch: Batch) -> None:
+        """Record the uplift exposure of each measured trigger just decided for ``state``,
+        with the customer's segment and tier at this moment."""
+        stats = batch.stats
+        for emit in emits:
+            value = emit.value
+            type_ = value.get("type")
+            if emit.topic is not Topic.TRIGGERS or type_ not in uplift.TYPES or emit.key != state.subject:
+                continue
+            scores = ctx.population.scores(state)
+            ts_ms = state.last_triggers[type_][1]  # set with the record, epoch ms
+            segment = uplift.NONE if scores is None else scores.segment
+            tier = churn.tier(state, ctx) or uplift.NONE
+            # the record says which group it is measured in (decided once, kept in the outbox)
+            value["details"]["segment"] = segment
+            value["details"]["tier"] = tier
+            if uplift.expose(state, value, ts_ms, segment, tier, self.policy.uplift):
+                stats.exposures[(type_, uplift.group_of(value))] += 1
+            else:
+                stats.unmeasured[type_] += 1
 
     # --- bookkeeping ----------------------------------------------------------------------
     def _commit(self, subject: str, step: Step, work: _Work) -> None:
@@ -680,6 +721,8 @@ class CustomerPipeline:
         if step.beyond_horizon:
             work.batch.stats.beyond_horizon += 1
         if step.emits:
+            if step.state is not None and step.outcome is not Outcome.DUPLICATE:
+                self._expose(step.state, step.emits, work.ctx, work.batch)
             self._route(step.emits, work.batch, work.ingest_ms)
 
     def _route(self, emits: list[Emit], batch: Batch, ingest_ms: int | None = None) -> None:

@@ -50,6 +50,9 @@ class ChurnPolicy:
     max_stores: int = 16  # stores remembered per customer (most visited kept; stock location)
     # -- P(alive) --
     expected_horizon_days: int = 90
+    # -- control group: this share of churn-risk alerts is held out (recorded with
+    # deliver: false, not delivered), drawn from a hash of (experiment, customer, episode) --
+    holdout_share: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.at_risk_factor <= self.lapsed_factor <= self.lost_factor:
@@ -62,6 +65,8 @@ class ChurnPolicy:
             raise ValueError("core_share must be in (0, 1]")
         if self.stalled_min_asks < 1:
             raise ValueError("stalled_min_asks must be >= 1")
+        if not 0 <= self.holdout_share < 1:
+            raise ValueError("churn holdout share must be in [0, 1)")
 
     @property
     def factors(self) -> tuple[float, float, float]:
@@ -178,6 +183,24 @@ class FunnelPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class UpliftPolicy:
+    """Attribution of purchases to triggers (README "Uplift")."""
+
+    window_days: float = 14.0  # a purchase this long after the trigger (event time) converts
+    max_open: int = 16  # open exposures per customer (beyond: not measured, counted)
+
+    def __post_init__(self) -> None:
+        if self.window_days <= 0:
+            raise ValueError("uplift window_days must be > 0")
+        if self.max_open < 1:
+            raise ValueError("uplift max_open must be >= 1")
+
+    @property
+    def window_ms(self) -> int:
+        return int(self.window_days * DAY_MS)
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     # lifecycle
     member_min_purchases: int = 3
@@ -207,6 +230,7 @@ class Policy:
     interest: InterestPolicy = field(default_factory=InterestPolicy)
     gate: GatePolicy = field(default_factory=GatePolicy)
     funnel: FunnelPolicy = field(default_factory=FunnelPolicy)
+    uplift: UpliftPolicy = field(default_factory=UpliftPolicy)
 
     def __post_init__(self) -> None:
         if self.bucket_retention_days <= max(self.windows_days):

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from agents.metrics import OTHER_STORE, Metrics
-from schemas.state import CustomerState
+from schemas.state import STATE_VERSION, CustomerState
 from schemas.timestamps import HOUR_MS, iso_utc
 from schemas.topics import Topic
 from streams.policy import FunnelPolicy, Policy
@@ -199,7 +199,7 @@ def test_funnel_state_round_trips_and_older_records_load_without_it() -> None:
     s.funnel = {"v": [["s1", T0]], "p": [["s1", T0 + 5, 1200]]}
     assert CustomerState.from_json(s.to_json()).funnel == s.funnel
     old = orjson.loads(CustomerState("c2").to_json())
-    assert "fun" not in old and old["v"] == 3
+    assert "fun" not in old and old["v"] == STATE_VERSION
     assert CustomerState.from_dict(old).funnel is None
 
 
