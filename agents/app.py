@@ -20,6 +20,8 @@ from agents.clock import make_clock
 from agents.delivered import DeliveredTriggers
 from agents.metrics import Metrics
 from agents.model import ModelLoader
+from agents.page import render as render_page
+from agents.page import view as page_view
 from agents.processor import CustomerProcessor
 from agents.settings import Settings
 from agents.sink import KafkaSink, Sink
@@ -28,6 +30,7 @@ from schemas.state import CustomerState
 from schemas.timestamps import iso_utc
 from schemas.topics import CUSTOMER_INPUTS, CUSTOMER_PROCESSOR_INPUTS, INPUTS, Topic, TopicNames
 from streams.clock import Clock
+from streams.page import PageIndexes
 from streams.partitioning import KeyPartitioner, faust_partitioner
 from streams.pipeline import CustomerPipeline
 from streams.policy import Policy
@@ -92,6 +95,7 @@ class Runtime:
     processor: CustomerProcessor
     stock: StockProcessor
     topics: TopicNames
+    page: PageIndexes
     ready: bool = False
     recoveries: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -310,6 +314,7 @@ def create_app(
     )
     app.tables.add(table)
     sink = sink or KafkaSink(lambda: app.producer._ensure_producer())
+    page_indexes = PageIndexes(policy, settings.page_recent)
     pipeline = CustomerPipeline(
         policy=policy,
         store=table.data.data,
@@ -317,6 +322,7 @@ def create_app(
         topics=topics,
         partition_of=lambda subject: partitioner(identity_topic, subject),
         key_partitions=table.data._key_partition,
+        extra_indexes=page_indexes.all(),
     )
     processor = CustomerProcessor(
         pipeline=pipeline,
@@ -348,6 +354,7 @@ def create_app(
         processor=processor,
         stock=stock,
         topics=topics,
+        page=page_indexes,
     )
     table.on_recovered = runtime.on_recovered
     app.runtime = runtime
@@ -487,6 +494,17 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
     app.page("/summary")(Summary)
     app.page("/profile/{customer_id}")(profile)
     app.page("/why/{customer_id}")(why)
+
+    class Page(View):
+        """The page for the people who act (agents/page.py); ?store=S filters the at-risk list."""
+
+        async def get(self, request: Request) -> Response:
+            store = request.query.get("store") or None
+            doc = page_view(runtime, runtime.assigned_partitions(app), store)
+            return self.html(render_page(doc, store), content_type="text/html; charset=utf-8")
+
+    for path in ("/", "/page", "/page/"):
+        app.page(path)(Page)
 
     @app.page("/churn-model/summary/")
     class ChurnSummary(View):

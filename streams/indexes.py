@@ -9,7 +9,7 @@ subject's entry (``state=None`` removes it), ``clear(partition)`` forgets a part
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Protocol
 
 from schemas.state import CustomerState
@@ -134,6 +134,11 @@ class CountIndex:
 
     def counts(self) -> dict[Hashable, int]:
         return dict(self._counts)
+
+    def members(self) -> Iterator[tuple[str, Hashable]]:
+        """(subject, class) of every subject in some class (no table walk)."""
+        for subject, (_, cls) in self._of.items():
+            yield subject, cls
 
     def clear(self, partition: int | None = None) -> None:
         if partition is None:

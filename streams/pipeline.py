@@ -186,9 +186,11 @@ class CustomerPipeline:
         partition_of: Callable[[str], int],
         key_partitions: MutableMapping[str, int] | None = None,
         population: Population | None = None,
+        extra_indexes: Sequence[StateIndex] = (),
     ) -> None:
         """``partition_of(subject)`` is the partition that owns a subject (murmur2 of the id
-        over the co-partitioned topics' partition count)."""
+        over the co-partitioned topics' partition count). ``extra_indexes`` are kept up to
+        date and rebuilt like the built-in ones (e.g. the page's, streams.page)."""
         self.policy = policy
         self.store = store
         self.clock = clock
@@ -216,7 +218,9 @@ class CustomerPipeline:
             self.risk,
             self.interests,
             *((self.affinity,) if affinity_on else ()),
+            *extra_indexes,
         )
+        self._extra_indexes = tuple(extra_indexes)
         self._stock_indexes: tuple[StateIndex, ...] = (
             (self.interests, self.affinity) if affinity_on else (self.interests,)
         )
@@ -458,7 +462,7 @@ class CustomerPipeline:
             p = self.home_partition(subject)
             self.deadlines.update(p, subject, state)
             self.risk.update(p, subject, state)
-            for index in self._stock_indexes:
+            for index in (*self._stock_indexes, *self._extra_indexes):
                 index.update(p, subject, state)
         for p, ms in floors.items():
             self.clock.restore(p, ms)
@@ -570,6 +574,7 @@ class CustomerPipeline:
             item = arrival.item()
             policy = self.policy
             changed = work.batch.changed
+            extra = self._extra_indexes
             for match in stocks.audience(
                 partition, arrival, self.store.get, self.interests, self.affinity, self.regions
             ):
@@ -601,11 +606,14 @@ class CustomerPipeline:
                 )
                 stats.gate.update(result.decisions)
                 if result.changed:
-                    # only the gate's memory changed: the changelog, and the deadline index if
-                    # a notification is (or was) pending - no other index depends on it
+                    # only the gate's memory changed: the changelog, the deadline index if a
+                    # notification is (or was) pending, the extra indexes (the page's recent
+                    # suppressions) - no other built-in index depends on it
                     changed[match.subject] = state
                     if had_pending or state.notify["pend"]:  # type: ignore[index]
                         self.deadlines.update(partition, match.subject, state)
+                    for index in extra:
+                        index.update(partition, match.subject, state)
                 if result.emits:
                     self._route(result.emits, work.batch)
             return Outcome.APPLIED

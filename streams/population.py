@@ -173,6 +173,15 @@ class Population:
             table = self._below[which] = _Ranks(self._hists[which])
         return table.below(value)
 
+    def rf_scores(self, last_day: int, frequency: int) -> tuple[int, int]:
+        """R and F scores (1-5) of an indexed buyer with this last purchase day and frequency
+        (what :meth:`scores` gives an indexed customer; the page's R x F grid)."""
+        n = len(self._by_subject)
+        return (
+            quintile_score(self._count_below(0, last_day), n),
+            quintile_score(self._count_below(1, frequency), n),
+        )
+
     def scores(self, state: CustomerState) -> RfmScores | None:
         """The customer's R, F, M scores (1-5) against the population, None for non-buyers."""
         c = _rfm(state)
