@@ -501,7 +501,7 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
         async def get(self, request: Request) -> Response:
             store = request.query.get("store") or None
             doc = page_view(runtime, runtime.assigned_partitions(app), store)
-            return self.html(render_page(doc, store), content_type="text/html; charset=utf-8")
+            return self.html(render_page(doc, store))  # text/html; charset=utf-8
 
     for path in ("/", "/page", "/page/"):
         app.page(path)(Page)

@@ -112,7 +112,7 @@ def _keyed(table_id: str, rows: list[dict[str, Any]] | str, keys: Sequence[str],
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;max-width:78rem}
 h1{margin-bottom:.2rem} h2{margin-top:2rem;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:.5rem 0} th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left}
+table{border-collapse:collapse;margin:.5rem 0} th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;white-space:nowrap}
 th{background:#f3f3f3} td.n{text-align:right} .empty,.note{color:#666}
 #rfm td{text-align:center;min-width:6rem} #rfm small{display:block;color:#666}
 .risk{background:#fff3e0}
@@ -243,7 +243,8 @@ def _rfm(rfm: dict[str, Any]) -> str:
     rows = []
     for r in range(5, 0, -1):
         cells = "".join(
-            f"<td>{rfm['grid'][r - 1][f - 1]}<small>{escape(segment(r, f))}</small></td>" for f in range(1, 6)
+            f"<td>{rfm['grid'][r - 1][f - 1]} <small>{escape(segment(r, f))}</small></td>"
+            for f in range(1, 6)
         )
         rows.append(f"<tr><th>R {r}</th>{cells}</tr>")
     head = "<tr><th></th>" + "".join(f"<th>F {f}</th>" for f in range(1, 6)) + "</tr>"

@@ -72,7 +72,11 @@ def test_funnel_and_rfm_grid_equal_the_summary_scan(fed: tuple[PipelineHarness, 
     assert all(rows[s]["now"] >= summary["stages"].get(s, 0) for s in rows)
     # reached decreases along the funnel; a member at risk still counts as having reached member
     reached = [r["reached"] for r in funnel["stages"]]
-    assert reached == sorted(reached, reverse=True) and reached[3] == summary["buyers"]
+    assert reached == sorted(reached, reverse=True)
+    reached_customer = sum(
+        1 for s in h.store.values() if s.merged_into is None and (s.frequency or s.fact("loyalty_member"))
+    )
+    assert reached[3] == reached_customer >= summary["buyers"]
     at_risk_members = sum(
         1 for s in h.store.values() if s.risk is not None and s.merged_into is None and s.frequency >= 5
     )
