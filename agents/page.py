@@ -109,6 +109,12 @@ def _keyed(table_id: str, rows: list[dict[str, Any]] | str, keys: Sequence[str],
     return _table(table_id, [(k.replace("_", " "), _field(k)) for k in keys], rows, empty)
 
 
+_WHEN_WHAT_WHO: tuple[tuple[str, Cell], ...] = (
+    ("at", _field("at")),
+    ("type", _field("type")),
+    ("customer", lambda r: _customer(r["customer_id"])),
+)
+
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;max-width:78rem}
 h1{margin-bottom:.2rem} h2{margin-top:2rem;border-bottom:1px solid #ccc}
@@ -138,12 +144,10 @@ def render(doc: dict[str, Any], store: str | None) -> str:
         _table(
             "triggers",
             [
-                ("at", _field("at")),
-                ("type", _field("type")),
-                ("customer", lambda r: _customer(r["customer_id"])),
+                *_WHEN_WHAT_WHO,
                 ("reason", _field("reason")),
                 ("to", _field("recipient")),
-                ("delivered", lambda r: "yes" if r.get("deliver", True) else "held out"),
+                ("delivered", lambda r: {True: "yes", False: "held out"}.get(r["deliver"], "—")),
                 ("trigger id", _field("trigger_id")),
             ],
             doc["triggers"],
@@ -154,9 +158,7 @@ def render(doc: dict[str, Any], store: str | None) -> str:
         _table(
             "suppressions",
             [
-                ("at", _field("at")),
-                ("type", _field("type")),
-                ("customer", lambda r: _customer(r["customer_id"])),
+                *_WHEN_WHAT_WHO,
                 ("why not", _field("decision")),
                 ("category", _field("category")),
                 ("sku", _field("sku")),

@@ -14,35 +14,17 @@ from types import SimpleNamespace
 from typing import Any
 
 from agents.page import render, view
-from bench.churn import NOW, customer
-from schemas.state import CustomerState
-from schemas.topics import Topic, TopicNames
-from streams.clock import WallClock
+from bench.churn import NOW, customer, wall_pipeline
 from streams.page import PageIndexes
-from streams.partitioning import KeyPartitioner
-from streams.pipeline import CustomerPipeline
 from streams.policy import Policy
 from streams.profile import summarize
 
 
 def run(n: int, partitions: int = 4, views: int = 20) -> dict[str, Any]:
-    topics = TopicNames()
-    partitioner = KeyPartitioner({name: partitions for name in topics.all()})
-    identity = topics.real(Topic.IDENTITY)
-    store: dict[str, CustomerState] = {}
-    keys: dict[str, int] = {}
     wall = [NOW]
     policy = Policy()
     indexes = PageIndexes(policy, 50)
-    pipeline = CustomerPipeline(
-        policy=policy,
-        store=store,
-        clock=WallClock(lambda: wall[0]),
-        topics=topics,
-        partition_of=lambda s: partitioner(identity, s),
-        key_partitions=keys,
-        extra_indexes=indexes.all(),
-    )
+    pipeline, store, keys = wall_pipeline(partitions, wall, policy, indexes.all())
     for i in range(n):
         s = customer(i, silent_days=120 if i % 20 == 0 else 5 + i % 10, purchases=3 + i % 9)
         s.stores = {f"s{i % 12:02d}": s.frequency}

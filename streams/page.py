@@ -154,7 +154,9 @@ def _trigger_view(record: Mapping[str, Any]) -> dict[str, Any]:
         "recipient": None
         if record.get("recipient_id") is None
         else f"{record.get('recipient_kind', '')}:{record['recipient_id']}",
-        "deliver": record.get("deliver", True),
+        # held-out notifications carry deliver: false; staff alerts are always delivered;
+        # unknown for a trigger known only from the state's memory (after a restart)
+        "deliver": record.get("deliver", True if "recipient_id" in record else None),
     }
 
 

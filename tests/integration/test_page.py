@@ -115,12 +115,13 @@ class Dom(HTMLParser):
         return [dict(zip(head, row, strict=True)) for row in body]
 
 
-def see(cluster: Cluster, path: str, shot: str | None = None) -> Dom:
-    """What a person sees at ``path``: the DOM after Chromium rendered it (and a screenshot)."""
+def see(cluster: Cluster, path: str, shot: str | None = None, height: int = 2000) -> Dom:
+    """What a person sees at ``path``: the DOM after Chromium rendered it (and a screenshot
+    of the top ``height`` pixels)."""
     url = cluster.url() + path
     if shot is not None:
         SHOTS.mkdir(parents=True, exist_ok=True)
-        chromium(f"--screenshot={SHOTS / shot}", "--window-size=1280,2000", url)
+        chromium(f"--screenshot={SHOTS / shot}", f"--window-size=1280,{height}", url)
         assert (SHOTS / shot).stat().st_size > 10_000
     return Dom(chromium("--dump-dom", url))
 
@@ -249,7 +250,9 @@ def test_the_page_shows_what_the_worker_knows(cluster: Cluster) -> None:
         (v for v in options if v != EVIL_STORE), key=lambda v: int(options[v].rsplit("(", 1)[1][:-1])
     )
     expected = int(options[busiest].rsplit("(", 1)[1][:-1])
-    filtered = see(cluster, "/page?" + urllib.parse.urlencode({"store": busiest}), "page-store-filter.png")
+    filtered = see(
+        cluster, "/page?" + urllib.parse.urlencode({"store": busiest}), "page-store-filter.png", 3600
+    )
     rows = filtered.rows("at-risk")
     assert rows and {r["home store"] for r in rows} == {busiest}
     assert len(rows) == min(ROWS, expected) and int(filtered.ids["at-risk-count"].split()[0]) == expected
