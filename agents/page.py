@@ -54,6 +54,7 @@ def view(runtime: Runtime, partitions: Sequence[int], store: str | None) -> dict
         "store_funnel": _optional(runtime, "store_funnel", settings.page_store_funnel_hours),
         "uplift": _optional(runtime, "uplift"),
         "store_funnel_hours": settings.page_store_funnel_hours,
+        "ready": runtime.ready,
     }
 
 
@@ -135,6 +136,10 @@ def render(doc: dict[str, Any], store: str | None) -> str:
         f"holds partitions <b>{_e(', '.join(map(str, doc['partitions'])) or 'none yet')}</b> of "
         f"{_e(doc['partition_count'])}: with several workers every page shows only its own "
         "partitions' customers; open each worker's page (or its <a href=\"/summary\">/summary</a>).</p>",
+        ""
+        if doc.get("ready", True)
+        else '<p class="note" id="recovering"><b>This worker is still recovering its state: the numbers '
+        "below are incomplete.</b></p>",
         _funnel(doc["funnel"], doc["alerted"]),
         _rfm(doc["rfm"]),
         _at_risk(doc["at_risk"], store),

@@ -46,6 +46,7 @@ def run(n: int, partitions: int = 4, views: int = 20) -> dict[str, Any]:
         store=store,
         clock=pipeline.clock,
         partition_of=pipeline.home_partition,
+        ready=True,
     )
     times, size = [], 0
     for k in range(views):

@@ -14,8 +14,9 @@ from streams import churn
 from streams import page as view
 from streams.policy import Policy
 from streams.profile import churn_view, summarize
-from streams.testing import PipelineHarness
+from streams.testing import T0, PipelineHarness
 from synthetic.generator import generate
+from tests.unit.test_churn import buy
 
 RECENT = 25
 
@@ -180,3 +181,25 @@ def test_at_risk_rows_are_the_profiles_churn_state_newest_first_and_filter_by_st
     assert [r["customer_id"] for r in only["rows"]] == [
         r["customer_id"] for r in doc["rows"] if r["home_store"] == store
     ][:3]
+
+
+def test_an_erased_customer_leaves_the_recent_triggers_and_the_funnel() -> None:
+    indexes = view.PageIndexes(Policy(), RECENT)
+    h = PipelineHarness(clock="wall", start_ms=T0, extra_indexes=indexes.all())
+    for week in range(6):  # weekly buyers, live
+        for cid in ("keep", "gone"):
+            buy(h, cid, week * 7, week, store_id="s1")
+        h.advance(days=7)
+    h.advance(days=60)
+    alerts = {t["customer_id"]: t for t in h.triggers("churn_risk")}
+    assert set(alerts) == {"keep", "gone"}
+    assert {r["customer_id"] for r in indexes.recent.triggers.newest()} == {"keep", "gone"}
+    assert view.stage_counts(indexes.stages.counts()) == {"at_risk": 2}
+    erase_at = h.wall.ms
+    h.send(Topic.CUSTOMER_UPDATES, {"event_id": "u1", "customer_id": "gone", "ts": erase_at, "erase": True})
+    assert h.store["gone"].erased_ms is not None
+    assert [r["customer_id"] for r in indexes.recent.triggers.newest()] == ["keep"]
+    assert (
+        view.stage_counts(indexes.stages.counts())
+        == summarize(h.store.values(), h.pipeline.population)["stages"]
+    )
