@@ -297,6 +297,34 @@ def test_the_page_shows_what_the_worker_knows(cluster: Cluster) -> None:
             assert len(dom.tables.get(section, [[]])) - 1 == len(doc["rows"]), section
 
 
+def test_with_two_workers_each_page_shows_its_own_partitions(cluster: Cluster) -> None:
+    data = cluster.tmp / "data"
+    cluster.run("generate", "--customers", "300", "--seed", "4", "--out", str(data))
+    cluster.start_worker(0)
+    cluster.start_worker(1)
+    cluster.run("replay", str(data), "--quiet")
+    cluster.wait(timeout=300, settle_s=3)
+    held: list[set[int]] = []
+    everyone = 0
+    for index in (0, 1):
+        status, summary = cluster.get("/summary", index)
+        assert status == 200
+        url = cluster.url(index) + "/"
+        dom = Dom(chromium("--dump-dom", url))
+        scope = dom.ids["scope"]
+        partitions = scope.split("holds partitions ", 1)[1].split(" of 4", 1)[0]
+        held.append({int(p) for p in partitions.split(", ")})
+        funnel = dom.rows("funnel")
+        risk = dom.rows("risk-stages")
+        shown = sum(int(r["now"]) for r in funnel) + sum(int(r["customers"]) for r in risk)
+        assert shown == sum(summary["stages"].values()) > 0, index
+        assert {r["segment"]: int(r["buyers"]) for r in dom.rows("segments")} == summary["segments"]
+        everyone += shown
+    assert held[0] and held[1] and not held[0] & held[1] and held[0] | held[1] == {0, 1, 2, 3}
+    expected = json.loads((data / "labels.json").read_text())["customers"]
+    assert everyone >= expected  # every customer on one of the two pages (plus anonymous ids)
+
+
 def test_chromium_is_installed_by_make_system_deps() -> None:
     makefile = (ROOT / "Makefile").read_text()
     target = makefile.split("system-deps:", 1)[1].split("\n\n", 1)[0]
