@@ -13,10 +13,10 @@ BENCH_STAMP := $(VENV)/.bench-installed
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-system-deps: ## Debian packages: redis-server, prometheus (promtool), openssl (TLS test certificates)
-	@if ! command -v redis-server >/dev/null || ! command -v promtool >/dev/null || ! command -v openssl >/dev/null; then \
-		echo "installing redis-server, prometheus and openssl from Debian"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server prometheus openssl >/dev/null; \
+system-deps: ## Debian packages: redis-server, prometheus (promtool), openssl (TLS test certificates), chromium (the page's browser test)
+	@if ! command -v redis-server >/dev/null || ! command -v promtool >/dev/null || ! command -v openssl >/dev/null || ! command -v chromium >/dev/null; then \
+		echo "installing redis-server, prometheus, openssl and chromium from Debian"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server prometheus openssl chromium >/dev/null; \
 		$(SUDO) systemctl disable --now redis-server prometheus >/dev/null 2>&1 || true; \
 	fi
 

@@ -20,6 +20,8 @@ from agents.clock import make_clock
 from agents.delivered import DeliveredTriggers
 from agents.metrics import Metrics
 from agents.model import ModelLoader
+from agents.page import render as render_page
+from agents.page import view as page_view
 from agents.processor import CustomerProcessor
 from agents.projection import RedisProjection
 from agents.settings import Settings
@@ -29,6 +31,7 @@ from schemas.state import CustomerState
 from schemas.timestamps import iso_utc
 from schemas.topics import CUSTOMER_INPUTS, CUSTOMER_PROCESSOR_INPUTS, INPUTS, Topic, TopicNames
 from streams.clock import Clock
+from streams.page import PageIndexes
 from streams.partitioning import KeyPartitioner, faust_partitioner
 from streams.pipeline import CustomerPipeline
 from streams.policy import Policy
@@ -94,6 +97,7 @@ class Runtime:
     processor: CustomerProcessor
     stock: StockProcessor
     topics: TopicNames
+    page: PageIndexes
     projection: RedisProjection | None = None
     ready: bool = False
     recoveries: int = 0
@@ -335,6 +339,7 @@ def create_app(
     )
     app.tables.add(table)
     sink = sink or KafkaSink(lambda: app.producer._ensure_producer())
+    page_indexes = PageIndexes(policy, settings.page_recent)
     pipeline = CustomerPipeline(
         policy=policy,
         store=table.data.data,
@@ -342,6 +347,7 @@ def create_app(
         topics=topics,
         partition_of=lambda subject: partitioner(identity_topic, subject),
         key_partitions=table.data._key_partition,
+        extra_indexes=page_indexes.all(),
     )
     processor = CustomerProcessor(
         pipeline=pipeline,
@@ -373,6 +379,7 @@ def create_app(
         processor=processor,
         stock=stock,
         topics=topics,
+        page=page_indexes,
     )
     if settings.projection_enabled:
         runtime.projection = RedisProjection(
@@ -552,6 +559,17 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
     app.page("/uplift")(Uplift)
     app.page("/profile/{customer_id}")(profile)
     app.page("/why/{customer_id}")(why)
+
+    class Page(View):
+        """The page for the people who act (agents/page.py); ?store=S filters the at-risk list."""
+
+        async def get(self, request: Request) -> Response:
+            store = request.query.get("store") or None
+            doc = page_view(runtime, runtime.assigned_partitions(app), store)
+            return self.html(render_page(doc, store))  # text/html; charset=utf-8
+
+    for path in ("/", "/page", "/page/"):
+        app.page(path)(Page)
 
     @app.page("/churn-model/summary/")
     class ChurnSummary(View):

@@ -120,6 +120,18 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="prefix for every topic name (multi-tenant clusters)")
     web_host: str = Field("127.0.0.1", description="worker HTTP bind address (profile API)")
     web_port: int = Field(LOCAL_PORTS["PATRONAGE_WEB_PORT"], ge=1, le=65535, description="worker HTTP port")
+    page_rows: int = Field(
+        50, ge=1, le=5000, description="the page: valued customers at risk listed per view (newest first)"
+    )
+    page_recent: int = Field(
+        50,
+        ge=1,
+        le=5000,
+        description="the page: newest triggers and newest gate suppressions kept and listed (each)",
+    )
+    page_store_funnel_hours: int = Field(
+        24, ge=1, le=24 * 31, description="the page: hours of store funnel shown"
+    )
     clock: Literal["event", "wall"] = Field(
         "event",
         description="'event': now = per partition, the oldest of the inputs' newest event times "

@@ -16,6 +16,7 @@ import gc
 import json
 import time
 import tracemalloc
+from collections.abc import Sequence
 from typing import Any
 
 from schemas.state import CustomerState
@@ -23,6 +24,7 @@ from schemas.timestamps import DAY_MS
 from schemas.topics import Topic, TopicNames
 from streams.clock import WallClock
 from streams.dedupe import id_hash, remember
+from streams.indexes import StateIndex
 from streams.partitioning import KeyPartitioner
 from streams.pipeline import CustomerPipeline
 from streams.policy import Policy
@@ -47,21 +49,30 @@ def customer(i: int, *, silent_days: int, purchases: int = 8, every: int = 12) -
     return s
 
 
-def tick_cost(n: int, due: int, partitions: int) -> dict[str, Any]:
+def wall_pipeline(
+    partitions: int, wall: list[int], policy: Policy | None = None, extra_indexes: Sequence[StateIndex] = ()
+) -> tuple[CustomerPipeline, dict[str, CustomerState], dict[str, int]]:
+    """A pipeline on a wall clock reading ``wall[0]``, with its (empty) store and key map."""
     topics = TopicNames()
     partitioner = KeyPartitioner({name: partitions for name in topics.all()})
     identity = topics.real(Topic.IDENTITY)
     store: dict[str, CustomerState] = {}
     keys: dict[str, int] = {}
-    wall = [NOW]
     pipeline = CustomerPipeline(
-        policy=Policy(),
+        policy=policy or Policy(),
         store=store,
         clock=WallClock(lambda: wall[0]),
         topics=topics,
         partition_of=lambda s: partitioner(identity, s),
         key_partitions=keys,
+        extra_indexes=extra_indexes,
     )
+    return pipeline, store, keys
+
+
+def tick_cost(n: int, due: int, partitions: int) -> dict[str, Any]:
+    wall = [NOW]
+    pipeline, store, keys = wall_pipeline(partitions, wall)
     built = time.perf_counter()
     # everyone buys every 12 days; most bought 5 days ago, ``due`` of them 35 days ago. Their
     # rhythm is blended with the 30-day prior (the floor: the population's 12 days is below

@@ -136,10 +136,17 @@ def recipient(state: CustomerState, team: str) -> tuple[str, str]:
     owner = state.fact("owner_id")
     if owner:
         return "account_owner", str(owner)
-    if state.stores:
-        store = min(state.stores.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+    store = home_store(state)
+    if store is not None:
         return "store", store
     return "team", team
+
+
+def home_store(state: CustomerState) -> str | None:
+    """The store the customer visits or buys at most (ties: the smallest id), or None."""
+    if not state.stores:
+        return None
+    return min(state.stores.items(), key=lambda kv: (-kv[1], kv[0]))[0]
 
 
 def note_store(state: CustomerState, store_id: str | None, policy: ChurnPolicy) -> None:

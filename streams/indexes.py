@@ -9,7 +9,7 @@ subject's entry (``state=None`` removes it), ``clear(partition)`` forgets a part
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Protocol
 
 from schemas.state import CustomerState
@@ -162,3 +162,8 @@ class CountIndex(PartitionedIndex):
 
     def _clear_all(self) -> None:
         self._counts.clear()
+
+    def members(self) -> Iterator[tuple[str, Hashable]]:
+        """(subject, class) of every subject in some class (no table walk)."""
+        for subject, (_, cls) in self._of.items():
+            yield subject, cls

@@ -194,9 +194,11 @@ class CustomerPipeline:
         partition_of: Callable[[str], int],
         key_partitions: MutableMapping[str, int] | None = None,
         population: Population | None = None,
+        extra_indexes: Sequence[StateIndex] = (),
     ) -> None:
         """``partition_of(subject)`` is the partition that owns a subject (murmur2 of the id
-        over the co-partitioned topics' partition count)."""
+        over the co-partitioned topics' partition count). ``extra_indexes`` are kept up to
+        date and rebuilt like the built-in ones (e.g. the page's, streams.page)."""
         self.policy = policy
         self.store = store
         self.clock = clock
@@ -233,7 +235,9 @@ class CustomerPipeline:
             self.uplift,
             self.interests,
             *((self.affinity,) if affinity_on else ()),
+            *extra_indexes,
         )
+        self._extra_indexes = tuple(extra_indexes)
         self._stock_indexes: tuple[StateIndex, ...] = (
             (self.interests, self.affinity) if affinity_on else (self.interests,)
         )
@@ -487,7 +491,7 @@ class CustomerPipeline:
             self.stages.update(p, subject, state)
             self.funnel.update(p, subject, state)
             self.uplift.update(p, subject, state)
-            for index in self._stock_indexes:
+            for index in (*self._stock_indexes, *self._extra_indexes):
                 index.update(p, subject, state)
         for p, ms in floors.items():
             self.clock.restore(p, ms)
@@ -622,6 +626,7 @@ class CustomerPipeline:
             item = arrival.item()
             policy = self.policy
             changed = work.batch.changed
+            extra = self._extra_indexes
             for match in stocks.audience(
                 partition, arrival, self.store.get, self.interests, self.affinity, self.regions
             ):
@@ -656,11 +661,14 @@ class CustomerPipeline:
                     self._expose(state, result.emits, work.ctx, work.batch)
                     self.uplift.update(partition, match.subject, state)
                 if result.changed:
-                    # only the gate's memory (and uplift's) changed: the changelog, and the
-                    # deadline index if a notification or an exposure is (or was) open
+                    # only the gate's memory (and uplift's) changed: the changelog, the
+                    # deadline index if a notification or an exposure is (or was) open, the
+                    # extra indexes (the page's recent suppressions)
                     changed[match.subject] = state
                     if had_pending or state.notify["pend"] or result.emits:  # type: ignore[index]
                         self.deadlines.update(partition, match.subject, state)
+                    for index in extra:
+                        index.update(partition, match.subject, state)
                 if result.emits:
                     self._route(result.emits, work.batch, work.ingest_ms)
             return Outcome.APPLIED

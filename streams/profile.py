@@ -140,6 +140,16 @@ def churn_summary_rows(states: Iterable[CustomerState], until_ms: int, unit: str
     return [[x, t_x, big_t, n] for (x, t_x, big_t), n in sorted(counts.items())]
 
 
+def stage_key(state: CustomerState) -> str | None:
+    """The summary's lifecycle class of a subject: its stage (the risk stage while one holds),
+    ``"<stage> (anonymous)"`` for anonymous ids; None for merged ids and erased strangers."""
+    if state.merged_into is not None:
+        return None
+    if state.erased_ms is not None and state.stage == "stranger" and not state.frequency:
+        return None
+    return f"{state.stage} (anonymous)" if state.anonymous else state.stage
+
+
 def summarize(states: Any, population: Population) -> dict[str, Any]:
     """Counts per lifecycle stage and per RFM segment over an iterable of states."""
     stages: dict[str, int] = {}
@@ -152,13 +162,13 @@ def summarize(states: Any, population: Population) -> dict[str, Any]:
         if state.merged_into is not None:
             merged += 1
             continue
-        if state.erased_ms is not None and state.stage == "stranger" and not state.frequency:
+        key = stage_key(state)
+        if key is None:
             continue
         if state.anonymous:
             anonymous += 1
         else:
             known += 1
-        key = f"{state.stage} (anonymous)" if state.anonymous else state.stage
         stages[key] = stages.get(key, 0) + 1
         scores = population.scores(state)
         if scores is not None:

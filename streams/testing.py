@@ -16,6 +16,7 @@ output lands in ``harness.out[topic]``.
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from schemas.timestamps import DAY_MS
 from schemas.topics import KEY_FIELDS, Topic, TopicNames
 from streams.clock import Clock, EventClock, WallClock
 from streams.core import ChurnModel
+from streams.indexes import StateIndex
 from streams.partitioning import KeyPartitioner
 from streams.pipeline import Batch, CustomerPipeline
 from streams.policy import Policy
@@ -67,6 +69,7 @@ class PipelineHarness:
         allowed_lateness_ms: int = 0,
         idle_ms: int = 5000,
         model: ChurnModel | None = None,
+        extra_indexes: Sequence[StateIndex] = (),
     ) -> None:
         self.policy = policy or Policy()
         self.partitions = partitions
@@ -86,6 +89,7 @@ class PipelineHarness:
             topics=self.topics,
             partition_of=lambda subject: self.partitioner(identity_topic, subject),
             key_partitions=self.key_partitions,
+            extra_indexes=extra_indexes,
         )
         self.pipeline.model = model
         self.out: dict[Topic, list[dict[str, Any]]] = defaultdict(list)
