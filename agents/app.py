@@ -544,7 +544,8 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
             raw = request.query.get("hours", "24")
             if not raw.isdigit() or int(raw) < 1:
                 return self.json({"error": f"hours must be a positive integer, got {raw!r}"}, status=400)
-            return self.json({"rows": runtime.store_funnel(int(raw))})
+            since, now_ms, rows = runtime.pipeline.store_funnel_window(int(raw))
+            return self.json({"since": iso_utc(since), "as_of": iso_utc(now_ms), "rows": rows})
 
     @app.page("/uplift/")
     class Uplift(View):

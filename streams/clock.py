@@ -39,6 +39,11 @@ class Clock(Protocol):
         """After recovery: the clock of ``partition`` is at least ``event_ms``."""
         ...
 
+    def started(self, partition: int) -> bool:
+        """False while the clock knows no time for ``partition`` (an event clock that has
+        seen and restored nothing): ``now_ms`` is then only real time, a placeholder."""
+        ...
+
     def backlog(self, partition: int, topic: str, records: int) -> None:
         """Records of ``topic`` in ``partition`` still to be applied (event clock only)."""
         ...
@@ -55,6 +60,9 @@ class WallClock:
 
     def observe(self, partition: int, topic: str, event_ms: int) -> None:
         return None
+
+    def started(self, partition: int) -> bool:
+        return True
 
     def now_ms(self, partition: int | None = None) -> int:
         return self._wall()
@@ -149,6 +157,9 @@ class EventClock:
             return previous
         self._now[partition] = value
         return value
+
+    def started(self, partition: int) -> bool:
+        return self._newest is not None or partition in self._now
 
     def restore(self, partition: int, event_ms: int) -> None:
         self._restored_at[partition] = self._wall()

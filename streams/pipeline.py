@@ -326,6 +326,12 @@ class CustomerPipeline:
                 self._crashed(record, label, exc, batch)
             stats.outcomes[(label, Outcome.DEAD_LETTER.value)] += 1
         ready.sort(key=_ORDER)
+        if not self.clock.started(partition):
+            # an event clock before its first event: its now is real time, a placeholder
+            # (a replay of history would look years late); the batch starts at its oldest record
+            first = next((item[0] for item in ready if item[0] != _FIRST), None)
+            if first is not None:
+                work.ctx = replace(work.ctx, now_ms=first)
         if align:
             horizon = _horizon(ready)
             logical = self.topics.logical
@@ -518,16 +524,24 @@ class CustomerPipeline:
     def store_funnel(self, hours: int) -> list[dict[str, Any]]:
         """``/store-funnel`` rows for the ``hours`` hours up to the clock's now (at most the
         funnel retention: older hours may be incomplete), newest hour first."""
-        return storefunnel.rows(self.funnel.cells(self._funnel_since(hours)), iso_utc)
+        return self.store_funnel_window(hours)[2]
+
+    def store_funnel_window(self, hours: int) -> tuple[int, int, list[dict[str, Any]]]:
+        """(first hour's start ms, the clock's now ms, the rows): what ``store_funnel`` answers
+        and the window it answered for, read at one clock reading."""
+        now_ms = self.clock.now_ms()
+        since = self._funnel_since(hours, now_ms)
+        return since, now_ms, storefunnel.rows(self.funnel.cells(since), iso_utc)
 
     def store_totals(self, hours: int) -> dict[str, tuple[int, int, int, int, int]]:
         """Per store over the last ``hours`` hours (the clock's now included): visits,
         visitors, buyers, orders, revenue cents (visitors and buyers summed per hour)."""
         return self.funnel.per_store(self._funnel_since(hours))
 
-    def _funnel_since(self, hours: int) -> int:
+    def _funnel_since(self, hours: int, now_ms: int | None = None) -> int:
         hours = max(1, min(hours, self.policy.funnel.retention_ms // storefunnel.HOUR_MS))
-        return storefunnel.hour_of(self.clock.now_ms()) - (hours - 1) * storefunnel.HOUR_MS
+        now_ms = self.clock.now_ms() if now_ms is None else now_ms
+        return storefunnel.hour_of(now_ms) - (hours - 1) * storefunnel.HOUR_MS
 
     # --- decode + validate per topic ------------------------------------------------------
     def _purchase(self, obj: dict[str, Any]) -> PurchaseLike:

@@ -14,10 +14,15 @@ export PATRONAGE_APP_ID=patronage-demo
 # replayed history: the event clock (a finished replay stops holding it back after the
 # default 5 s of quiet, once everything is read)
 export PATRONAGE_CHURN_MODEL_REFRESH_S=${PATRONAGE_CHURN_MODEL_REFRESH_S:-2}
+# control groups (off by default in production settings), so the demo can show uplift
+export PATRONAGE_CHURN_HOLDOUT=${PATRONAGE_CHURN_HOLDOUT:-0.2}
+export PATRONAGE_GATE_HOLDOUT=${PATRONAGE_GATE_HOLDOUT:-new_stock_for_interest=0.2}
+# DEMO_KEEP=1: leave the stack running at the end (open the page; the last lines say how to stop it)
+KEEP=${DEMO_KEEP:-0}
 CUSTOMERS=${DEMO_CUSTOMERS:-2000}
 DATA=.run/demo-data
 
-cleanup() { $PAT local down >/dev/null 2>&1 || true; }
+cleanup() { [ "$KEEP" = 1 ] || $PAT local down >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 $PAT local down >/dev/null 2>&1 || true
 rm -rf "$PATRONAGE_RUN_DIR" "$DATA"
@@ -61,4 +66,19 @@ if [ -n "$store" ]; then
     echo "valued customers slipping away at store $store, newest first: redis-cli -p $REDIS_PORT ZREVRANGE patronage:v1:at_risk:$store 0 4"
     redis-cli -p "$REDIS_PORT" --no-raw ZREVRANGE "patronage:v1:at_risk:$store" 0 4
 fi
-echo "demo finished; stopping the stack"
+echo "do the triggers work? treated vs held-out (20 % control groups in this demo), patronage uplift:"
+$PAT uplift
+page="http://127.0.0.1:$PATRONAGE_WEB_PORT/"
+echo "the page for store staff: $page${store:+?store=$store}"
+.venv/bin/python - "$page${store:+?store=$store}" <<'PY'
+import re, sys, urllib.request
+html = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()
+heads = re.findall(r"<h2>(.*?)</h2>", html)
+print(f"  {len(html) // 1024} KB of HTML; sections: {', '.join(heads)}")
+PY
+if [ "$KEEP" = 1 ]; then
+    echo "demo finished; the stack keeps running (DEMO_KEEP=1): open $page"
+    echo "stop it with: PATRONAGE_RUN_DIR=$PATRONAGE_RUN_DIR $PAT local down"
+else
+    echo "demo finished; stopping the stack (DEMO_KEEP=1 make demo leaves it running to open the page)"
+fi

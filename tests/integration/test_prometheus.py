@@ -136,6 +136,9 @@ class Prometheus:
 def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
     assert Path(PROMETHEUS_BIN).exists(), "install Debian's prometheus package (make setup does)"
     cluster.env["PATRONAGE_METRICS_STORE_HOURS"] = str(STORE_HOURS)
+    # control groups, so the uplift panels have both groups to compare
+    cluster.env["PATRONAGE_CHURN_HOLDOUT"] = "0.3"
+    cluster.env["PATRONAGE_GATE_HOLDOUT"] = "new_stock_for_interest=0.3"
     cluster.start_worker()
     prom = Prometheus(cluster.tmp, cluster.url().removeprefix("http://"))
     try:
@@ -181,7 +184,7 @@ def panel_targets() -> list[tuple[str, str]]:
     ]
 
 
-def funnel_oracle(data: Path, now_ms: int, hours: int) -> list[dict[str, Any]]:
+def funnel_oracle(data: Path, since_ms: int) -> list[dict[str, Any]]:
     labels = json.loads((data / "labels.json").read_text())
     anon_to_customer = labels["anonymous_identified"]
     visits: dict[str, tuple[str, str, int]] = {}
@@ -195,8 +198,7 @@ def funnel_oracle(data: Path, now_ms: int, hours: int) -> list[dict[str, Any]]:
         p = json.loads(line)
         if p.get("store_id"):
             bought[p["event_id"]] = (p["customer_id"], p["store_id"], ts_ms(p["ts"]), cents(p["amount"]))
-    since = now_ms - now_ms % HOUR_MS - (hours - 1) * HOUR_MS
-    return as_rows(funnel_truth(list(visits.values()), list(bought.values()), 120 * 60_000), since)
+    return as_rows(funnel_truth(list(visits.values()), list(bought.values()), 120 * 60_000), since_ms)
 
 
 def test_every_panel_and_alert_returns_series_from_a_real_worker(
@@ -254,14 +256,17 @@ def test_every_panel_and_alert_returns_series_from_a_real_worker(
         assert label not in set(prometheus.api("labels")), label
 
     # the store funnel: the definition, with and without the trailing slash; the gauges agree
-    now_ms = parse_ts_ms(summary["as_of"])
     status, doc = cluster.get(f"/store-funnel/?hours={STORE_HOURS}")
     assert status == 200
     status2, doc2 = cluster.get(f"/store-funnel?hours={STORE_HOURS}")
     assert status2 == 200 and doc2 == doc
     rows = doc["rows"]
-    truth = funnel_oracle(data, now_ms, STORE_HOURS)
-    assert rows == truth
+    since_ms, now_ms = parse_ts_ms(doc["since"]), parse_ts_ms(doc["as_of"])
+    assert since_ms == now_ms - now_ms % HOUR_MS - (STORE_HOURS - 1) * HOUR_MS
+    truth = funnel_oracle(data, since_ms)
+    missing = [r for r in truth if r not in rows]
+    extra = [r for r in rows if r not in truth]
+    assert rows == truth, (doc["since"], doc["as_of"], summary["as_of"], missing[:5], extra[:5])
     totals = {k: sum(r[k] for r in rows) for k in ("visits", "visitors", "buyers", "orders")}
     print(f"store funnel over {STORE_HOURS} h: {len(rows)} store-hours, {totals}")
     assert totals["visits"] > 10 and totals["buyers"] > 0, rows[:5]

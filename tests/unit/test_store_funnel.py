@@ -136,6 +136,21 @@ def test_rows_are_the_definition_and_survive_rebuild_and_redelivery(seed: int) -
     assert last3 == [r for r in truth if r["hour"] >= iso_utc(now - now % HOUR_MS - 2 * HOUR_MS)]
 
 
+def test_a_replay_of_history_keeps_its_first_batch() -> None:
+    """The event clock knows no time before its first event; the first batch of a replay of
+    data a year old must not be judged against real time (its store entries were dropped
+    as "older than the retention" when the batch's now was the wall clock)."""
+    touches, purchases, (visits, bought) = random_day(4)
+    h = PipelineHarness(start_ms=T0 + 365 * 24 * HOUR_MS)  # real time: a year after the data
+    assert not h.clock.started(0)
+    feed(h, touches, purchases)
+    assert h.clock.started(0)
+    now = h.clock.now_ms()
+    assert now < T0 + 48 * HOUR_MS  # event time, not real time
+    truth = as_rows(funnel_truth(visits, bought, WINDOW_MS), now - now % HOUR_MS - 71 * HOUR_MS)
+    assert truth and h.pipeline.store_funnel(72) == truth
+
+
 def test_an_identified_visitor_who_buys_is_a_buyer_once() -> None:
     h = PipelineHarness()
     visit = {
