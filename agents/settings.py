@@ -405,11 +405,6 @@ class Settings(BaseSettings):
         24, ge=1, description="hours (up to the clock's now) the patronage_store_* gauges sum over"
     )
 
-    @field_validator("redis_password", mode="before")
-    @classmethod
-    def _no_empty_password(cls, value: object) -> object:
-        return None if value in ("", None) else value
-
     # --- uplift (UpliftPolicy; README "Uplift") ---
     uplift_window_days: float = Field(
         _UPLIFT.window_days,
@@ -421,6 +416,11 @@ class Settings(BaseSettings):
         ge=1,
         description="open exposures (windows not ended) per customer; triggers beyond are not measured",
     )
+
+    @field_validator("redis_password", mode="before")
+    @classmethod
+    def _no_empty_password(cls, value: object) -> object:
+        return None if value in ("", None) else value
 
     @field_validator(
         "churn_alert_tiers", "churn_stalled_ask_types", "interest_touch_types", "gate_to_payer", mode="before"
