@@ -339,7 +339,7 @@ def create_app(
     )
     app.tables.add(table)
     sink = sink or KafkaSink(lambda: app.producer._ensure_producer())
-    page_indexes = PageIndexes(policy, settings.page_recent)
+    page_indexes = PageIndexes(settings.page_recent)
     pipeline = CustomerPipeline(
         policy=policy,
         store=table.data.data,

@@ -43,7 +43,7 @@ def view(runtime: Runtime, partitions: Sequence[int], store: str | None) -> dict
         "clock": runtime.clock.name,
         "partitions": list(partitions),
         "partition_count": settings.partitions,
-        "funnel": page.funnel(indexes.stages.counts()),
+        "funnel": page.funnel(pipeline.stages.counts()),
         "alerted": {stage: risk.get((stage, True), 0) for stage in ("at_risk", "lapsed", "lost", "none")},
         "rfm": page.rf_grid(pipeline.population.rf_grid()),
         "at_risk": page.at_risk(

@@ -23,7 +23,7 @@ from streams.profile import summarize
 def run(n: int, partitions: int = 4, views: int = 20) -> dict[str, Any]:
     wall = [NOW]
     policy = Policy()
-    indexes = PageIndexes(policy, 50)
+    indexes = PageIndexes(50)
     pipeline, store, keys = wall_pipeline(partitions, wall, policy, indexes.all())
     for i in range(n):
         s = customer(i, silent_days=120 if i % 20 == 0 else 5 + i % 10, purchases=3 + i % 9)

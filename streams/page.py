@@ -32,10 +32,8 @@ from schemas.timestamps import iso_utc, parse_ts_ms
 from streams import churn
 from streams.core import Context
 from streams.gate import SUPPRESSIONS
-from streams.indexes import CountIndex
-from streams.lifecycle import BASE_STAGES, RISK_STAGES, stage_only
-from streams.policy import Policy
-from streams.profile import churn_view, stage_key
+from streams.lifecycle import BASE_STAGES, RISK_STAGES
+from streams.profile import churn_view
 from streams.rfm import segment
 
 _SUPPRESSED = frozenset(d.value for d in SUPPRESSIONS)
@@ -160,30 +158,29 @@ def _trigger_view(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class PageIndexes:
-    """The page's indexes, handed to ``CustomerPipeline(extra_indexes=...)``."""
+    """The page's own index, handed to ``CustomerPipeline(extra_indexes=...)``; the stage
+    counts are the pipeline's (``CustomerPipeline.stages``, shared with the metrics)."""
 
-    def __init__(self, policy: Policy, recent_limit: int) -> None:
-        def stage_class(state: CustomerState) -> tuple[str, str] | None:
-            key = stage_key(state)
-            if key is None:
-                return None
-            base = stage_only(state, policy) if state.stage in RISK_STAGES else state.stage
-            return key, base
-
-        self.stages = CountIndex(stage_class)
+    def __init__(self, recent_limit: int) -> None:
         self.recent = RecentIndex(recent_limit)
 
     def all(self) -> tuple[Any, ...]:
-        return (self.stages, self.recent)
+        return (self.recent,)
 
 
 # --- view model -----------------------------------------------------------------------------
+def _key(kind: str, stage: str) -> str:
+    """The summary's name of a stage class (``"<stage> (anonymous)"`` for anonymous ids)."""
+    return f"{stage} (anonymous)" if kind == "anonymous" else stage
+
+
 def stage_counts(classes: Mapping[Hashable, int]) -> dict[str, int]:
-    """``/summary``'s ``stages`` from the stage index's counts."""
+    """``/summary``'s ``stages`` from the pipeline's stage index
+    (``(kind, stage, base stage) -> subjects``)."""
     out: Counter[str] = Counter()
     for cls, n in classes.items():
-        key, _ = cast(tuple[str, str], cls)
-        out[key] += n
+        kind, stage, _ = cast(tuple[str, str, str], cls)
+        out[_key(kind, stage)] += n
     return dict(sorted(out.items()))
 
 
@@ -197,13 +194,12 @@ def funnel(classes: Mapping[Hashable, int]) -> dict[str, Any]:
     base: Counter[str] = Counter()
     risk: Counter[str] = Counter()
     for cls, n in classes.items():
-        key, base_stage = cast(tuple[str, str], cls)
-        stage = key.removesuffix(" (anonymous)")
+        kind, stage, base_stage = cast(tuple[str, str, str], cls)
         if stage in RISK_STAGES:
             risk[stage] += n
         else:
             now[stage] += n
-            if stage != key:
+            if kind == "anonymous":
                 anonymous[stage] += n
         base[base_stage] += n
     rows: list[dict[str, Any]] = []

@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -48,8 +48,10 @@ from streams import stock as stocks
 from streams.clock import Clock
 from streams.core import ChurnModel, Context, Emit, Outcome, Step
 from streams.indexes import CountIndex, DeadlineIndex, StateIndex
+from streams.lifecycle import RISK_STAGES, stage_only
 from streams.policy import Policy
 from streams.population import Population
+from streams.profile import stage_key
 
 log = logging.getLogger(__name__)
 PRIOR_DRIFT = 0.05  # relative change of the churn prior that re-indexes every deadline
@@ -211,7 +213,7 @@ class CustomerPipeline:
         # customers at risk now, per (risk stage, tier-independent "alerted")
         self.risk = CountIndex(_risk_class)
         # subjects per (known | anonymous, lifecycle stage), for the metrics
-        self.stages = CountIndex(_stage_class)
+        self.stages = CountIndex(lambda state: _stage_class(state, policy))
         # store funnel: per (store, hour) sums of the customers' recent visits and purchases
         self.funnel = storefunnel.StoreFunnelIndex(policy.funnel.buy_window_ms)
         # uplift tallies (treated vs control, per trigger type x segment x tier)
@@ -519,7 +521,11 @@ class CustomerPipeline:
     def stage_counts(self) -> dict[Any, int]:
         """Subjects per ("known" | "anonymous", lifecycle stage) right now (merged anonymous
         ids and erased strangers not counted, as in the summary)."""
-        return self.stages.counts()
+        out: dict[Any, int] = {}
+        for cls, n in self.stages.counts().items():
+            kind, stage, _base = cast(tuple[str, str, str], cls)
+            out[(kind, stage)] = out.get((kind, stage), 0) + n
+        return out
 
     def store_funnel(self, hours: int) -> list[dict[str, Any]]:
         """``/store-funnel`` rows for the ``hours`` hours up to the clock's now (at most the
@@ -824,12 +830,13 @@ def _ingest_ms(record: Any) -> int | None:
     return ts if isinstance(ts, int) and ts > 0 else None
 
 
-def _stage_class(state: CustomerState) -> tuple[str, str] | None:
-    if state.merged_into is not None:
+def _stage_class(state: CustomerState, policy: Policy) -> tuple[str, str, str] | None:
+    """(known | anonymous, stage, base stage: the stage reached before a risk stage) of a
+    subject the summary counts (merged ids and erased strangers are not)."""
+    if stage_key(state) is None:
         return None
-    if state.erased_ms is not None and state.stage == "stranger" and not state.frequency:
-        return None
-    return ("anonymous" if state.anonymous else "known", state.stage)
+    base = stage_only(state, policy) if state.stage in RISK_STAGES else state.stage
+    return ("anonymous" if state.anonymous else "known", state.stage, base)
 
 
 def _risk_class(state: CustomerState) -> tuple[str, bool] | None:

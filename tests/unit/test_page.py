@@ -49,7 +49,7 @@ def _feed(h: PipelineHarness, customers: int, seed: int) -> None:
 @pytest.fixture(scope="module")
 def fed() -> tuple[PipelineHarness, view.PageIndexes]:
     policy = Policy()
-    indexes = view.PageIndexes(policy, RECENT)
+    indexes = view.PageIndexes(RECENT)
     h = PipelineHarness(policy, extra_indexes=indexes.all())
     _feed(h, 400, 11)
     return h, indexes
@@ -62,10 +62,10 @@ def _newest_triggers(triggers: list[dict[str, Any]], n: int) -> list[tuple[str, 
 
 
 def test_funnel_and_rfm_grid_equal_the_summary_scan(fed: tuple[PipelineHarness, view.PageIndexes]) -> None:
-    h, indexes = fed
+    h, _ = fed
     summary = summarize(h.store.values(), h.pipeline.population)
-    assert view.stage_counts(indexes.stages.counts()) == summary["stages"]
-    funnel = view.funnel(indexes.stages.counts())
+    assert view.stage_counts(h.pipeline.stages.counts()) == summary["stages"]
+    funnel = view.funnel(h.pipeline.stages.counts())
     rows = {r["stage"]: r for r in funnel["stages"]}
     total = sum(summary["stages"].values())
     assert rows["stranger"]["reached"] == total and rows["stranger"]["conversion"] is None
@@ -126,9 +126,9 @@ def test_recent_triggers_are_the_newest_sent_and_survive_a_rebuild(
     )[:RECENT]
     assert [(parse_ts_ms(r["at"]), r["type"], r["arrival"], r["customer_id"]) for r in suppressed] == scan
 
-    stages, cells = indexes.stages.counts(), h.pipeline.population.rf_grid()
+    stages, cells = h.pipeline.stages.counts(), h.pipeline.population.rf_grid()
     h.pipeline.rebuild()  # what a restart does: everything from the table
-    assert indexes.stages.counts() == stages and h.pipeline.population.rf_grid() == cells
+    assert h.pipeline.stages.counts() == stages and h.pipeline.population.rf_grid() == cells
     assert indexes.recent.suppressions.newest() == suppressed
     # after a restart only what the states remember: the last trigger of each type
     remembered = [
@@ -184,7 +184,7 @@ def test_at_risk_rows_are_the_profiles_churn_state_newest_first_and_filter_by_st
 
 
 def test_an_erased_customer_leaves_the_recent_triggers_and_the_funnel() -> None:
-    indexes = view.PageIndexes(Policy(), RECENT)
+    indexes = view.PageIndexes(RECENT)
     h = PipelineHarness(clock="wall", start_ms=T0, extra_indexes=indexes.all())
     for week in range(6):  # weekly buyers, live
         for cid in ("keep", "gone"):
@@ -194,12 +194,12 @@ def test_an_erased_customer_leaves_the_recent_triggers_and_the_funnel() -> None:
     alerts = {t["customer_id"]: t for t in h.triggers("churn_risk")}
     assert set(alerts) == {"keep", "gone"}
     assert {r["customer_id"] for r in indexes.recent.triggers.newest()} == {"keep", "gone"}
-    assert view.stage_counts(indexes.stages.counts()) == {"at_risk": 2}
+    assert view.stage_counts(h.pipeline.stages.counts()) == {"at_risk": 2}
     erase_at = h.wall.ms
     h.send(Topic.CUSTOMER_UPDATES, {"event_id": "u1", "customer_id": "gone", "ts": erase_at, "erase": True})
     assert h.store["gone"].erased_ms is not None
     assert [r["customer_id"] for r in indexes.recent.triggers.newest()] == ["keep"]
     assert (
-        view.stage_counts(indexes.stages.counts())
+        view.stage_counts(h.pipeline.stages.counts())
         == summarize(h.store.values(), h.pipeline.population)["stages"]
     )
