@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -51,18 +51,17 @@ def view(runtime: Runtime, partitions: Sequence[int], store: str | None) -> dict
         ),
         "triggers": indexes.recent.triggers.newest(),
         "suppressions": indexes.recent.suppressions.newest(),
-        "store_funnel": _optional(runtime, "store_funnel", settings.page_store_funnel_hours),
-        "uplift": _optional(runtime, "uplift"),
+        "store_funnel": _section("store_funnel", runtime.store_funnel, settings.page_store_funnel_hours),
+        "uplift": _section("uplift", runtime.uplift),
         "store_funnel_hours": settings.page_store_funnel_hours,
         "ready": runtime.ready,
     }
 
 
-def _optional(runtime: Runtime, name: str, *args: Any) -> list[dict[str, Any]] | str:
-    """Rows from ``runtime.<name>(*args)``, or why there are none (a note for the page)."""
-    method = getattr(runtime, name, None)
-    if method is None:
-        return "not available in this build"
+def _section(
+    name: str, method: Callable[..., Iterable[dict[str, Any]]], *args: Any
+) -> list[dict[str, Any]] | str:
+    """Rows from ``method(*args)``, or why there are none (a note for the page)."""
     try:
         rows = method(*args)
     except Exception as exc:  # a section failing never takes the page down
