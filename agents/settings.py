@@ -208,10 +208,16 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warn", "error"] = Field("info", description="log level")
     member_min_purchases: int = Field(3, ge=1, description="lifecycle: purchases to be a member")
     purchase_id_cap: int = Field(
-        4096, ge=8, description="idempotency: purchase ids remembered per customer (16 bytes each)"
+        512, ge=8, description="idempotency: newest purchase ids remembered per customer (20 bytes each)"
     )
     touch_id_cap: int = Field(
-        4096, ge=8, description="idempotency: touchpoint ids remembered per customer (16 bytes each)"
+        512, ge=8, description="idempotency: newest touchpoint ids remembered per customer (20 bytes each)"
+    )
+    dedupe_beyond_horizon: Literal["dead_letter", "apply"] = Field(
+        "dead_letter",
+        description="an unknown event at or before the customer's id-memory horizon: dead-letter it "
+        "(reason beyond_dedupe_horizon; never double-counts) or apply it (counted in "
+        "patronage_dedupe_beyond_horizon_total; a replay of forgotten events counts twice)",
     )
     # --- churn (streams/policy.py ChurnPolicy; README "Churn risk") ---
     churn_at_risk_factor: float = Field(
@@ -583,6 +589,7 @@ class Settings(BaseSettings):
             member_min_purchases=self.member_min_purchases,
             purchase_id_cap=self.purchase_id_cap,
             touch_id_cap=self.touch_id_cap,
+            beyond_horizon=self.dedupe_beyond_horizon,
             accept_currency=self.currency,
             ts_floor_ms=int(datetime.combine(self.ts_floor, datetime.min.time(), UTC).timestamp() * 1000),
             ts_max_future_ms=int(self.ts_max_future_s * 1000),

@@ -80,6 +80,7 @@ class BatchStats:
     lifecycle: Counter[str] = field(default_factory=Counter)  # to_stage
     triggers: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, reason)
     beyond_horizon: int = 0
+    conflicts: Counter[str] = field(default_factory=Counter)  # duplicate_conflict dead letters by topic
     due: int = 0  # customers popped from the deadline index
     gate: Counter[tuple[str, str]] = field(default_factory=Counter)  # (trigger type, gate decision)
     matched: Counter[str] = field(default_factory=Counter)  # stock audience by reason
@@ -395,6 +396,8 @@ class CustomerPipeline:
     def _reject(self, record: RecordLike, label: str, exc: Rejected, batch: Batch) -> None:
         batch.emits.append(self._dead_letter(record, exc))
         batch.stats.dead_letters[(label, exc.stage.value, exc.reason.value)] += 1
+        if exc.reason is Reason.DUPLICATE_CONFLICT:
+            batch.stats.conflicts[label] += 1
 
     def _crashed(self, record: RecordLike, label: str, exc: Exception, batch: Batch) -> None:
         log.exception("processing %s[%s]@%s failed", record.topic, record.partition, record.offset)
