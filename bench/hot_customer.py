@@ -35,7 +35,7 @@ def events(n: int, customer: str = "guest") -> list[tuple[Topic, dict[str, objec
                         "currency": "EUR",
                         "items": [{"sku": f"s{i % 50}", "category": f"c{i % 7}", "qty": 1, "price": 9.5}],
                     },
-                )  # fmt: skip
+                )
             )
         else:
             out.append(
