@@ -172,6 +172,12 @@ class Settings(BaseSettings):
         description="bytes of the original key and value a dead letter keeps (then cut; size and "
         "SHA-256 of the whole value are kept)",
     )
+    max_value_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        description="an input value longer than this (bytes) is dead-lettered unparsed, reason "
+        "too_large; a valid event is a few KB (1,000 items ~ 100 KB)",
+    )
     batch_max_records: int = Field(
         50_000,
         ge=1,
@@ -596,6 +602,7 @@ class Settings(BaseSettings):
             ts_seconds_below_ms=self.ts_seconds_below_ms,
             max_amount_cents=round(self.max_amount * 100),
             dead_letter_max_bytes=self.dead_letter_max_bytes,
+            max_value_bytes=self.max_value_bytes,
             churn=self.churn_policy(),
             interest=self.interest_policy(),
             gate=self.gate_policy(),

@@ -170,7 +170,16 @@ def on_customer_update(state: CustomerState | None, ev: CustomerUpdate, ctx: Con
         state = CustomerState(ev.customer_id, anonymous=False)
     version = (ev.ts, ev.event_id)
     changed = False
-    for name, value in ev.changed_fields().items():
+    fields = ev.changed_fields()
+    for name, value in fields.items():
+        current = state.facts.get(name)
+        if current is not None and (current.ts_ms, current.event_id) == version and current.value != value:
+            raise Rejected(
+                Stage.PROCESS,
+                Reason.DUPLICATE_CONFLICT,
+                f"{name}: this update id was applied before with a different value (not applied again)",
+            )
+    for name, value in fields.items():
         current = state.facts.get(name)
         if current is None or (current.ts_ms, current.event_id) < version:
             state.facts[name] = Fact(ev.ts, ev.event_id, value)

@@ -108,10 +108,17 @@ class Batch:
         return bool(self.emits or self.changed or self.triggers)
 
 
-def decode_object(raw: bytes | None) -> dict[str, Any]:
-    """An input record's value as a JSON object, or Rejected at the decode stage."""
+def decode_object(raw: bytes | None, max_bytes: int = 1 << 20) -> dict[str, Any]:
+    """An input record's value as a JSON object, or Rejected at the decode stage (a value
+    longer than ``max_bytes`` is not parsed at all: ``too_large``)."""
     if raw is None:
         raise Rejected(Stage.DECODE, Reason.EMPTY_VALUE, "empty value (tombstone) on an input topic")
+    if len(raw) > max_bytes:
+        raise Rejected(
+            Stage.DECODE,
+            Reason.TOO_LARGE,
+            f"value of {len(raw)} bytes is above PATRONAGE_MAX_VALUE_BYTES={max_bytes}",
+        )
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -320,7 +327,7 @@ class CustomerPipeline:
                     raise Rejected(
                         Stage.PROCESS, Reason.UNKNOWN_TOPIC, f"topic {record.topic!r} is not a customer input"
                     )
-                prepared = handler(decode_object(record.value), work)
+                prepared = handler(decode_object(record.value, self.policy.max_value_bytes), work)
                 ready.append((prepared.ts, seq, record, prepared))
                 continue
             except Rejected as exc:

@@ -228,6 +228,8 @@ class Policy:
     max_amount_cents: int = 10**13  # 100 billion in major units
     # dead letters keep at most this many bytes of the original key and value each
     dead_letter_max_bytes: int = 65_536
+    # an input value longer than this is dead-lettered unparsed (reason too_large)
+    max_value_bytes: int = 1 << 20
     churn: ChurnPolicy = field(default_factory=ChurnPolicy)
     interest: InterestPolicy = field(default_factory=InterestPolicy)
     gate: GatePolicy = field(default_factory=GatePolicy)
