@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -162,5 +163,10 @@ def test_adversarial_corpus_through_the_broker(cluster: Cluster) -> None:
         assert json.loads(why.stdout).get("known") is not False, why.stdout[:300]
         status, _ = cluster.get("/why/" + urllib.parse.quote(cid, safe="") + "?category=beer")
         assert status == 200, cid
-        if urllib.parse.quote(cid, safe="") in page:  # listed on the page: linked and escaped
-            assert html.escape(cid) in page
+    # every customer the page links to opens (whichever ids it lists)
+    links = set(re.findall(r'href="(/profile/[^"]*)"', page))
+    assert links, "the page links no customer"
+    for href in links:
+        cid = urllib.parse.unquote(html.unescape(href).removeprefix("/profile/"))
+        status, doc = cluster.get(html.unescape(href) + "/")
+        assert status == 200 and doc["customer_id"] == cid, (href, status)
