@@ -193,7 +193,7 @@ ShortStr = Annotated[
 
 
 class _Event(BaseModel):
-    # Numeric ids (common in source systems) are accepted and stored as decimal strings.
+    # Ids are JSON strings (see Id); numbers are not coerced to strings anywhere.
     # JSON types as the schema states them: no number -> string coercion, no "2" -> 2.
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 

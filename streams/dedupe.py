@@ -22,6 +22,7 @@ Content digest: see :func:`purchase_digest` and :func:`touch_digest`.
 
 from __future__ import annotations
 
+import zlib
 from array import array
 from bisect import bisect_left
 from enum import Enum
@@ -55,9 +56,10 @@ def id_hash(event_id: str) -> int:
 
 
 def digest(content: Any) -> int:
-    """32-bit digest of canonical orjson; never 0 (0 marks ids remembered before digests)."""
-    d = int.from_bytes(blake2b(orjson.dumps(content), digest_size=4).digest(), "big")
-    return d or 1
+    """CRC-32 of the canonical orjson; never 0 (0 marks ids remembered before digests).
+    A checksum, not a MAC: it tells an accidental re-send with other content from a copy
+    (a producer that wants a second event only needs a new id) and costs ~0.1 us."""
+    return zlib.crc32(orjson.dumps(content)) or 1
 
 
 def purchase_digest(ev: PurchaseLike) -> int:
