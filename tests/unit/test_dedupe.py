@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import random
 from array import array
+from collections import Counter
 
 import orjson
 import pytest
@@ -152,3 +153,21 @@ def test_changelog_record_is_bounded_by_the_cap() -> None:
     s.monetary_cents = s.first_purchase_ms = s.last_purchase_ms = 0
     s.days = {}
     assert len(s.purchase_ids) == 512 and len(s.to_json()) < 14_000
+
+
+def test_a_customer_update_resent_with_another_value_is_a_conflict() -> None:
+    from schemas.topics import Topic
+    from streams.testing import PipelineHarness
+
+    h = PipelineHarness(clock="wall", start_ms=1793527200000)
+    u = {"event_id": "u1", "customer_id": "c1", "ts": 1793527100000, "loyalty_member": True}
+    h.send(Topic.CUSTOMER_UPDATES, u)
+    h.send(Topic.CUSTOMER_UPDATES, u)  # identical: a silent duplicate
+    assert not h.dead_letters()
+    h.send(Topic.CUSTOMER_UPDATES, {**u, "loyalty_member": False})
+    (dead,) = h.dead_letters()
+    assert dead["reason"] == "duplicate_conflict" and "loyalty_member" in dead["error"]
+    state = h.state("c1")
+    assert state is not None and state.fact("loyalty_member") is True
+    conflicts = sum((b.stats.conflicts for b in h.batches), start=Counter())
+    assert conflicts == Counter({"customer-updates": 1})
