@@ -90,10 +90,13 @@ Id = Annotated[
     Field(min_length=1, max_length=200),
     WithJsonSchema(_NAME_SCHEMA),
 ]
-# RFC 3339 date-time with a UTC offset (the shape; the calendar is checked by parsing).
+# ISO 8601 / RFC 3339 date-time with a UTC offset (the shape; the calendar is checked by
+# parsing). Beside strict RFC 3339 it takes the forms producers commonly send and earlier
+# releases accepted: a space for the "T" (RFC 3339 section 5.6 allows it; Python's
+# str(datetime) writes it), seconds left out, and an offset without its colon (+0100).
 TS_PATTERN = (
-    "^[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]([.][0-9]{1,9})?"
-    "(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9]([.][0-9]{1,9})?)?"
+    "(Z|[+-]([01][0-9]|2[0-3]):?[0-5][0-9])$"
 )
 _TS_RE = re.compile(TS_PATTERN)
 _TS_NO_OFFSET_RE = re.compile("^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?)?$")
