@@ -180,7 +180,15 @@ class Metrics:
         )
         self.dedupe_beyond_horizon = Counter(
             "patronage_dedupe_beyond_horizon",
-            "Events older than the customer's id memory (applied, duplicate check impossible)",
+            "Unknown events at or before the customer's id-memory horizon that were applied "
+            "unchecked (PATRONAGE_DEDUPE_BEYOND_HORIZON=apply; the default dead-letters them)",
+            registry=r,
+        )
+        self.duplicate_conflicts = Counter(
+            "patronage_duplicate_conflicts",
+            "Re-sent event ids whose content differs from the event applied (dead-lettered as "
+            "duplicate_conflict)",
+            ["topic"],
             registry=r,
         )
         self.batch_seconds = Histogram(
@@ -368,6 +376,8 @@ class Metrics:
             self.uplift_unmeasured.labels(type_).inc(n)
         if stats.beyond_horizon:
             self.dedupe_beyond_horizon.inc(stats.beyond_horizon)
+        for topic, n in stats.conflicts.items():
+            self.duplicate_conflicts.labels(topic).inc(n)
         if stats.due:
             self.due.inc(stats.due)
         self.changelog_writes.inc(len(batch.changed))

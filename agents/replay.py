@@ -49,13 +49,30 @@ def _key_of(obj: dict[str, Any], fields: tuple[str, ...]) -> str | None:
     return None
 
 
-def _csv_cell(value: str) -> Any:
+# CSV has no types: cells of these fields are read as the JSON type the contract wants
+# when they spell one (ids and decimal amounts stay strings, which the contract accepts).
+_CSV_INTEGERS = frozenset({"ts", "qty", "rating"})
+_CSV_NUMBERS = frozenset({"price", "duration_s"})
+_CSV_BOOLEANS = frozenset({"loyalty_member", "erase"})
+
+
+def _csv_cell(value: str, name: str = "") -> Any:
     text = value.strip()
     if text[:1] in ("[", "{"):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
             return value
+    if name in _CSV_INTEGERS and text.lstrip("-").isdigit() and text.isascii():
+        return int(text)
+    if name in _CSV_NUMBERS:
+        try:
+            number = float(text)
+        except ValueError:
+            return value
+        return number if number == number and abs(number) != float("inf") else value
+    if name in _CSV_BOOLEANS and text.lower() in ("true", "false"):
+        return text.lower() == "true"
     return value
 
 
@@ -105,7 +122,7 @@ def read_lines(path: Path, fmt: str) -> Iterator[tuple[int, bytes, dict[str, Any
                         (Reason.INVALID_FIELD, f"line {n}: more cells than header columns"),
                     )
                     continue
-                obj = {k: _csv_cell(v) for k, v in row.items() if k and v is not None and v.strip() != ""}
+                obj = {k: _csv_cell(v, k) for k, v in row.items() if k and v is not None and v.strip() != ""}
                 yield n, orjson.dumps(obj), obj, None
     else:
         raise ValueError(f"unknown format {fmt!r} (jsonl or csv)")

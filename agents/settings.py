@@ -172,6 +172,12 @@ class Settings(BaseSettings):
         description="bytes of the original key and value a dead letter keeps (then cut; size and "
         "SHA-256 of the whole value are kept)",
     )
+    max_value_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        description="an input value longer than this (bytes) is dead-lettered unparsed, reason "
+        "too_large; a valid event is a few KB (1,000 items ~ 100 KB)",
+    )
     batch_max_records: int = Field(
         50_000,
         ge=1,
@@ -208,10 +214,16 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warn", "error"] = Field("info", description="log level")
     member_min_purchases: int = Field(3, ge=1, description="lifecycle: purchases to be a member")
     purchase_id_cap: int = Field(
-        4096, ge=8, description="idempotency: purchase ids remembered per customer (16 bytes each)"
+        512, ge=8, description="idempotency: newest purchase ids remembered per customer (20 bytes each)"
     )
     touch_id_cap: int = Field(
-        4096, ge=8, description="idempotency: touchpoint ids remembered per customer (16 bytes each)"
+        512, ge=8, description="idempotency: newest touchpoint ids remembered per customer (20 bytes each)"
+    )
+    dedupe_beyond_horizon: Literal["dead_letter", "apply"] = Field(
+        "dead_letter",
+        description="an unknown event at or before the customer's id-memory horizon: dead-letter it "
+        "(reason beyond_dedupe_horizon; never double-counts) or apply it (counted in "
+        "patronage_dedupe_beyond_horizon_total; a replay of forgotten events counts twice)",
     )
     # --- churn (streams/policy.py ChurnPolicy; README "Churn risk") ---
     churn_at_risk_factor: float = Field(
@@ -583,12 +595,14 @@ class Settings(BaseSettings):
             member_min_purchases=self.member_min_purchases,
             purchase_id_cap=self.purchase_id_cap,
             touch_id_cap=self.touch_id_cap,
+            beyond_horizon=self.dedupe_beyond_horizon,
             accept_currency=self.currency,
             ts_floor_ms=int(datetime.combine(self.ts_floor, datetime.min.time(), UTC).timestamp() * 1000),
             ts_max_future_ms=int(self.ts_max_future_s * 1000),
             ts_seconds_below_ms=self.ts_seconds_below_ms,
             max_amount_cents=round(self.max_amount * 100),
             dead_letter_max_bytes=self.dead_letter_max_bytes,
+            max_value_bytes=self.max_value_bytes,
             churn=self.churn_policy(),
             interest=self.interest_policy(),
             gate=self.gate_policy(),

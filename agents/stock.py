@@ -52,7 +52,7 @@ class StockProcessor:
         self.sent_offsets: dict[int, int] = {}
 
     def validate(self, record: Any) -> StockArrival:
-        event = validate_model(StockArrival, decode_object(record.value))
+        event = validate_model(StockArrival, decode_object(record.value, self.policy.max_value_bytes))
         check_ts(bounds_for(self.policy, self.clock.wall_ms()), event.ts)
         return event
 

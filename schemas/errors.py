@@ -27,6 +27,9 @@ class Reason(StrEnum):
     UNKNOWN_TOPIC = "unknown_topic"
     IDENTITY_CONFLICT = "identity_conflict"  # an anonymous id claimed by two customers
     TOO_MANY_ALIASES = "too_many_aliases"
+    DUPLICATE_CONFLICT = "duplicate_conflict"  # an event id applied before, with other content
+    BEYOND_DEDUPE_HORIZON = "beyond_dedupe_horizon"  # unknown id older than the id memory's horizon
+    TOO_LARGE = "too_large"  # a value above PATRONAGE_MAX_VALUE_BYTES
     INTERNAL_ERROR = "internal_error"  # a bug: the record is kept, the worker goes on
     # replay (the CLI reading a file)
     NO_KEY = "no_key"

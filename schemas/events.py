@@ -8,6 +8,7 @@ Validation errors name the field: ``items.0.qty: Input should be greater than 0`
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from enum import StrEnum
@@ -20,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     WithJsonSchema,
     model_validator,
@@ -65,51 +67,146 @@ def _to_cents(value: object) -> int:
     return cents
 
 
+# No C0 control characters or DEL in ids and names (they break logs, keys and terminals).
+# Expressed as "not: pattern" (a search without anchors) so every regex dialect agrees:
+# anchored "$" also matches before a final newline in Python's re, not in Rust's or ECMA's.
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f]")
+_CONTROL_JSON = "[\\u0000-\\u001f\\u007f]"
+
+
+def _plain_str(value: object) -> object:
+    """Strings only (no number coercion), without control characters."""
+    if type(value) is str and CONTROL_CHARS.search(value):
+        raise PydanticCustomError(Reason.INVALID_FIELD.value, "must not contain control characters")
+    return value
+
+
+_NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 200, "not": {"pattern": _CONTROL_JSON}}
+# Ids are JSON strings: a number is refused (1e20, 1.0 and 12345678901234567890 do not survive
+# every producer's JSON library unchanged). Send numeric ids as their decimal string.
 Id = Annotated[
     str,
+    BeforeValidator(_plain_str),
     Field(min_length=1, max_length=200),
-    WithJsonSchema({"type": ["string", "integer"], "minLength": 1, "maxLength": 200}),
+    WithJsonSchema(_NAME_SCHEMA),
 ]
+# ISO 8601 / RFC 3339 date-time with a UTC offset (the shape; the calendar is checked by
+# parsing). Beside strict RFC 3339 it takes the forms producers commonly send and earlier
+# releases accepted: a space for the "T" (RFC 3339 section 5.6 allows it; Python's
+# str(datetime) writes it), seconds left out, and an offset without its colon (+0100).
+TS_PATTERN = (
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9]([.][0-9]{1,9})?)?"
+    "(Z|[+-]([01][0-9]|2[0-3]):?[0-5][0-9])$"
+)
+_TS_RE = re.compile(TS_PATTERN)
+_TS_NO_OFFSET_RE = re.compile("^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?)?$")
+TS_MAX_CHARS = 35
+
+
+def event_ts_ms(value: object) -> int:
+    """An event's ``ts``: an RFC 3339 string with offset, or an integer (epoch ms; a JSON
+    number with no fraction such as ``1.7e12`` is an integer in JSON Schema, so it counts)."""
+    if type(value) is str:
+        if len(value) > TS_MAX_CHARS or not _TS_RE.match(value) or value.endswith("\n"):
+            if _TS_NO_OFFSET_RE.match(value) and not value.endswith("\n"):
+                raise PydanticCustomError(
+                    Reason.TS_NO_OFFSET.value,
+                    f"timestamp {value[:80]!r} has no UTC offset (add 'Z' or '+hh:mm')",
+                )
+            raise PydanticCustomError(
+                Reason.TS_INVALID.value,
+                f"not an RFC 3339 timestamp with offset or epoch milliseconds: {value[:80]!r}",
+            )
+    return parse_ts_ms(value)
+
+
 Timestamp = Annotated[
     int,
-    BeforeValidator(parse_ts_ms),
+    BeforeValidator(event_ts_ms),
     WithJsonSchema(
         {
-            "description": "ISO-8601 with UTC offset, or epoch milliseconds. Plausible range is a "
-            "setting: from PATRONAGE_TS_FLOOR (default 1970-01-01) to PATRONAGE_TS_MAX_FUTURE_S "
-            "(default 1 day) past the wall clock",
+            "description": "RFC 3339 date-time with UTC offset, or epoch milliseconds (an integer). "
+            "Plausible range is a setting: from PATRONAGE_TS_FLOOR (default 1970-01-01) to "
+            "PATRONAGE_TS_MAX_FUTURE_S (default 1 day) past the wall clock",
             "oneOf": [
-                {"type": "string", "format": "date-time"},
+                {
+                    "type": "string",
+                    "format": "date-time",
+                    "pattern": TS_PATTERN,
+                    "maxLength": TS_MAX_CHARS,
+                    "not": {"pattern": _CONTROL_JSON},
+                },
                 {"type": "integer"},
             ],
         }
     ),
 ]
+
+
+def _json_int(value: object) -> object:
+    """JSON integers only: no strings, no booleans; 2.0 is an integer in JSON Schema."""
+    if type(value) is bool or type(value) is str:
+        raise PydanticCustomError(Reason.INVALID_FIELD.value, "must be an integer")
+    return value
+
+
+def _json_number(value: object) -> object:
+    if type(value) is bool or type(value) is str:
+        raise PydanticCustomError(Reason.INVALID_FIELD.value, "must be a number")
+    return value
+
+
+StrictBool = Annotated[bool, Strict()]
+# a decimal string keeps exact cents for producers whose JSON library has no decimals
+AMOUNT_STRING_PATTERN = "^[0-9]{1,40}([.][0-9]{1,20})?$"
+_AMOUNT_STRING_RE = re.compile(AMOUNT_STRING_PATTERN)
+
+
+def _amount(value: object) -> int:
+    if type(value) is str and (len(value) > 61 or not _AMOUNT_STRING_RE.match(value) or value[-1] == "\n"):
+        raise ValueError(f"not a number: {value[:80]!r} (a JSON number, or a decimal string like '12.50')")
+    return _to_cents(value)
+
+
 Cents = Annotated[
     int,
-    BeforeValidator(_to_cents),
+    BeforeValidator(_amount),
     WithJsonSchema(
         {
-            "type": "number",
-            "minimum": 0,
-            "description": "major units, e.g. 12.50; at most PATRONAGE_MAX_AMOUNT (default 100 billion)",
+            "description": 'major units, e.g. 12.50 (a number, or a decimal string such as "12.50" '
+            "for exact cents); at most PATRONAGE_MAX_AMOUNT (default 100 billion)",
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {
+                    "type": "string",
+                    "pattern": AMOUNT_STRING_PATTERN,
+                    "maxLength": 61,
+                    "not": {"pattern": _CONTROL_JSON},
+                },
+            ],
         }
     ),
 ]
-ShortStr = Annotated[str, Field(min_length=1, max_length=200)]
+ShortStr = Annotated[
+    str,
+    BeforeValidator(_plain_str),
+    Field(min_length=1, max_length=200),
+    WithJsonSchema(_NAME_SCHEMA),
+]
 
 
 class _Event(BaseModel):
-    # Numeric ids (common in source systems) are accepted and stored as decimal strings.
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, coerce_numbers_to_str=True)
+    # Ids are JSON strings (see Id); numbers are not coerced to strings anywhere.
+    # JSON types as the schema states them: no number -> string coercion, no "2" -> 2.
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
 
 class Item(_Event):
     sku: ShortStr
     category: ShortStr
-    qty: int = Field(gt=0, le=1_000_000)
-    # unit price in major units; validated in Rust (no Python hook per line item)
-    price: float = Field(ge=0, allow_inf_nan=False)
+    qty: Annotated[int, Field(gt=0, le=1_000_000), BeforeValidator(_json_int)]
+    # unit price in major units
+    price: Annotated[float, Field(ge=0, allow_inf_nan=False), BeforeValidator(_json_number)]
 
     @property
     def price_cents(self) -> int:
@@ -123,7 +220,7 @@ class Purchase(_Event):
     customer_id: Id
     ts: Timestamp
     amount_cents: Cents = Field(alias="amount")
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    currency: Annotated[str, Strict()] = Field(pattern=r"^[A-Z]{3}$", min_length=3, max_length=3)
     items: list[Item] = Field(default_factory=list, max_length=1000)
     store_id: Id | None = None
     channel: ShortStr | None = None
@@ -149,12 +246,27 @@ class TouchType(StrEnum):
     identify = "identify"
 
 
+def _has_str(*names: str) -> Any:
+    return [{"required": [n], "properties": {n: {"type": "string"}}} for n in names]
+
+
 class Touchpoint(_Event):
     """A non-purchase interaction. Keyed by ``customer_id``, else ``anonymous_id``.
 
     ``identify`` links an anonymous visitor to a known customer: send ``customer_id`` (the
     known id) plus ``anonymous_id`` (or ``alias_of``) naming the anonymous id to merge.
+    The one rule JSON Schema cannot state: that id must differ from ``customer_id``.
     """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": _has_str("customer_id", "anonymous_id"),
+            "if": {"required": ["type"], "properties": {"type": {"const": "identify"}}},
+            "then": {
+                "allOf": [{"anyOf": _has_str("customer_id")}, {"anyOf": _has_str("alias_of", "anonymous_id")}]
+            },
+        }
+    )
 
     event_id: Id
     customer_id: Id | None = None
@@ -165,8 +277,8 @@ class Touchpoint(_Event):
     store_id: Id | None = None
     category: ShortStr | None = None
     sku: ShortStr | None = None
-    rating: int | None = Field(default=None, ge=1, le=5)
-    duration_s: float | None = Field(default=None, ge=0, le=86_400 * 7)
+    rating: Annotated[int, Field(ge=1, le=5), BeforeValidator(_json_int)] | None = None
+    duration_s: Annotated[float, Field(ge=0, le=86_400 * 7), BeforeValidator(_json_number)] | None = None
     alias_of: Id | None = None
 
     @model_validator(mode="after")
@@ -198,7 +310,7 @@ class StockArrival(_Event):
     ts: Timestamp
     sku: ShortStr
     category: ShortStr
-    qty: int = Field(gt=0)
+    qty: Annotated[int, Field(gt=0, le=1_000_000_000), BeforeValidator(_json_int)]
     store_id: Id | None = None
     region: ShortStr | None = None
     tags: list[ShortStr] = Field(default_factory=list, max_length=50)
@@ -229,8 +341,8 @@ TimeZoneName = Annotated[ShortStr, AfterValidator(_time_zone)]
 
 
 class QuietHours(_Event):
-    start: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    end: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    start: Annotated[str, Strict()] = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", max_length=5)
+    end: Annotated[str, Strict()] = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", max_length=5)
 
 
 class CustomerUpdate(_Event):
@@ -244,8 +356,8 @@ class CustomerUpdate(_Event):
     event_id: Id
     customer_id: Id
     ts: Timestamp
-    loyalty_member: bool | None = None
-    consent: dict[Literal["email", "sms", "push", "in_store"], bool] | None = None
+    loyalty_member: StrictBool | None = None
+    consent: dict[Literal["email", "sms", "push", "in_store"], StrictBool] | None = None
     timezone: TimeZoneName | None = None
     quiet_hours: QuietHours | None = None
     household_id: Id | None = None
@@ -253,7 +365,7 @@ class CustomerUpdate(_Event):
     owner_id: Id | None = Field(
         default=None, description="account owner / relationship manager who acts on churn alerts"
     )
-    erase: bool = False
+    erase: StrictBool = False
 
     @property
     def subject(self) -> str:

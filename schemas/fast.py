@@ -1,11 +1,12 @@
 """Fast acceptance of plainly valid purchases and touchpoints ("fast accept, slow explain").
 
 Full pydantic validation costs ~8 us per purchase, a third of the hot path. These checks
-accept only a strict subset of what the pydantic models accept (exact JSON types, no
-coercion beyond numeric ids) and build the same values; anything else returns None and
+accept only a strict subset of what the pydantic models accept (exact JSON types, ids and
+names as strings without control characters) and build the same values; anything else returns None and
 the caller validates with the pydantic model, which either accepts it (lax input such as
 "qty": "2") or produces the field-named error for the dead letter. The property test in
-tests/unit/test_fast_validation.py checks "fast accepted => pydantic accepts the same".
+tests/unit/test_fast_validation.py checks "fast accepted => pydantic accepts the same", and
+tests/unit/test_schema_agreement.py checks that both accept exactly what the JSON Schemas accept.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from schemas.events import TouchType
-from schemas.timestamps import parse_ts_ms
+from schemas.events import CONTROL_CHARS, TouchType, event_ts_ms
 
 _TOUCH_TYPES = {t.value: t for t in TouchType}
 # exact in a float; the plausibility cap (PATRONAGE_MAX_AMOUNT) is checked by the pipeline
@@ -122,13 +122,15 @@ class FastTouchpoint:
         return {k: v for k, v in out.items() if v is not None}
 
 
+def _name(value: str) -> bool:
+    """1-200 characters, none of them a control character (printable ASCII needs no search)."""
+    if not 0 < len(value) <= 200:
+        return False
+    return (value.isascii() and value.isprintable()) or CONTROL_CHARS.search(value) is None
+
+
 def _id(value: Any) -> str | None:
-    t = type(value)
-    if t is str:
-        return value if 0 < len(value) <= 200 else None
-    if t is int:
-        return str(value)
-    return None
+    return value if type(value) is str and _name(value) else None
 
 
 def _opt_id(obj: dict[str, Any], name: str) -> tuple[bool, str | None]:
@@ -146,7 +148,7 @@ def _ts(value: Any) -> int | None:
         return value
     if t is str:
         try:
-            return parse_ts_ms(value)
+            return event_ts_ms(value)
         except ValueError:
             return None
     return None
@@ -174,14 +176,10 @@ def fast_purchase(obj: dict[str, Any]) -> FastPurchase | None:
     amount = get("amount")
     currency = get("currency")
     # the common case inline: str ids, int/ISO ts, float amount, "EUR"-like currency
-    if type(event_id) is not str or not 0 < len(event_id) <= 200:
-        event_id = _id(event_id)
-        if event_id is None:
-            return None
-    if type(customer_id) is not str or not 0 < len(customer_id) <= 200:
-        customer_id = _id(customer_id)
-        if customer_id is None:
-            return None
+    if type(event_id) is not str or not _name(event_id):
+        return None
+    if type(customer_id) is not str or not _name(customer_id):
+        return None
     if type(ts) is not int:
         ts = _ts(ts)
         if ts is None:
@@ -209,8 +207,8 @@ def fast_purchase(obj: dict[str, Any]) -> FastPurchase | None:
                 type(sku) is not str
                 or type(cat) is not str
                 or type(qty) is not int
-                or not 0 < len(sku) <= 200
-                or not 0 < len(cat) <= 200
+                or not _name(sku)
+                or not _name(cat)
                 or not 0 < qty <= 1_000_000
             ):
                 return None
@@ -225,15 +223,11 @@ def fast_purchase(obj: dict[str, Any]) -> FastPurchase | None:
     store_id = get("store_id")
     payer_id = get("payer_id")
     channel = get("channel")
-    if store_id is not None and (type(store_id) is not str or not 0 < len(store_id) <= 200):
-        store_id = _id(store_id)
-        if store_id is None:
-            return None
-    if payer_id is not None and (type(payer_id) is not str or not 0 < len(payer_id) <= 200):
-        payer_id = _id(payer_id)
-        if payer_id is None:
-            return None
-    if channel is not None and (type(channel) is not str or not 0 < len(channel) <= 200):
+    if store_id is not None and (type(store_id) is not str or not _name(store_id)):
+        return None
+    if payer_id is not None and (type(payer_id) is not str or not _name(payer_id)):
+        return None
+    if channel is not None and (type(channel) is not str or not _name(channel)):
         return None
     p = FastPurchase.__new__(FastPurchase)
     p.event_id = event_id
@@ -268,7 +262,7 @@ def fast_touchpoint(obj: dict[str, Any]) -> FastTouchpoint | None:
     fields: dict[str, Any] = {}
     for name in ("channel", "category", "sku"):
         value = obj.get(name)
-        if value is not None and (type(value) is not str or not 0 < len(value) <= 200):
+        if value is not None and (type(value) is not str or not _name(value)):
             return None
         fields[name] = value
     rating = obj.get("rating")

@@ -19,10 +19,11 @@ import orjson
 # 2: typed facts, stores, churn (risk, episode, alert), experience, stalled prospect, outbox.
 # 3: interest profile and notification-gate memory (new stock for your interest).
 # 4: uplift exposures and tallies (streams.uplift); the churn alert may be held out.
+# 5: the id memories carry a content digest per id and the horizon (streams.dedupe).
 # Older records load with the newer fields empty. Fields added without a version bump
 # (older readers ignore them): "fun" (store funnel entries).
-STATE_VERSION = 4
-_READABLE_VERSIONS = (1, 2, 3, 4)
+STATE_VERSION = 5
+_READABLE_VERSIONS = (1, 2, 3, 4, 5)
 
 
 class Fact(NamedTuple):
@@ -65,13 +66,23 @@ class Ask(NamedTuple):
     category: str | None
 
 
-class IdMemory:
-    """Compact idempotency memory: 64-bit id hashes (sorted) and each one's event time.
+_NO_HORIZON = -(2**63)
+# The only cap releases before state version 5 shipped: a memory that full had forgotten
+# ids, so its oldest remembered time becomes the horizon when it loads.
+LEGACY_ID_CAP = 4096
 
-    16 bytes per remembered id; encoded in the changelog as one base64 string.
+
+class IdMemory:
+    """Compact idempotency memory (see :mod:`streams.dedupe`): 64-bit id hashes (sorted),
+    each one's event time and 32-bit content digest, and the horizon (the latest event time
+    forgotten, None while nothing was). 20 bytes per id.
+
+    Changelog encoding, one base64 string: version 5 = horizon (int64) + ids (uint64) + event
+    times (int64) + digests (uint32), little-endian; versions 1-4 = ids + event times (no
+    digests: such ids match any content; no horizon unless the memory was full).
     """
 
-    __slots__ = ("ids", "ts")
+    __slots__ = ("digests", "horizon", "ids", "ts")
 
     _EMPTY: tuple[int, ...] = ()
 
@@ -79,6 +90,8 @@ class IdMemory:
         # arrays are created on the first insert (most customers never use one of the two)
         self.ids: array[int] | tuple[int, ...] = IdMemory._EMPTY
         self.ts: array[int] | tuple[int, ...] = IdMemory._EMPTY
+        self.digests: array[int] | tuple[int, ...] = IdMemory._EMPTY
+        self.horizon: int | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -86,28 +99,46 @@ class IdMemory:
     def encode(self) -> str:
         if not self.ids:
             return ""
-        ids, ts = self.ids, self.ts
+        ids, ts, ds = self.ids, self.ts, self.digests
         assert isinstance(ids, array) and isinstance(ts, array)
+        if not isinstance(ds, array):
+            ds = array("I", bytes(4 * len(ids)))
+        head = array("q", (_NO_HORIZON if self.horizon is None else self.horizon,))
         if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
-            ids, ts = array("Q", ids), array("q", ts)
-            ids.byteswap()
-            ts.byteswap()
-        return base64.b64encode(ids.tobytes() + ts.tobytes()).decode("ascii")
+            head, ids, ts, ds = array("q", head), array("Q", ids), array("q", ts), array("I", ds)
+            for a in (head, ids, ts, ds):
+                a.byteswap()
+        return base64.b64encode(head.tobytes() + ids.tobytes() + ts.tobytes() + ds.tobytes()).decode("ascii")
 
     @classmethod
-    def decode(cls, text: str) -> IdMemory:
+    def decode(cls, text: str, version: int = 5) -> IdMemory:
         raw = base64.b64decode(text)
-        if len(raw) % 16:
-            raise ValueError("corrupt id memory (length not a multiple of 16)")
-        half = len(raw) // 2
         mem = cls()
         if not raw:
             return mem
-        mem.ids = array("Q", raw[:half])
-        mem.ts = array("q", raw[half:])
+        if version < 5:
+            if len(raw) % 16:
+                raise ValueError("corrupt id memory (length not a multiple of 16)")
+            n = len(raw) // 16
+            mem.ids = array("Q", raw[: 8 * n])
+            mem.ts = array("q", raw[8 * n :])
+            head = None
+        else:
+            if (len(raw) - 8) % 20:
+                raise ValueError("corrupt id memory (length not 8 + 20 per id)")
+            n = (len(raw) - 8) // 20
+            head = array("q", raw[:8])
+            mem.ids = array("Q", raw[8 : 8 + 8 * n])
+            mem.ts = array("q", raw[8 + 8 * n : 8 + 16 * n])
+            mem.digests = array("I", raw[8 + 16 * n :])
         if sys.byteorder != "little":  # pragma: no cover
-            mem.ids.byteswap()
-            mem.ts.byteswap()
+            for a in (head, mem.ids, mem.ts, mem.digests):
+                if isinstance(a, array):
+                    a.byteswap()
+        if head is not None:
+            mem.horizon = None if head[0] == _NO_HORIZON else head[0]
+        elif n >= LEGACY_ID_CAP:
+            mem.horizon = min(mem.ts)
         return mem
 
     def __eq__(self, other: object) -> bool:
@@ -115,6 +146,8 @@ class IdMemory:
             isinstance(other, IdMemory)
             and list(self.ids) == list(other.ids)
             and list(self.ts) == list(other.ts)
+            and (list(self.digests) or [0] * len(self.ids)) == (list(other.digests) or [0] * len(other.ids))
+            and self.horizon == other.horizon
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -292,12 +325,12 @@ class CustomerState:
             s.first_purchase_ms = d["fp"]
             s.last_purchase_ms = d["lp"]
             s.days = {int(day): [n, c] for day, (n, c) in d["days"].items()}
-            s.purchase_ids = IdMemory.decode(d["pid"])
+            s.purchase_ids = IdMemory.decode(d["pid"], version)
         if "tc" in d:
             s.touch_counts = d["tc"]
             s.first_touch_ms = d["ft"]
             s.last_touch_ms = d["lt"]
-            s.touch_ids = IdMemory.decode(d["tid"])
+            s.touch_ids = IdMemory.decode(d["tid"], version)
         s.positive_reviews = d.get("pr", 0)
         s.facts = {k: Fact(*f) for k, f in d.get("facts", {}).items()}
         s.stores = d.get("sto", {})

@@ -22,6 +22,21 @@ from streams.policy import Policy
 from streams.rfm import apply_purchase
 
 
+def _unjudged(seen: Seen, kind: str, ts_ms: int, horizon: int | None) -> Rejected:
+    if seen is Seen.CONFLICT:
+        return Rejected(
+            Stage.PROCESS,
+            Reason.DUPLICATE_CONFLICT,
+            f"event_id: this {kind} id was applied before with different content (not applied again)",
+        )
+    return Rejected(
+        Stage.PROCESS,
+        Reason.BEYOND_DEDUPE_HORIZON,
+        f"ts: {kind} at {ts_ms} is at or before the customer's id-memory horizon {horizon}; it may "
+        "have been applied already (raise PATRONAGE_*_ID_CAP or set PATRONAGE_DEDUPE_BEYOND_HORIZON=apply)",
+    )
+
+
 def _erased(state: CustomerState | None, ts_ms: int) -> bool:
     return state is not None and state.erased_ms is not None and ts_ms <= state.erased_ms
 
@@ -40,9 +55,11 @@ def on_purchase(state: CustomerState | None, ev: PurchaseLike, ctx: Context) -> 
     if state is None:
         state = CustomerState(ev.customer_id, anonymous=False)
     previous_last = state.last_purchase_ms
-    seen = apply_purchase(state, ev.event_id, ev.ts, ev.amount_cents, policy)
+    seen = apply_purchase(state, ev.event_id, ev.ts, ev.amount_cents, policy, dedupe.purchase_digest(ev))
     if seen is Seen.DUPLICATE:
         return Step(state, Outcome.DUPLICATE)
+    if seen is Seen.CONFLICT or (seen is Seen.BEYOND_HORIZON and policy.beyond_horizon == "dead_letter"):
+        raise _unjudged(seen, "purchase", ev.ts, state.purchase_ids.horizon)
     note_event_time(state, ev.ts)
     churn.note_store(state, ev.store_id, policy.churn)
     if ev.store_id is not None:
@@ -55,7 +72,7 @@ def on_purchase(state: CustomerState | None, ev: PurchaseLike, ctx: Context) -> 
         paid_by = state.facts.get("paid_by")
         if paid_by is None or (paid_by.ts_ms, paid_by.event_id) < (ev.ts, ev.event_id):
             state.facts["paid_by"] = Fact(ev.ts, ev.event_id, payer)
-    step = Step(state, Outcome.APPLIED, beyond_horizon=seen is Seen.NEW_BEYOND_HORIZON)
+    step = Step(state, Outcome.APPLIED, beyond_horizon=seen is Seen.BEYOND_HORIZON)
     triggers, rule = churn.after_purchase(state, ev.event_id, ev.ts, previous_last, ctx)
     change = restage(
         state, policy, event_id=ev.event_id, topic="purchases", cause_type="purchase", ts_ms=ev.ts, rule=rule
@@ -95,17 +112,21 @@ def on_touchpoint(state: CustomerState | None, ev: TouchpointLike, ctx: Context)
         state = CustomerState(ev.subject, anonymous=anonymous)
     positive = ev.type is TouchType.review and (ev.rating or 0) >= policy.positive_review_min_rating
     code = POSITIVE_REVIEW_CODE if positive else TOUCH_CODES[ev.type.value]
-    seen = dedupe.remember(
-        state.touch_ids, (dedupe.id_hash(ev.event_id) & ~TOUCH_CODE_MASK) | code, ev.ts, policy.touch_id_cap
-    )
+    h = (dedupe.id_hash(ev.event_id) & ~TOUCH_CODE_MASK) | code
+    content = dedupe.touch_digest(ev)
+    seen, _ = dedupe.check(state.touch_ids, h, ev.ts, content, TOUCH_CODE_MASK)
     if seen is Seen.DUPLICATE:
         return Step(state, Outcome.DUPLICATE)
+    if seen is Seen.CONFLICT or (seen is Seen.BEYOND_HORIZON and policy.beyond_horizon == "dead_letter"):
+        raise _unjudged(seen, "touchpoint", ev.ts, state.touch_ids.horizon)
+    if seen is Seen.NEW:
+        dedupe.remember(state.touch_ids, h, ev.ts, policy.touch_id_cap, content, TOUCH_CODE_MASK)
     apply_touch(state, ev.type.value, ev.ts, ev.rating, policy)
     if ev.type is TouchType.visit and ev.store_id is not None:
         storefunnel.note_visit(state, ev.store_id, ev.ts, ctx.now_ms, policy.funnel)
     if ev.category is not None and ev.type.value in policy.interest.touch_types:
         interests.note_touch(state, ev.ts, ev.category, policy.interest)
-    step = Step(state, Outcome.APPLIED, beyond_horizon=seen is Seen.NEW_BEYOND_HORIZON)
+    step = Step(state, Outcome.APPLIED, beyond_horizon=seen is Seen.BEYOND_HORIZON)
     if ev.type is TouchType.identify:
         anon = ev.anonymous_alias
         if anon is not None and anon not in state.aliases:
@@ -149,7 +170,16 @@ def on_customer_update(state: CustomerState | None, ev: CustomerUpdate, ctx: Con
         state = CustomerState(ev.customer_id, anonymous=False)
     version = (ev.ts, ev.event_id)
     changed = False
-    for name, value in ev.changed_fields().items():
+    fields = ev.changed_fields()
+    for name, value in fields.items():
+        current = state.facts.get(name)
+        if current is not None and (current.ts_ms, current.event_id) == version and current.value != value:
+            raise Rejected(
+                Stage.PROCESS,
+                Reason.DUPLICATE_CONFLICT,
+                f"{name}: this update id was applied before with a different value (not applied again)",
+            )
+    for name, value in fields.items():
         current = state.facts.get(name)
         if current is None or (current.ts_ms, current.event_id) < version:
             state.facts[name] = Fact(ev.ts, ev.event_id, value)

@@ -80,6 +80,7 @@ class BatchStats:
     lifecycle: Counter[str] = field(default_factory=Counter)  # to_stage
     triggers: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, reason)
     beyond_horizon: int = 0
+    conflicts: Counter[str] = field(default_factory=Counter)  # duplicate_conflict dead letters by topic
     due: int = 0  # customers popped from the deadline index
     gate: Counter[tuple[str, str]] = field(default_factory=Counter)  # (trigger type, gate decision)
     matched: Counter[str] = field(default_factory=Counter)  # stock audience by reason
@@ -107,10 +108,17 @@ class Batch:
         return bool(self.emits or self.changed or self.triggers)
 
 
-def decode_object(raw: bytes | None) -> dict[str, Any]:
-    """An input record's value as a JSON object, or Rejected at the decode stage."""
+def decode_object(raw: bytes | None, max_bytes: int = 1 << 20) -> dict[str, Any]:
+    """An input record's value as a JSON object, or Rejected at the decode stage (a value
+    longer than ``max_bytes`` is not parsed at all: ``too_large``)."""
     if raw is None:
         raise Rejected(Stage.DECODE, Reason.EMPTY_VALUE, "empty value (tombstone) on an input topic")
+    if len(raw) > max_bytes:
+        raise Rejected(
+            Stage.DECODE,
+            Reason.TOO_LARGE,
+            f"value of {len(raw)} bytes is above PATRONAGE_MAX_VALUE_BYTES={max_bytes}",
+        )
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -319,7 +327,7 @@ class CustomerPipeline:
                     raise Rejected(
                         Stage.PROCESS, Reason.UNKNOWN_TOPIC, f"topic {record.topic!r} is not a customer input"
                     )
-                prepared = handler(decode_object(record.value), work)
+                prepared = handler(decode_object(record.value, self.policy.max_value_bytes), work)
                 ready.append((prepared.ts, seq, record, prepared))
                 continue
             except Rejected as exc:
@@ -395,6 +403,8 @@ class CustomerPipeline:
     def _reject(self, record: RecordLike, label: str, exc: Rejected, batch: Batch) -> None:
         batch.emits.append(self._dead_letter(record, exc))
         batch.stats.dead_letters[(label, exc.stage.value, exc.reason.value)] += 1
+        if exc.reason is Reason.DUPLICATE_CONFLICT:
+            batch.stats.conflicts[label] += 1
 
     def _crashed(self, record: RecordLike, label: str, exc: Exception, batch: Batch) -> None:
         log.exception("processing %s[%s]@%s failed", record.topic, record.partition, record.offset)

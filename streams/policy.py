@@ -212,10 +212,12 @@ class Policy:
     # (must exceed the longest window; the slack keeps windows exact when "now" trails
     # the newest purchase a little, e.g. event-time clock with allowed lateness)
     bucket_retention_days: int = 400
-    # idempotency memory per customer: event ids remembered (16 bytes each), newest by
-    # event time; beyond this a re-sent *old* event cannot be recognised (and is counted)
-    purchase_id_cap: int = 4096
-    touch_id_cap: int = 4096
+    # idempotency memory per customer (streams.dedupe): the newest ids by event time (20
+    # bytes each); an unknown event at or before the horizon (the latest forgotten event
+    # time) cannot be judged: "dead_letter" (reason beyond_dedupe_horizon) or "apply" (counted)
+    purchase_id_cap: int = 512
+    touch_id_cap: int = 512
+    beyond_horizon: str = "dead_letter"
     max_aliases: int = 1000
     # identity
     accept_currency: str = "EUR"
@@ -226,6 +228,8 @@ class Policy:
     max_amount_cents: int = 10**13  # 100 billion in major units
     # dead letters keep at most this many bytes of the original key and value each
     dead_letter_max_bytes: int = 65_536
+    # an input value longer than this is dead-lettered unparsed (reason too_large)
+    max_value_bytes: int = 1 << 20
     churn: ChurnPolicy = field(default_factory=ChurnPolicy)
     interest: InterestPolicy = field(default_factory=InterestPolicy)
     gate: GatePolicy = field(default_factory=GatePolicy)

@@ -22,11 +22,15 @@ from streams.policy import Policy
 
 
 def apply_purchase(
-    state: CustomerState, event_id: str, ts_ms: int, amount_cents: int, policy: Policy
+    state: CustomerState, event_id: str, ts_ms: int, amount_cents: int, policy: Policy, content: int = 0
 ) -> Seen:
-    """Add one purchase to ``state`` (mutated in place) unless it is a duplicate."""
-    seen = remember(state.purchase_ids, id_hash(event_id), ts_ms, policy.purchase_id_cap)
-    if seen is Seen.DUPLICATE:
+    """Add one purchase to ``state`` (mutated in place) unless the id memory says otherwise:
+    a duplicate, a conflict, or (with ``policy.beyond_horizon == "dead_letter"``) an event
+    beyond the horizon leave ``state`` unchanged; the caller decides what they become."""
+    seen = remember(state.purchase_ids, id_hash(event_id), ts_ms, policy.purchase_id_cap, content)
+    if seen is Seen.DUPLICATE or seen is Seen.CONFLICT:
+        return seen
+    if seen is Seen.BEYOND_HORIZON and policy.beyond_horizon == "dead_letter":
         return seen
     state.frequency += 1
     state.monetary_cents += amount_cents

@@ -234,7 +234,9 @@ def test_id_memory_is_bounded_and_reports_what_it_cannot_check() -> None:
     assert len(mem) == 5 and sorted(mem.ts) == [105, 106, 107, 108, 109]
     assert list(mem.ids) == sorted(mem.ids)
     assert remember(mem, id_hash("e9"), 109, cap=5) is Seen.DUPLICATE
-    assert remember(mem, id_hash("old"), 1, cap=5) is Seen.NEW_BEYOND_HORIZON
+    assert mem.horizon == 104  # the latest event time forgotten
+    assert remember(mem, id_hash("old"), 1, cap=5) is Seen.BEYOND_HORIZON
+    assert remember(mem, id_hash("e0"), 100, cap=5) is Seen.BEYOND_HORIZON  # forgotten: not judged
     assert len(mem) == 5 and IdMemory.decode(mem.encode()) == mem
     assert id_hash("e1") == id_hash("e1") and id_hash("e1") != id_hash("e2")
     assert 0 <= id_hash("anything") < 2**63

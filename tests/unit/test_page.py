@@ -203,3 +203,20 @@ def test_an_erased_customer_leaves_the_recent_triggers_and_the_funnel() -> None:
         view.stage_counts(h.pipeline.stages.counts())
         == summarize(h.store.values(), h.pipeline.population)["stages"]
     )
+
+
+def test_awkward_customer_ids_are_linked_and_escaped() -> None:
+    import html
+    import re
+    import urllib.parse
+
+    from agents.page import _customer
+    from synthetic.adversarial import AWKWARD_IDS
+
+    for cid in (*AWKWARD_IDS, '<b>"quoted"</b>'):
+        cell = _customer(cid)
+        (href,) = re.findall(r'href="([^"]*)"', cell)
+        assert urllib.parse.unquote(html.unescape(href)) == "/profile/" + cid
+        assert "/" not in html.unescape(href).removeprefix("/profile/")  # one path segment
+        assert html.unescape(re.sub(r"<a [^>]*>|</a>", "", cell)) == cid
+        assert "<b>" not in cell

@@ -125,11 +125,11 @@ def test_open_exposures_are_bounded() -> None:
     assert {e[3] for e in s.uplift["open"]} == {"none"}  # type: ignore[index]
 
 
-def test_state_version_4_round_trips_and_version_3_still_loads() -> None:
+def test_state_version_5_round_trips_and_version_3_still_loads() -> None:
     s = CustomerState("c1")
     uplift.expose(s, stock_trigger(["fish"]), T0, "new", "regular", UpliftPolicy())
     d = s.to_dict()
-    assert d["v"] == 4 and "upl" in d
+    assert d["v"] == 5 and "upl" in d
     assert CustomerState.from_dict(d) == s
     old = {"v": 3, "s": "c2", "st": "customer", "alr": [T0, "lapse", "abc"]}
     loaded = CustomerState.from_dict(old)
