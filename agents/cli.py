@@ -246,6 +246,7 @@ def wait(
     topics = [settings.topic(t) for t in (*INPUTS, Topic.IDENTITY)]
     deadline = time.monotonic() + timeout
     last_remaining = None
+    last_ahead: dict = {}
     stable = 0
     while True:
         try:
@@ -253,7 +254,17 @@ def wait(
         except AdminError as exc:
             fail(str(exc), 2)
         remaining = progress.remaining
-        if remaining == 0 and progress.end:
+        ahead = progress.ahead
+        if ahead and not quiet and ahead != last_ahead:
+            detail = ", ".join(
+                f"{tp.topic}[{tp.partition}] {c} > {e}" for tp, (c, e) in sorted(ahead.items())
+            )
+            console.print(
+                f"committed offsets past the log end ({detail}): the broker lost records the group "
+                "had read; waiting for the workers to follow the log back"
+            )
+        last_ahead = ahead
+        if remaining == 0 and progress.end and not ahead:
             stable += 1
             if stable >= 2:  # twice in a row: no internal records still in flight
                 if not quiet:

@@ -1,0 +1,187 @@
+"""Faults under fire (issue 8): the broker killed and restarted mid-stream, the broker lost for
+a while, SIGTERM while it is gone. These tests kill their own broker, so each runs on its own
+local stack (noida-db + Redis on free ports), not the session's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agents.admin import group_progress
+from agents.localstack import LocalStack, free_port
+from agents.settings import Settings
+from schemas.topics import INPUTS, Topic
+from synthetic import generate
+from tests import oracle
+from tests.integration.conftest import BIN, Cluster
+from tests.integration.test_end_to_end import check_customer
+from tests.integration.test_recovery import metric
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    s = LocalStack(
+        tmp_path_factory.mktemp("faults"),
+        kafka_port=free_port(),
+        redis_port=free_port(),
+        web_port=free_port(),
+    )
+    s.start_broker()
+    s.start_redis()
+    yield s
+    s.down()
+
+
+@pytest.fixture
+def fcluster(own_stack: LocalStack, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(own_stack, f"f{os.getpid()}", tmp_path)
+    yield c
+    c.stop_workers()
+
+
+def broker_snapshot_mtime(stack: LocalStack) -> float:
+    """When noida-db last rewrote its data file (it persists every ~8-10 s)."""
+    files = [p for p in (stack.run_dir / "broker-data").glob("*") if p.is_file() and "control" not in p.name]
+    return max((p.stat().st_mtime for p in files), default=0.0)
+
+
+def end_offsets(c: Cluster) -> dict[str, int]:
+    settings = Settings(broker=c.env["PATRONAGE_BROKER"], app_id=c.env["PATRONAGE_APP_ID"])
+    prefix = c.env["PATRONAGE_TOPIC_PREFIX"]
+    topics = [f"{prefix}{t.value}" for t in (*INPUTS, Topic.IDENTITY)]
+    progress = group_progress(settings, topics)
+    out: dict[str, int] = {}
+    for tp, end in progress.end.items():
+        out[f"{tp.topic}[{tp.partition}]"] = end
+    return out
+
+
+def scrape(c: Cluster) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(c.url() + "/metrics/", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def wait_health(c: Cluster, want: int, timeout: float = 30.0, index: int = 0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, doc = c.get("/healthz/", index)
+        if status == want:
+            return doc
+        assert time.monotonic() < deadline, f"/healthz/ still {status}: {doc}"
+        time.sleep(0.1)
+
+
+def feeder(c: Cluster, path: Path, topic: str, rate: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "patronage"), "replay", str(path), "--topic", topic, "--rate", str(rate), "--quiet"],
+        env={**os.environ, **c.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def kill_broker_after_snapshot(stack: LocalStack, after_s: float = 3.0, timeout: float = 30.0) -> float:
+    """``kill -9`` noida-db ``after_s`` seconds after its next data-file rewrite, so the
+    records acked in those seconds are lost for sure. Returns the rewrite's time."""
+    before = broker_snapshot_mtime(stack)
+    deadline = time.monotonic() + timeout
+    while broker_snapshot_mtime(stack) == before:
+        assert time.monotonic() < deadline, "noida-db did not rewrite its data file"
+        time.sleep(0.05)
+    time.sleep(after_s)
+    stack.service("broker").kill9()
+    return before
+
+
+def test_broker_kill_9_mid_stream_the_worker_follows_the_regression_and_a_resend_makes_every_customer_exact(
+    fcluster: Cluster, own_stack: LocalStack
+) -> None:
+    """noida-db acks writes before it persists them (one JSON file rewritten every ~8-10 s),
+    so a ``kill -9`` loses the last seconds of acked records, and on restart its logs end
+    below what the worker read and committed. The worker must follow the broker back (never
+    skip a record it now holds), count and report it, and move its committed offsets back;
+    the producer re-sends what it sent (at-least-once), and every customer ends exact."""
+    c = fcluster
+    data = generate(400, seed=31)
+    purchases = c.write("p.jsonl", data.purchases)
+    touches = c.write("t.jsonl", data.touchpoints)
+    updates = c.write("u.jsonl", data.customer_updates)
+    c.start_worker()
+    c.replay(updates, "customer-updates")
+    feeds = [feeder(c, purchases, "purchases", 400), feeder(c, touches, "touchpoints", 400)]
+    try:
+        time.sleep(2.0)
+        kill_broker_after_snapshot(own_stack, after_s=3.0)
+        killed_at = time.monotonic()
+        assert any(f.poll() is None for f in feeds), "the feed should still be running at the kill"
+        status, doc = c.get("/summary/")
+        assert status == 200
+        processed_at_kill = doc["totals"]["purchases"]
+    finally:
+        for f in feeds:
+            f.kill()
+            f.wait()
+    time.sleep(1.0)
+    own_stack.start_broker()  # same data dir: what it had persisted
+    restarted_at = time.monotonic()
+    # the worker resumes by itself: the regression is followed and reported
+    deadline = time.monotonic() + 60
+    regressions = 0.0
+    while time.monotonic() < deadline:
+        regressions = metric(scrape(c), "patronage_offset_regressions_total")
+        if regressions > 0:
+            break
+        time.sleep(0.2)
+    followed_s = time.monotonic() - restarted_at
+    assert regressions > 0, "the broker lost acked records but the worker saw no offset regression"
+    health = wait_health(c, 200)
+    assert health["broker"] == "up" and health["offset_regressions"], health
+    log = (c.tmp / "worker0.log").read_text(errors="replace")
+    assert "offset regression on " in log
+    assert "Traceback" not in log, log[-4000:]
+
+    # the at-least-once producer sends everything again; ids make the re-sent records no-ops
+    for path, topic in ((updates, "customer-updates"), (touches, "touchpoints"), (purchases, "purchases")):
+        c.replay(path, topic)
+    try:
+        c.wait(timeout=90)
+    except AssertionError:
+        settings = Settings(broker=c.env["PATRONAGE_BROKER"], app_id=c.env["PATRONAGE_APP_ID"])
+        prefix = c.env["PATRONAGE_TOPIC_PREFIX"]
+        progress = group_progress(settings, [f"{prefix}{t.value}" for t in (*INPUTS, Topic.IDENTITY)])
+        behind = {str(tp): (progress.committed.get(tp), end) for tp, end in progress.end.items()}
+        pytest.fail(f"not caught up (committed, end): {behind}\n{scrape(c)[-3000:]}")
+    # `wait` does not lie: the group's committed offsets are exactly the logs' ends
+    settings = Settings(broker=c.env["PATRONAGE_BROKER"], app_id=c.env["PATRONAGE_APP_ID"])
+    prefix = c.env["PATRONAGE_TOPIC_PREFIX"]
+    progress = group_progress(settings, [f"{prefix}{t.value}" for t in INPUTS])
+    for tp, end in progress.end.items():
+        assert progress.committed.get(tp, 0) == end, (tp, progress.committed.get(tp), end)
+
+    expected = oracle.compute(data.purchases, data.touchpoints, data.customer_updates)
+    scores = oracle.rfm_scores(expected)
+    short = []
+    for cid, e in expected.items():
+        doc = c.profile(cid)
+        assert doc is not None, cid
+        if doc["frequency"] != e.frequency:
+            short.append((cid, doc["frequency"], e.frequency))
+    assert not short, f"{len(short)} customers differ (id, worker, oracle): {short[:5]}"
+    for cid, e in expected.items():
+        doc = c.profile(cid)
+        assert doc is not None
+        check_customer(doc, e, scores)
+    print(
+        f"broker kill -9: {processed_at_kill} purchases processed at the kill, "
+        f"regressions {regressions:.0f}, followed {followed_s:.1f} s after the restart, "
+        f"broker down {restarted_at - killed_at:.1f} s"
+    )
