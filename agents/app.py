@@ -16,7 +16,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.batching import BatchingTransport, StopGuard
-from agents.brokerwatch import BrokerWatch
+from agents.brokerwatch import BrokerWatch, quiet_aiokafka_repeats
 from agents.clock import make_clock
 from agents.delivered import DeliveredTriggers
 from agents.metrics import Metrics
@@ -286,6 +286,14 @@ class PatronageApp(faust.App):
     runtime: Runtime
     empty_fetch_backoff_ms: float = 0.0
 
+    async def on_start(self) -> None:
+        await super().on_start()
+        # from the very start (an app.task would begin only once the app is fully started,
+        # which waits for the broker): says so when the broker is lost, exits after the grace
+        watch = self.runtime.extra.get("broker_watch") if hasattr(self, "runtime") else None
+        if watch is not None:
+            self.add_future(watch.run())
+
     def _new_transport(self) -> Any:
         return BatchingTransport(self.conf.broker_consumer, self)
 
@@ -541,13 +549,9 @@ def create_app(
         metrics.broker_up.set(0 if lost_since is not None else 1)
         metrics.broker_unreachable_seconds.set(away_s)
 
+    quiet_aiokafka_repeats()
     watch = BrokerWatch(settings.bootstrap_servers, settings.broker_loss_grace_s, on_change=broker_state)
     runtime.extra["broker_watch"] = watch
-
-    @app.task
-    async def watch_broker() -> None:
-        """Says so when the broker is lost, and exits after PATRONAGE_BROKER_LOSS_GRACE_S."""
-        await watch.run()
 
     def broker_gone() -> str | None:
         if watch.lost_since is None:

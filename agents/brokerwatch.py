@@ -128,3 +128,53 @@ class BrokerWatch:
         while True:
             delay = self.observe(await self.probe(self.servers))
             await asyncio.sleep(delay)
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a message (by its format string) through once per ``every_s`` seconds.
+
+    While the broker is gone, aiokafka logs every failed reconnect of every client (consumer,
+    producer, coordinator) - dozens of ERROR lines a second, drowning the one line that says
+    what is going on. The first of each kind still goes through; then a repeat at most every
+    ``every_s`` seconds, saying how many were held back."""
+
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.clock = clock
+        self._last: dict[object, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.msg)
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.every_s:
+            self._last[key] = (last[0], last[1] + 1)
+            return False
+        held = 0 if last is None else last[1]
+        self._last[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} [{held} more like this in the last {self.every_s:.0f} s]"
+        if len(self._last) > 1000:
+            self._last.clear()
+        return True
+
+
+AIOKAFKA_LOGGERS = (
+    "aiokafka",
+    "aiokafka.conn",
+    "aiokafka.consumer.fetcher",
+    "aiokafka.consumer.group_coordinator",
+    "aiokafka.producer.sender",
+    "aiokafka.producer.producer",
+)
+
+
+def quiet_aiokafka_repeats(every_s: float = 10.0) -> None:
+    """Install :class:`RepeatFilter` on aiokafka's loggers (once per process)."""
+    for name in AIOKAFKA_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+            logger.addFilter(RepeatFilter(every_s))

@@ -185,3 +185,105 @@ def test_broker_kill_9_mid_stream_the_worker_follows_the_regression_and_a_resend
         f"regressions {regressions:.0f}, followed {followed_s:.1f} s after the restart, "
         f"broker down {restarted_at - killed_at:.1f} s"
     )
+
+
+def gauge(text: str, name: str) -> float:
+    """The value of an unlabelled series (Prometheus text format)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in the scrape")
+
+
+def log_since(c: Cluster, offset: int, index: int = 0) -> str:
+    with (c.tmp / f"worker{index}.log").open("rb") as fh:
+        fh.seek(offset)
+        return fh.read().decode(errors="replace")
+
+
+def log_size(c: Cluster, index: int = 0) -> int:
+    path = c.tmp / f"worker{index}.log"
+    return path.stat().st_size if path.exists() else 0
+
+
+def test_broker_lost_within_the_grace_the_worker_says_so_and_resumes_and_sigterm_still_stops_it(
+    fcluster: Cluster, own_stack: LocalStack
+) -> None:
+    """The broker goes away for ~8 s mid-stream: the worker says so (one warning, the gauge,
+    /healthz 503 with the reason), keeps retrying, and when the broker is back it resumes by
+    itself: every customer exact in the end. Then the broker goes away again and a SIGTERM
+    stops the worker within seconds (nothing can be committed without a broker)."""
+    c = fcluster
+    data = generate(150, seed=44)
+    purchases = c.write("p.jsonl", data.purchases)
+    touches = c.write("t.jsonl", data.touchpoints)
+    c.start_worker(PATRONAGE_BROKER_LOSS_GRACE_S="60")
+    c.replay(touches, "touchpoints")
+    c.wait(settle_s=0.5)
+    assert gauge(scrape(c), "patronage_broker_up") == 1
+    at = log_size(c)
+
+    own_stack.service("broker").stop()  # SIGTERM: noida-db persists what it has
+    lost_at = time.monotonic()
+    health = wait_health(c, 503, timeout=15)
+    detected_s = time.monotonic() - lost_at
+    assert health["broker"] == "unreachable" and "broker unreachable" in health["reason"], health
+    assert gauge(scrape(c), "patronage_broker_up") == 0
+    time.sleep(6.0)
+    away = gauge(scrape(c), "patronage_broker_unreachable_seconds")
+    assert away >= 4, away
+    assert c.procs[0].poll() is None, "the worker must wait out the grace"
+    own_stack.start_broker()
+    back_at = time.monotonic()
+    wait_health(c, 200, timeout=30)
+    resumed_s = time.monotonic() - back_at
+    log = log_since(c, at)
+    assert log.count("unreachable; retrying with backoff") == 1, log[-3000:]
+    assert "reachable again after" in log
+    assert "Traceback" not in log, log[-4000:]
+    errors = [line for line in log.splitlines() if "[ERROR]" in line]
+    assert len(errors) < 60, f"{len(errors)} error lines for an 8 s outage:\n" + "\n".join(errors[:80])
+
+    c.replay(purchases, "purchases")  # processing resumed
+    c.wait()
+    expected = oracle.compute(data.purchases, data.touchpoints)
+    scores = oracle.rfm_scores(expected)
+    for cid, e in expected.items():
+        doc = c.profile(cid)
+        assert doc is not None, cid
+        check_customer(doc, e, scores)
+
+    own_stack.service("broker").stop()
+    wait_health(c, 503, timeout=15)
+    started = time.monotonic()
+    c.signal_worker(0)
+    code = c.wait_exit(0, timeout=10)
+    stop_s = time.monotonic() - started
+    assert code == 0, (code, log_since(c, at)[-3000:])
+    assert stop_s < 5, stop_s
+    assert "SIGTERM while the broker is unreachable" in log_since(c, at)
+    print(
+        f"broker lost: detected in {detected_s:.1f} s, resumed {resumed_s:.1f} s after its return, "
+        f"{len(errors)} error lines for the outage; SIGTERM with the broker gone: {stop_s:.2f} s"
+    )
+
+
+def test_a_worker_that_loses_the_broker_for_longer_than_the_grace_exits_with_code_3_and_one_line(
+    fcluster: Cluster, own_stack: LocalStack
+) -> None:
+    c = fcluster
+    c.start_worker(PATRONAGE_BROKER_LOSS_GRACE_S="4")
+    at = log_size(c)
+    own_stack.service("broker").kill9()
+    lost_at = time.monotonic()
+    code = c.wait_exit(0, timeout=30)
+    took = time.monotonic() - lost_at
+    log = log_since(c, at)
+    assert code == 3, (code, log[-3000:])
+    assert 4 <= took < 10, took
+    assert "Traceback" not in log, log[-4000:]
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("patronage: broker 127.0.0.1:") and "unreachable for" in last, last
+    assert "PATRONAGE_BROKER_LOSS_GRACE_S=4" in last and "exiting with code 3" in last, last
+    own_stack.start_broker()
+    print(f"broker lost: exit 3 after {took:.1f} s (grace 4 s)")
