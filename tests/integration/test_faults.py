@@ -5,11 +5,13 @@ local stack (noida-db + Redis on free ports), not the session's."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from agents.admin import group_progress
@@ -17,6 +19,7 @@ from agents.localstack import LocalStack, free_port
 from agents.settings import Settings
 from schemas.topics import INPUTS, Topic
 from synthetic import generate
+from synthetic.generator import SyntheticData
 from tests import oracle
 from tests.integration.conftest import BIN, Cluster
 from tests.integration.test_end_to_end import check_customer
@@ -287,3 +290,105 @@ def test_a_worker_that_loses_the_broker_for_longer_than_the_grace_exits_with_cod
     assert "PATRONAGE_BROKER_LOSS_GRACE_S=4" in last and "exiting with code 3" in last, last
     own_stack.start_broker()
     print(f"broker lost: exit 3 after {took:.1f} s (grace 4 s)")
+
+
+# --- worker kill -9 under load (the fast subset here; `make chaos` runs the full size) -------
+
+
+def write_feed(c: Cluster, data: SyntheticData) -> Path:
+    """A directory `patronage replay` merges by event time (as if live)."""
+    feed = c.tmp / "feed"
+    feed.mkdir(exist_ok=True)
+    for name, rows in (
+        ("purchases", data.purchases),
+        ("touchpoints", data.touchpoints),
+        ("customer-updates", data.customer_updates),
+    ):
+        with (feed / f"{name}.jsonl").open("wb") as fh:
+            for row in rows:
+                fh.write(orjson.dumps(row) + b"\n")
+    return feed
+
+
+def check_every_customer(c: Cluster, data: SyntheticData, index: int = 0) -> int:
+    expected = oracle.compute(data.purchases, data.touchpoints, data.customer_updates)
+    scores = oracle.rfm_scores(expected)
+    for cid, e in expected.items():
+        doc = c.profile(cid, index)
+        assert doc is not None, cid
+        check_customer(doc, e, scores)
+    return len(expected)
+
+
+def check_triggers(c: Cluster) -> tuple[int, int]:
+    """A downstream reader of `triggers`: no trigger id twice with different content, no
+    (customer, type, episode) under two ids (triggered twice). Returns (records, distinct)."""
+    records = c.read_topic("triggers")
+    by_id: dict[str, dict] = {}
+    for r in records:
+        first = by_id.setdefault(r["trigger_id"], r)
+        assert first == r, f"trigger {r['trigger_id']} sent twice with different content:\n{first}\n{r}"
+    episodes: dict[tuple, str] = {}
+    for tid, r in by_id.items():
+        if "episode" not in r:
+            continue
+        key = (r["customer_id"], r["type"], r["episode"])
+        assert episodes.setdefault(key, tid) == tid, f"{key} triggered twice: {episodes[key]} and {tid}"
+    return len(records), len(by_id)
+
+
+def worker_kills_under_load(
+    c: Cluster, *, customers: int, kills: int, rate: int, seed: int
+) -> dict[str, float | int | list[float]]:
+    """Feed a generated population (merged by event time, at ``rate`` events/s) and ``kill -9``
+    the worker ``kills`` times at random moments while it is fed, restarting it each time;
+    then every customer must equal the batch computation and the triggers be clean."""
+    data = generate(customers, seed=seed)
+    events = len(data.purchases) + len(data.touchpoints) + len(data.customer_updates)
+    feed_dir = write_feed(c, data)
+    rng = random.Random(seed)
+    c.start_worker()
+    feed = subprocess.Popen(
+        [str(BIN / "patronage"), "replay", str(feed_dir), "--rate", str(rate), "--quiet"],
+        env={**os.environ, **c.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    resumes: list[float] = []
+    try:
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.3, 3.0))
+            assert feed.poll() is None, "the feed ended before every kill was done: lower the rate"
+            c.workers[0][0].kill9()
+            killed = time.monotonic()
+            c.start_worker()  # ready: tables recovered from the changelog
+            resumes.append(time.monotonic() - killed)
+        assert feed.wait(timeout=600) == 0, feed.stderr.read() if feed.stderr else ""
+    finally:
+        if feed.poll() is None:
+            feed.kill()
+    c.wait(timeout=300)
+    checked = check_every_customer(c, data)
+    records, distinct = check_triggers(c)
+    assert distinct > 0, "no trigger at all: the trigger check tested nothing"
+    changes = c.read_topic("lifecycle-changes")
+    distinct_changes = {ch["change_id"]: ch for ch in changes}
+    for ch in changes:
+        assert distinct_changes[ch["change_id"]] == ch, "a lifecycle change re-sent with other content"
+    log = "".join(p.read_text(errors="replace") for p in c.tmp.glob("worker*.log"))
+    assert "Traceback" not in log, log[log.find("Traceback") - 2000 :][:6000]
+    return {
+        "events": events,
+        "customers": checked,
+        "kills": kills,
+        "resume_s": resumes,
+        "triggers": records,
+        "distinct_triggers": distinct,
+    }
+
+
+def test_worker_kill_9_twice_while_fed_every_customer_exact_and_no_trigger_twice(cluster: Cluster) -> None:
+    """The fast subset of `make chaos` (there: 5 kills while >= 50,000 events are fed)."""
+    stats = worker_kills_under_load(cluster, customers=150, kills=2, rate=900, seed=71)
+    assert stats["events"] >= 10_000
+    print("worker kill -9 under load:", stats)
