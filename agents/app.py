@@ -563,6 +563,8 @@ def create_app(
 
     for topic in INPUTS:  # series exist from the start (alerts)
         metrics.events.labels(topic.value, "applied").inc(0)
+    for topic in (*CUSTOMER_PROCESSOR_INPUTS, Topic.STOCK_ARRIVALS):
+        metrics.offset_regressions.labels(topic.value).inc(0)
     _register_web(app, runtime, table)
     return app
 
