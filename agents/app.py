@@ -108,6 +108,22 @@ class Runtime:
     offset_regressions: dict[str, int] = field(default_factory=dict)
     last_offset_regression: dict[str, Any] | None = None
     broker_lost_since: float | None = None
+    broker_was_lost: bool = False  # since the last recovery (see rewrite_changelogs)
+
+    async def rewrite_changelogs(self) -> None:
+        """After the broker was lost and the tables were recovered again: write every state
+        held to the changelog again. A broker that lost acknowledged changelog records (noida-db
+        on ``kill -9``, see README "Faults") may lack the newest states of customers this worker
+        still holds in memory (Faust's memory store overlays the changelog on what it holds);
+        re-reading the inputs would not write them again (their events are no-ops by id), so
+        the next restart would lose them."""
+        self.broker_was_lost = False
+        app = self.extra.get("app")
+        topic = self.topics.real(Topic.PURCHASES)
+        written = 0
+        for partition in self.assigned_partitions(app) if app is not None else []:
+            written += await self.processor.rewrite_changelog(partition, topic)
+        log.warning("the broker was lost: %d customer states written to the changelog again", written)
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """/healthz: 200 once the tables are recovered and while the broker is reachable;
@@ -149,6 +165,8 @@ class Runtime:
         if self.projection is not None:
             app = self.extra.get("app")
             self.projection.recovered(self.assigned_partitions(app) if app is not None else [])
+        if self.broker_was_lost:
+            await self.rewrite_changelogs()
         self.ready = True
         self.set_gauges()
         log.info(
@@ -546,6 +564,8 @@ def create_app(
 
     def broker_state(lost_since: float | None, away_s: float) -> None:
         runtime.broker_lost_since = lost_since
+        if lost_since is not None:
+            runtime.broker_was_lost = True
         metrics.broker_up.set(0 if lost_since is not None else 1)
         metrics.broker_unreachable_seconds.set(away_s)
 

