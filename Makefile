@@ -44,7 +44,7 @@ test-unit: setup ## unit and agent tests only (no broker)
 test-integration: setup ## integration tests only
 	$(BIN)/pytest -q tests/integration
 
-chaos: setup ## faults at full size: worker kill -9 x5 under 50k events, broker kill -9 + restart, Redis down 30 s, one of two workers killed (~6 min)
+chaos: setup ## faults at full size: worker kill -9 x5 under 50k events, broker kill -9 + restart, Redis down 30 s, one of two workers killed (~4.5 min)
 	$(BIN)/pytest -q -s -m chaos tests/chaos
 
 up: setup ## start broker, Redis and one worker in the background (ports: KAFKA_PORT, REDIS_PORT, PATRONAGE_WEB_PORT)
