@@ -24,7 +24,7 @@ from synthetic.generator import SyntheticData
 from tests import oracle
 from tests.integration.conftest import BIN, Cluster
 from tests.integration.test_end_to_end import check_customer
-from tests.integration.test_recovery import metric
+from tests.integration.test_recovery import metric, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -56,24 +56,6 @@ def broker_snapshot_mtime(stack: LocalStack) -> float:
     return max((p.stat().st_mtime for p in files), default=0.0)
 
 
-def end_offsets(c: Cluster) -> dict[str, int]:
-    settings = Settings(broker=c.env["PATRONAGE_BROKER"], app_id=c.env["PATRONAGE_APP_ID"])
-    prefix = c.env["PATRONAGE_TOPIC_PREFIX"]
-    topics = [f"{prefix}{t.value}" for t in (*INPUTS, Topic.IDENTITY)]
-    progress = group_progress(settings, topics)
-    out: dict[str, int] = {}
-    for tp, end in progress.end.items():
-        out[f"{tp.topic}[{tp.partition}]"] = end
-    return out
-
-
-def scrape(c: Cluster) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(c.url() + "/metrics/", timeout=10) as resp:
-        return resp.read().decode()
-
-
 def wait_health(c: Cluster, want: int, timeout: float = 30.0, index: int = 0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -82,15 +64,6 @@ def wait_health(c: Cluster, want: int, timeout: float = 30.0, index: int = 0) ->
             return doc
         assert time.monotonic() < deadline, f"/healthz/ still {status}: {doc}"
         time.sleep(0.1)
-
-
-def feeder(c: Cluster, path: Path, topic: str, rate: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(BIN / "patronage"), "replay", str(path), "--topic", topic, "--rate", str(rate), "--quiet"],
-        env={**os.environ, **c.env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def kill_broker_after_snapshot(
