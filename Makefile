@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: help setup system-deps demo test test-unit test-integration up down bench lint format clean
+.PHONY: help setup system-deps demo test test-unit test-integration chaos up down bench lint format clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ test-unit: setup ## unit and agent tests only (no broker)
 
 test-integration: setup ## integration tests only
 	$(BIN)/pytest -q tests/integration
+
+chaos: setup ## faults at full size: worker kill -9 x5 under 50k events, broker kill -9 + restart, Redis down 30 s, one of two workers killed (~4.5 min)
+	$(BIN)/pytest -q -s -m chaos tests/chaos
 
 up: setup ## start broker, Redis and one worker in the background (ports: KAFKA_PORT, REDIS_PORT, PATRONAGE_WEB_PORT)
 	$(PAT) local up

@@ -141,6 +141,17 @@ class Progress:
     def remaining(self) -> int:
         return sum(max(0, end - self.committed.get(tp, 0)) for tp, end in self.end.items())
 
+    @property
+    def ahead(self) -> dict[TopicPartition, tuple[int, int]]:
+        """Partitions whose committed offset lies past the log's end, (committed, end): the
+        broker lost records the group had read (or the log was truncated). Not caught up:
+        the workers must follow the log back first."""
+        return {
+            tp: (self.committed[tp], end)
+            for tp, end in self.end.items()
+            if tp in self.committed and self.committed[tp] > end
+        }
+
 
 def group_progress(settings: Settings, topics: Iterable[str]) -> Progress:
     """End offsets of ``topics`` and the worker group's committed offsets on them."""

@@ -15,7 +15,8 @@ import faust
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agents.batching import BatchingTransport
+from agents.batching import BatchingTransport, StopGuard
+from agents.brokerwatch import BrokerWatch, quiet_aiokafka_repeats
 from agents.clock import make_clock
 from agents.delivered import DeliveredTriggers
 from agents.metrics import Metrics
@@ -102,6 +103,50 @@ class Runtime:
     ready: bool = False
     recoveries: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # faults seen (shown by /healthz): offset regressions followed, per logical topic and
+    # the newest one; when the broker was lost (monotonic time; None: connected)
+    offset_regressions: dict[str, int] = field(default_factory=dict)
+    last_offset_regression: dict[str, Any] | None = None
+    broker_lost_since: float | None = None
+    broker_was_lost: bool = False  # since the last recovery (see rewrite_changelogs)
+
+    async def rewrite_changelogs(self) -> None:
+        """After the broker was lost and the tables were recovered again: write every state
+        held to the changelog again. A broker that lost acknowledged changelog records (noida-db
+        on ``kill -9``, see README "Faults") may lack the newest states of customers this worker
+        still holds in memory (Faust's memory store overlays the changelog on what it holds);
+        re-reading the inputs would not write them again (their events are no-ops by id), so
+        the next restart would lose them."""
+        self.broker_was_lost = False
+        app = self.extra.get("app")
+        topic = self.topics.real(Topic.PURCHASES)
+        written = 0
+        for partition in self.assigned_partitions(app) if app is not None else []:
+            written += await self.processor.rewrite_changelog(partition, topic)
+        log.warning("the broker was lost: %d customer states written to the changelog again", written)
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """/healthz: 200 once the tables are recovered and while the broker is reachable;
+        503 with a reason otherwise. Offset regressions are reported (processing goes on)."""
+        doc: dict[str, Any] = {"ready": self.ready, "subjects": len(self.store)}
+        reasons = []
+        if not self.ready:
+            reasons.append("tables not recovered yet")
+        lost = self.broker_lost_since
+        doc["broker"] = "up" if lost is None else "unreachable"
+        if lost is not None:
+            away = time.monotonic() - lost
+            doc["broker_unreachable_s"] = round(away, 1)
+            reasons.append(
+                f"broker unreachable for {away:.0f} s (retrying; exit after "
+                f"{self.settings.broker_loss_grace_s:.0f} s)"
+            )
+        if self.offset_regressions:
+            doc["offset_regressions"] = dict(self.offset_regressions)
+            doc["last_offset_regression"] = self.last_offset_regression
+        if reasons:
+            doc["reason"] = "; ".join(reasons)
+        return (503 if reasons else 200), doc
 
     @property
     def store(self) -> dict[str, CustomerState]:
@@ -120,6 +165,8 @@ class Runtime:
         if self.projection is not None:
             app = self.extra.get("app")
             self.projection.recovered(self.assigned_partitions(app) if app is not None else [])
+        if self.broker_was_lost:
+            await self.rewrite_changelogs()
         self.ready = True
         self.set_gauges()
         log.info(
@@ -257,6 +304,14 @@ class PatronageApp(faust.App):
     runtime: Runtime
     empty_fetch_backoff_ms: float = 0.0
 
+    async def on_start(self) -> None:
+        await super().on_start()
+        # from the very start (an app.task would begin only once the app is fully started,
+        # which waits for the broker): says so when the broker is lost, exits after the grace
+        watch = self.runtime.extra.get("broker_watch") if hasattr(self, "runtime") else None
+        if watch is not None:
+            self.add_future(watch.run())
+
     def _new_transport(self) -> Any:
         return BatchingTransport(self.conf.broker_consumer, self)
 
@@ -265,6 +320,34 @@ class PatronageApp(faust.App):
         logical = self.runtime.topics.logical(topic)
         if logical in _CLOCK_TOPICS:  # stock arrivals and their broadcast hold no clock back
             self.runtime.clock.backlog(partition, logical.value, records)
+
+    async def on_offset_regression(
+        self, topic: str, partition: int, read: int, now: int, high: int | None, batch: bool
+    ) -> None:
+        """The batching consumer followed a partition whose log went back below what it had
+        read (see BatchingConsumer._follow_regression): count it, show it in /healthz, and
+        write that partition's states to the changelog again (the broker may have lost the
+        newest of them as well)."""
+        rt = self.runtime
+        known = rt.topics.logical(topic)
+        logical = topic if known is None else known.value
+        rt.metrics.offset_regressions.labels(logical).inc()
+        rt.offset_regressions[logical] = rt.offset_regressions.get(logical, 0) + 1
+        rt.last_offset_regression = {
+            "topic": logical,
+            "partition": partition,
+            "read_offset": read,
+            "resumed_at": now,
+            "log_end": high,
+            "at": iso_utc(int(time.time() * 1000)),
+        }
+        if batch and known in CUSTOMER_PROCESSOR_INPUTS:
+            written = await rt.processor.rewrite_changelog(partition, topic)
+            log.warning(
+                "partition %d: %d customer states written to the changelog again after the regression",
+                partition,
+                written,
+            )
 
     def batch_dispatch(self) -> tuple[Sequence[str], Any]:
         rt = self.runtime
@@ -479,8 +562,29 @@ def create_app(
         if clock.name == "event":
             metrics.event_clock_lag.set(max(0.0, time.time() - clock.now_ms() / 1000))
 
+    def broker_state(lost_since: float | None, away_s: float) -> None:
+        runtime.broker_lost_since = lost_since
+        if lost_since is not None:
+            runtime.broker_was_lost = True
+        metrics.broker_up.set(0 if lost_since is not None else 1)
+        metrics.broker_unreachable_seconds.set(away_s)
+
+    quiet_aiokafka_repeats()
+    watch = BrokerWatch(settings.bootstrap_servers, settings.broker_loss_grace_s, on_change=broker_state)
+    runtime.extra["broker_watch"] = watch
+
+    def broker_gone() -> str | None:
+        if watch.lost_since is None:
+            return None
+        return f"the broker is unreachable ({time.monotonic() - watch.lost_since:.0f} s)"
+
+    StopGuard.quick_exit = broker_gone
+    metrics.broker_up.set(1)
+
     for topic in INPUTS:  # series exist from the start (alerts)
         metrics.events.labels(topic.value, "applied").inc(0)
+    for topic in (*CUSTOMER_PROCESSOR_INPUTS, Topic.STOCK_ARRIVALS):
+        metrics.offset_regressions.labels(topic.value).inc(0)
     _register_web(app, runtime, table)
     return app
 
@@ -491,8 +595,8 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
     @app.page("/healthz/")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            status = 200 if runtime.ready else 503
-            return self.json({"ready": runtime.ready, "subjects": len(runtime.store)}, status=status)
+            status, doc = runtime.health()
+            return self.json(doc, status=status)
 
     @app.page("/metrics/")
     class MetricsView(View):

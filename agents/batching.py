@@ -69,6 +69,10 @@ class StopGuard:
     period (deploy/); a clean stop takes 1-2 s.
     """
 
+    # Set by the app: a reason to exit at once on a stop signal instead of stopping
+    # gracefully (the broker is unreachable: nothing could be committed or flushed), or None.
+    quick_exit: Callable[[], str | None] | None = None
+
     def __init__(self, budget_s: float = 45.0) -> None:
         self.budget_s = budget_s
         self.signals = 0
@@ -85,6 +89,10 @@ class StopGuard:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signals += 1
         name = signal.Signals(signum).name
+        reason = StopGuard.quick_exit() if StopGuard.quick_exit is not None else None
+        if reason is not None:
+            os.write(2, f"patronage: {name} while {reason}: nothing can be committed; exiting now\n".encode())
+            os._exit(0)
         if self.signals == 1:
             self._timer = threading.Timer(
                 self.budget_s, self._exit, (f"still stopping {self.budget_s:.0f} s after {name}", 1)
@@ -147,6 +155,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self._unhandled: dict[TP, tuple[int, int]] = {}
         self._fetched_in_rebalance = False
         self._fetched_at_seek = 0
+        self.regressions: dict[TP, int] = {}  # offset regressions followed, per partition
 
     async def perform_seek(self) -> None:
         """Faust's seek of every assigned partition to its committed offset (at the end of a
@@ -287,6 +296,12 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     r_offset = get_read_offset(tp)
+                    if r_offset is not None and recs[0].offset < r_offset:
+                        # the fetch position went back without a seek of ours: aiokafka reset
+                        # it after OffsetOutOfRange (the broker's log now ends below what we
+                        # read: acked records lost, or truncated). Follow it.
+                        await self._follow_regression(tp, recs[0].offset, r_offset)
+                        r_offset = get_read_offset(tp)
                     fresh = [r for r in recs if r_offset is None or r.offset >= r_offset]
                     if not fresh:
                         continue
@@ -319,6 +334,50 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                     f"{tp.topic}[{tp.partition}]@{o}" for tp, o in sorted(self._handled.items())
                 )
                 log.info("batch dispatch stopped; last offsets handled: %s", handled or "none")
+
+    async def _follow_regression(self, tp: TP, first: int, read: int) -> None:
+        """The broker's log of ``tp`` now ends below the position we had read (``read``), and
+        aiokafka reset the fetch position (``auto_offset_reset``: earliest) to ``first``.
+
+        Every record the broker holds now is handled from ``first`` on; records it already
+        holds that were applied before are no-ops (event-id memory), and new records that
+        reuse old offsets are applied. So the read position, the committed position and the
+        acks/gaps bookkeeping all move back to ``first`` (the commit then follows what is
+        applied from the new log, never past it), and records held back from the old log
+        are dropped (re-read, or re-sent by their producer). The app is told (log, metric,
+        /healthz, and re-writing the partition's states to its changelog, which may have
+        lost records too)."""
+        committed = self._committed_offset.get(tp)
+        high = self.highwater(tp)
+        log.warning(
+            "offset regression on %s[%d]: the broker's log went back (read up to %d, committed %s, "
+            "log end now %s); following it from offset %d. Records the broker lost are gone: "
+            "their producer must send them again",
+            tp.topic,
+            tp.partition,
+            read,
+            committed,
+            high,
+            first,
+        )
+        self._read_offset[tp] = first or None  # as a seek to ``first``: next to read
+        self._committed_offset[tp] = first or None
+        self._acked[tp].clear()
+        self._acked_index[tp].clear()
+        self._gap[tp].clear()
+        self._handled.pop(tp, None)
+        self._unhandled.pop(tp, None)
+        held = self._held.get(tp.partition)
+        if held:
+            kept = [r for r in held if r.topic != tp.topic]
+            if kept:
+                self._held[tp.partition] = kept
+            else:
+                del self._held[tp.partition]
+        self.regressions[tp] = self.regressions.get(tp, 0) + 1
+        hook = getattr(self.app, "on_offset_regression", None)
+        if hook is not None:
+            await hook(tp.topic, tp.partition, read, first, high, tp.topic in self._batch_topics)
 
     def _drop_held_on_rebalance(self) -> None:
         """Held records belong to the generation that fetched them: after a rebalance their

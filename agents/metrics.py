@@ -346,6 +346,24 @@ class Metrics:
             ["type"],
             registry=r,
         )
+        self.offset_regressions = Counter(
+            "patronage_offset_regressions",
+            "Times the broker's log of a partition went back below the position this worker had "
+            "read (acked records lost by the broker, or a truncated log); the worker followed it",
+            ["topic"],
+            registry=r,
+        )
+        self.broker_up = Gauge(
+            "patronage_broker_up",
+            "1 while the worker reaches the broker, 0 while it has lost it (retrying with backoff)",
+            registry=r,
+        )
+        self.broker_unreachable_seconds = Gauge(
+            "patronage_broker_unreachable_seconds",
+            "Seconds since the worker lost the broker (0 while connected); it exits once this "
+            "passes PATRONAGE_BROKER_LOSS_GRACE_S",
+            registry=r,
+        )
         self.model_loaded = Gauge(
             "patronage_churn_model_loaded",
             "1 when BG/NBD parameters are loaded (P(alive) available)",

@@ -166,6 +166,21 @@ class CustomerProcessor:
         )
         return len(resend)
 
+    async def rewrite_changelog(self, partition: int, input_topic: str) -> int:
+        """Write every state of ``partition`` to the changelog again (after the broker lost
+        records: its changelog may lack the latest writes, and re-reading the inputs changes
+        nothing that would write them again). Returns how many were written."""
+        async with self.lock(partition):
+            await self.settle()
+            records = [
+                OutRecord(self._changelog, partition, key.encode(), st.to_json())
+                for key, st in list(self.pipeline.store.items())
+                if st is not None and self.partition_for(input_topic, key) == partition
+            ]
+            for start in range(0, len(records), CHUNK):
+                await self.sink.send(records[start : start + CHUNK])
+        return len(records)
+
     # --- making a batch durable -----------------------------------------------------------
     async def settle(self) -> None:
         """Wait for the previous batch's outbox-clearing write (kept in order before any new

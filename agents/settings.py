@@ -193,6 +193,13 @@ class Settings(BaseSettings):
         le=300,
         description="consumer group session timeout: how fast a dead worker's partitions move",
     )
+    broker_loss_grace_s: float = Field(
+        60.0,
+        ge=1,
+        le=86400,
+        description="a worker that cannot reach the broker retries (log, metric, /healthz 503) and, "
+        "after this many seconds without it, exits with code 3 and one line saying why",
+    )
     instance_id: str | None = Field(
         None,
         description="static group membership id (e.g. worker-0, a StatefulSet pod name): a restarted "
