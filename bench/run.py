@@ -221,7 +221,7 @@ def py_spy(pid: int, out: Path) -> subprocess.Popen:
             "--threads",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(out.with_suffix(".log"), "wb"),  # the child owns it
     )
 
 
@@ -254,7 +254,10 @@ def recover(
     proc = svc.start(
         [str(BIN / "patronage"), "worker"], env=worker_env(stack, run_dir, prefix, partitions, port, name)
     )
-    spy = py_spy(proc.pid, run_dir / f"{name}-recovery-profile.txt") if profile else None
+    spy = None
+    if profile:
+        time.sleep(0.5)  # py-spy cannot attach before the interpreter is up
+        spy = py_spy(proc.pid, run_dir / f"{name}-recovery-profile.txt")
     try:
         wait_worker_ready(port, 900, proc, svc.log_file)
         seconds = time.perf_counter() - started
@@ -657,7 +660,7 @@ def main() -> None:
         if "recovery" not in args.skip and states:
             log(f"recovery: a compacted changelog of {args.recovery_customers:,} customers")
             results["recovery"] = synthetic_recovery(
-                stack, run_dir, args.partitions, states, args.recovery_customers
+                stack, run_dir, args.partitions, states, args.recovery_customers, args.profile
             )
         if "quix" not in args.skip:
             log("Quix Streams, same RFM update in its state store")
