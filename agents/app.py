@@ -66,6 +66,9 @@ class CustomerTable(faust.Table):
         # Keys are customer ids as raw UTF-8, exactly as producers key the input topics,
         # so the changelog partition and Faust's table routing agree with the inputs.
         self.key_serializer = "raw"
+        # Values too: recovery decodes each changelog record once, with orjson, in _to_value
+        # (Faust's "json" codec went through the stdlib json and its codec registry first)
+        self.value_serializer = "raw"
 
     def _changelog_topic_name(self) -> str:
         return self._changelog_name or super()._changelog_topic_name()
@@ -74,6 +77,8 @@ class CustomerTable(faust.Table):
         return super().clone(changelog_name=self._changelog_name, **kwargs)
 
     def _to_value(self, v: Any) -> Any:
+        if isinstance(v, bytes | bytearray | memoryview):
+            return CustomerState.from_json(bytes(v))
         if isinstance(v, dict):
             return CustomerState.from_dict(v)
         return v
@@ -155,7 +160,10 @@ class Runtime:
     async def on_recovered(self) -> None:
         self.pipeline.rebuild()
         # Recovered state is long-lived: move it out of the collector's way (see tune_gc).
-        gc.collect()
+        # Only the young generations are collected first: a full collection walks every
+        # object held (11 % of a 20k-customer restart's main thread, growing with the
+        # customers); what is old already survived collections, and state has no cycles.
+        gc.collect(1)
         gc.freeze()
         self.recoveries += 1
         try:

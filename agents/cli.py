@@ -144,6 +144,11 @@ def worker() -> None:
     level = {"warn": "warning"}.get(settings.log_level, settings.log_level)
     logging.basicConfig(level=level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     w = Worker(faust_app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    # Faust's terminal spinner: at log level warn and above it turns the root logger to DEBUG
+    # so that it spins on every record - every debug call of Faust and aiokafka (one per
+    # changelog record in recovery: ~10 % of a restart's main thread, py-spy) became a
+    # LogRecord written to our log file as cursor codes. A service has no terminal.
+    w.spinner = None
     w.execute_from_commandline()
 
 

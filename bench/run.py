@@ -30,6 +30,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agents.localstack import LocalStack, Service, free_port, wait_worker_ready
+from agents.settings import Settings
+from schemas.topics import Topic
 from synthetic import iter_purchases_fast
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,8 +39,15 @@ BIN = Path(sys.executable).parent
 console = Console()
 
 
+_PARTIAL: dict[str, Any] = {}
+
+
 def log(msg: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {msg}")
+    if _PARTIAL:  # what is measured so far survives a part that fails or hangs
+        path = ROOT / ".bench" / "results.json"
+        if path.parent.exists():
+            path.write_text(json.dumps(_PARTIAL, indent=2, default=str))
 
 
 def make_events(customers: int, purchases: int, seed: int) -> tuple[list[bytes], list[bytes], dict[str, int]]:
@@ -86,8 +95,11 @@ def load(bootstrap: str, topic: str, partitions: int, keys: list[bytes], values:
     return len(values) / (time.perf_counter() - started)
 
 
-def pure_core(keys: list[bytes], values: list[bytes], partitions: int, batch: int = 5000) -> dict[str, Any]:
-    """The worker's CPU work without Kafka: CustomerProcessor.process over the events."""
+def pure_core(
+    keys: list[bytes], values: list[bytes], partitions: int, batch: int = 5000, keep: dict | None = None
+) -> dict[str, Any]:
+    """The worker's CPU work without Kafka: CustomerProcessor.process over the events.
+    ``keep``: filled with the final table (customer id -> state)."""
     from agents.app import tune_gc
 
     tune_gc()
@@ -133,13 +145,21 @@ def pure_core(keys: list[bytes], values: list[bytes], partitions: int, batch: in
     wall = time.perf_counter()
     for p, recs in by_part.items():
         for i in range(0, len(recs), batch):
-            changed = pipeline.apply(p, recs[i : i + batch]).changed
-            for st in changed.values():
+            done = pipeline.apply(p, recs[i : i + batch])
+            for st in done.changed.values():
                 if st is not None:
                     st.to_json()
+            if done.triggers:  # as the processor: sent, outboxes emptied and written again
+                for emit in done.triggers:
+                    orjson.dumps(emit.value)
+                pipeline.confirm_sent(done)
+                for key in {e.key for e in done.triggers}:
+                    store[key].to_json()
     cpu = time.process_time() - started
     elapsed = time.perf_counter() - wall
     changelog_bytes = sum(len(s.to_json()) for s in store.values())
+    if keep is not None:
+        keep.update(store)
     return {
         "events_per_s": len(values) / cpu,
         "wall_s": elapsed,
@@ -175,6 +195,90 @@ def metric_total(port: int, name: str) -> float:
     return total
 
 
+def worker_env(
+    stack: LocalStack, run_dir: Path, prefix: str, partitions: int, port: int, name: str
+) -> dict[str, str]:
+    return {
+        "PATRONAGE_BROKER": stack.broker_url,
+        "PATRONAGE_REDIS_URL": stack.redis_url,  # the projection is on, as by default
+        "PATRONAGE_APP_ID": f"{prefix}app",
+        "PATRONAGE_TOPIC_PREFIX": prefix,
+        "PATRONAGE_PARTITIONS": str(partitions),
+        "PATRONAGE_WEB_PORT": str(port),
+        "PATRONAGE_DATA_DIR": str(run_dir / f"{name}-data"),
+        "PATRONAGE_INSTANCE_ID": name,
+        "PATRONAGE_LOG_LEVEL": "warn",
+        "PATRONAGE_EMPTY_FETCH_BACKOFF_MS": os.environ.get("PATRONAGE_EMPTY_FETCH_BACKOFF_MS", "5"),
+    }
+
+
+def py_spy(pid: int, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            str(BIN / "py-spy"),
+            "record",
+            "-p",
+            str(pid),
+            "-o",
+            str(out),
+            "-f",
+            "raw",
+            "-r",
+            "100",
+            "--threads",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(out.with_suffix(".log"), "wb"),  # the child owns it
+    )
+
+
+def changelog_records(bootstrap: str, topic: str) -> int:
+    """Records in the changelog topic (noida-db never compacts: every write is still there)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "bench-watermarks", "enable.auto.commit": False}
+    )
+    try:
+        meta = c.list_topics(topic, timeout=10)
+        total = 0
+        for p in meta.topics[topic].partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            total += high - low
+        return total
+    finally:
+        c.close()
+
+
+def recover(
+    stack: LocalStack, run_dir: Path, prefix: str, partitions: int, name: str, profile: bool
+) -> dict[str, Any]:
+    """Start a worker on an existing changelog and time process start -> /healthz 200 (tables
+    recovered, indexes rebuilt)."""
+    port = free_port()
+    svc = Service(f"{name}-recovery", run_dir / f"{name}-recovery.pid", run_dir / f"{name}-recovery.log")
+    started = time.perf_counter()
+    proc = svc.start(
+        [str(BIN / "patronage"), "worker"], env=worker_env(stack, run_dir, prefix, partitions, port, name)
+    )
+    spy = None
+    if profile:
+        time.sleep(0.5)  # py-spy cannot attach before the interpreter is up
+        spy = py_spy(proc.pid, run_dir / f"{name}-recovery-profile.txt")
+    try:
+        wait_worker_ready(port, 900, proc, svc.log_file)
+        seconds = time.perf_counter() - started
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz/", timeout=30) as resp:
+            subjects = json.loads(resp.read())["subjects"]
+        rss = rss_kb(proc.pid)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(timeout=60)
+        return {"seconds": seconds, "subjects": subjects, "rss_mb": rss / 1024}
+    finally:
+        svc.stop()
+
+
 def worker_e2e(
     stack: LocalStack,
     run_dir: Path,
@@ -183,94 +287,331 @@ def worker_e2e(
     n: int,
     expected: dict[str, int],
     profile: bool,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    port = free_port()
-    env = {
-        "PATRONAGE_BROKER": stack.broker_url,
-        "PATRONAGE_REDIS_URL": stack.redis_url,  # the projection is on, as by default
-        "PATRONAGE_APP_ID": f"{prefix}app",
-        "PATRONAGE_TOPIC_PREFIX": prefix,
-        "PATRONAGE_PARTITIONS": str(partitions),
-        "PATRONAGE_WEB_PORT": str(port),
-        "PATRONAGE_DATA_DIR": str(run_dir / "worker-data"),
-        "PATRONAGE_INSTANCE_ID": "bench-worker",
-        "PATRONAGE_LOG_LEVEL": "warn",
-        "PATRONAGE_EMPTY_FETCH_BACKOFF_MS": os.environ.get("PATRONAGE_EMPTY_FETCH_BACKOFF_MS", "5"),
-    }
-    svc = Service("bench-worker", run_dir / "worker.pid", run_dir / "worker.log")
-    proc = svc.start([str(BIN / "patronage"), "worker"], env=env)
+    """``workers`` worker processes on the loaded topic, end to end; state checked exactly
+    (summed over the workers' /summary). RSS growth is the first worker's."""
+    ports = [free_port() for _ in range(workers)]
+    svcs = [
+        Service(f"bench-worker{i}", run_dir / f"worker{i}.pid", run_dir / f"worker{i}.log")
+        for i in range(workers)
+    ]
+    procs = [
+        svc.start(
+            [str(BIN / "patronage"), "worker"],
+            env=worker_env(stack, run_dir, prefix, partitions, port, f"bench-worker{i}"),
+        )
+        for i, (svc, port) in enumerate(zip(svcs, ports, strict=True))
+    ]
     try:
-        wait_worker_ready(port, 120, proc, svc.log_file)
-        pid = proc.pid
+        for svc, proc, p in zip(svcs, procs, ports, strict=True):
+            wait_worker_ready(p, 120, proc, svc.log_file)
+        pid = procs[0].pid
         rss_before = rss_kb(pid)
-        spy = None
-        if profile:
-            spy = subprocess.Popen(
-                [
-                    str(BIN / "py-spy"),
-                    "record",
-                    "-p",
-                    str(pid),
-                    "-o",
-                    str(run_dir / "worker-profile.txt"),
-                    "-f",
-                    "raw",
-                    "-r",
-                    "100",
-                    "--threads",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        # the events are already in the topic: the worker starts on them as soon as it is ready
+        spy = py_spy(pid, run_dir / "worker-profile.txt") if profile else None
+        # the events are already in the topic: the workers start on them as soon as they are ready
         first = last = None
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            done = metric_total(port, "patronage_events_total")
+            done = sum(metric_total(p, "patronage_events_total") for p in ports)
             now = time.perf_counter()
             if done > 0 and first is None:
                 first = now
             if done >= n:
                 last = now
                 break
-            time.sleep(0.02)
+            # a scrape costs the worker's event loop ~1-4 ms (Prometheus scrapes every 15 s): at
+            # 50 scrapes/s it took ~10 % of the worker's main thread (py-spy), so poll at 4/s
+            time.sleep(0.25)
         if first is None or last is None:
-            raise RuntimeError(f"worker did not finish ({svc.log_file})")
+            raise RuntimeError(f"worker did not finish ({svcs[0].log_file})")
         rss_after = rss_kb(pid)
         # the Redis projection runs beside processing: how long until it has everything
         caught_up = None
         while time.monotonic() < deadline:
-            if (
-                metric_total(port, "patronage_projection_pending") == 0
-                and metric_total(port, "patronage_projection_lag_seconds") == 0
+            if all(
+                metric_total(p, "patronage_projection_pending") == 0
+                and metric_total(p, "patronage_projection_lag_seconds") == 0
+                for p in ports
             ):
                 caught_up = time.perf_counter()
                 break
             time.sleep(0.05)
-        writes = metric_total(port, "patronage_projection_writes_total")
+        writes = sum(metric_total(p, "patronage_projection_writes_total") for p in ports)
         if spy is not None:
             spy.send_signal(2)
             spy.wait(timeout=60)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/summary/", timeout=30) as resp:
-            summary = json.loads(resp.read())
+        purchases = cents = buyers = 0
+        for p in ports:
+            with urllib.request.urlopen(f"http://127.0.0.1:{p}/summary/", timeout=30) as resp:
+                summary = json.loads(resp.read())
+            purchases += summary["totals"]["purchases"]
+            cents += summary["totals"]["monetary_cents"]
+            buyers += summary["buyers"]
         exact = (
-            summary["totals"]["purchases"] == expected["purchases"]
-            and summary["totals"]["monetary_cents"] == expected["monetary_cents"]
-            and summary["buyers"] == expected["customers"]
+            purchases == expected["purchases"]
+            and cents == expected["monetary_cents"]
+            and buyers == expected["customers"]
         )
+        customers_first = expected["customers"] / workers
         return {
+            "workers": workers,
             "events_per_s": n / (last - first),
             "seconds": last - first,
             "exact": exact,
-            "summary_totals": summary["totals"],
-            "buyers": summary["buyers"],
-            "rss_growth_bytes_per_customer": (rss_after - rss_before) * 1024 / expected["customers"],
+            "summary_totals": {"purchases": purchases, "monetary_cents": cents},
+            "buyers": buyers,
+            "rss_growth_bytes_per_customer": (rss_after - rss_before) * 1024 / customers_first,
             "rss_mb": rss_after / 1024,
             "projection_writes": writes,
             "projection_caught_up_after_s": None if caught_up is None else caught_up - last,
         }
     finally:
+        for svc in svcs:
+            svc.stop()
+
+
+def histogram_buckets(port: int, name: str) -> dict[float, float]:
+    """A Prometheus histogram's cumulative buckets, summed over its labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics/", timeout=60) as resp:
+        text = resp.read().decode()
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def quantiles(buckets: dict[float, float], qs: tuple[float, ...]) -> list[float | None]:
+    """Quantiles of cumulative buckets, interpolated linearly inside the bucket (as
+    Prometheus' histogram_quantile)."""
+    bounds = sorted(buckets)
+    total = buckets.get(float("inf"), 0.0)
+    out: list[float | None] = []
+    for q in qs:
+        if not total:
+            out.append(None)
+            continue
+        rank = q * total
+        prev_b, prev_c = 0.0, 0.0
+        for b in bounds:
+            c = buckets[b]
+            if c >= rank:
+                if b == float("inf"):
+                    out.append(prev_b)
+                else:
+                    out.append(prev_b + (b - prev_b) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0))
+                break
+            prev_b, prev_c = b, c
+    return out
+
+
+def latency(
+    stack: LocalStack,
+    run_dir: Path,
+    prefix: str,
+    partitions: int,
+    keys: list[bytes],
+    values: list[bytes],
+    rate: int,
+    seconds: float,
+    warmup_s: float = 3.0,
+    profile: bool = False,
+) -> dict[str, Any]:
+    """Live load on a warm worker: the end-to-end run's worker (its 50k customers' two years
+    of history, recovered) gets a steady ``rate`` of purchases stamped now (the event clock
+    then moves in real time, as in production; the history ends five weeks before, so lapsed
+    customers come back: won-back triggers). Paced every 10 ms, linger 1 ms. A warm-up
+    (``warmup_s``) first takes the clock over the five weeks (every deadline in between
+    fires) and is not measured. Event -> lifecycle change: each change's Kafka timestamp (the
+    worker's send) minus its causing purchase's (the producer's); event -> trigger: the
+    worker's histogram (causing record's Kafka timestamp -> trigger acknowledged)."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    bootstrap = f"127.0.0.1:{stack.kafka_port}"
+    topic = f"{prefix}purchases"
+    port = free_port()
+    name = "bench-worker0"
+    svc = Service("bench-latency", run_dir / "latency.pid", run_dir / "latency.log")
+    proc = svc.start(
+        [str(BIN / "patronage"), "worker"], env=worker_env(stack, run_dir, prefix, partitions, port, name)
+    )
+    n = int(rate * seconds)
+    warm = int(rate * warmup_s)
+    sent_ms: dict[str, int] = {}
+    hist = "patronage_trigger_latency_seconds"
+    try:
+        wait_worker_ready(port, 600, proc, svc.log_file)
+        spy = py_spy(proc.pid, run_dir / "latency-profile.txt") if profile else None
+        base = metric_total(port, "patronage_events_total")
+        producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "partitioner": "murmur2_random",
+                "linger.ms": 1,
+                "compression.type": "none",
+            }
+        )
+        step = max(1, rate // 100)
+
+        def feed(first: int, count: int, record: bool) -> tuple[float, list[float]]:
+            started = time.perf_counter()
+            behind: list[float] = []  # fed - processed, sampled every second
+            next_probe = started + 1
+            for i in range(0, count, step):
+                now = time.perf_counter()
+                if now >= next_probe:
+                    behind.append(first + i - (metric_total(port, "patronage_events_total") - base))
+                    next_probe += 1
+                pause = started + i / rate - now
+                if pause > 0:
+                    time.sleep(pause)
+                for j in range(first + i, first + min(i + step, count)):
+                    ev = orjson.loads(values[j % len(values)])
+                    ts = int(time.time() * 1000)
+                    ev["event_id"] = f"live-{j}"
+                    ev["ts"] = ts
+                    producer.produce(topic, orjson.dumps(ev), key=keys[j % len(keys)], timestamp=ts)
+                    if record:
+                        sent_ms[ev["event_id"]] = ts
+                producer.poll(0)
+            producer.flush()
+            return count / (time.perf_counter() - started), behind
+
+        def wait_processed(total: int) -> None:
+            deadline = time.monotonic() + 300
+            while metric_total(port, "patronage_events_total") - base < total and time.monotonic() < deadline:
+                time.sleep(0.25)
+
+        feed(0, warm, False)
+        wait_processed(warm)
+        # after the restart the projection writes every customer to Redis again (a partition
+        # recovered is projected whole): measured apart, the feed starts once it is done
+        resync_started = time.perf_counter()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and (
+            metric_total(port, "patronage_projection_pending") > 0
+            or metric_total(port, "patronage_projection_lag_seconds") > 0
+        ):
+            time.sleep(0.25)
+        resync_s = time.perf_counter() - resync_started
+        time.sleep(1)
+        before = histogram_buckets(port, hist)
+        fed, behind = feed(warm, n, True)
+        wait_processed(warm + n)
+        time.sleep(1)
+        after = histogram_buckets(port, hist)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(timeout=60)
+        diff = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in after}
+        t50, t99 = quantiles(diff, (0.5, 0.99))
+        count = int(diff.get(float("inf"), 0.0))
+    finally:
         svc.stop()
+    # lifecycle changes: exact per record
+    out_topic = Settings(topic_prefix=prefix, app_id=f"{prefix}app").topics.real(Topic.LIFECYCLE_CHANGES)
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "bench-latency-read", "enable.auto.commit": False}
+    )
+    lat: list[float] = []
+    try:
+        meta = c.list_topics(out_topic, timeout=10)
+        tps = [TopicPartition(out_topic, p, 0) for p in meta.topics[out_topic].partitions]
+        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+        c.assign(tps)
+        left = {p for p, e in ends.items() if e > 0}
+        stop = time.monotonic() + 120
+        while left and time.monotonic() < stop:
+            for msg in c.consume(10000, timeout=1):
+                if msg.error():
+                    continue
+                rec = orjson.loads(msg.value())
+                cause = rec.get("cause") or {}
+                sent = sent_ms.get(cause.get("event_id", ""))
+                if sent is not None:
+                    lat.append(msg.timestamp()[1] - sent)
+                if msg.offset() + 1 >= ends[msg.partition()]:
+                    left.discard(msg.partition())
+    finally:
+        c.close()
+    lat.sort()
+
+    def q(x: float) -> float | None:
+        return None if not lat else float(lat[min(len(lat) - 1, int(x * len(lat)))])
+
+    return {
+        "rate": rate,
+        "events": n,
+        "warmup_events": warm,
+        "projection_resync_after_warmup_s": resync_s,
+        "fed_events_per_s": fed,
+        "behind": behind,
+        "lifecycle": {"count": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": q(1.0)},
+        "trigger": {
+            "count": count,
+            "p50_ms": None if t50 is None else t50 * 1000,
+            "p99_ms": None if t99 is None else t99 * 1000,
+        },
+    }
+
+
+def synthetic_recovery(
+    stack: LocalStack,
+    run_dir: Path,
+    partitions: int,
+    states: dict[str, Any],
+    customers: int,
+    profile: bool = False,
+) -> dict[str, Any]:
+    """A compacted changelog of ``customers`` states (the pure core's real states, renamed,
+    cycled) written straight to a fresh app's changelog; then a worker recovers it."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from agents.settings import Settings
+    from schemas.topics import Topic
+    from streams.partitioning import KeyPartitioner
+
+    prefix = "rec-"
+    settings = Settings(topic_prefix=prefix, app_id=f"{prefix}app", partitions=partitions)
+    topic = settings.topics.real(Topic.CHANGELOG)
+    bootstrap = f"127.0.0.1:{stack.kafka_port}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for fut in admin.create_topics(
+        [NewTopic(topic, partitions, 1, config={"cleanup.policy": "compact"})]
+    ).values():
+        fut.result()
+    part = KeyPartitioner({topic: partitions})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
+    templates = [s.to_dict() for s in states.values()]
+    total_bytes = 0
+    for i in range(customers):
+        d = dict(templates[i % len(templates)])
+        subject = f"r{i:08d}"
+        d["s"] = subject
+        value = orjson.dumps(d, option=orjson.OPT_NON_STR_KEYS)
+        total_bytes += len(value)
+        while True:
+            try:
+                producer.produce(topic, value, key=subject.encode(), partition=part(topic, subject))
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush()
+    result = recover(stack, run_dir, prefix, partitions, "bench-recovery", profile)
+    result.update(customers=customers, changelog_bytes_per_customer=total_bytes / customers)
+    return result
 
 
 def main() -> None:
@@ -284,8 +625,24 @@ def main() -> None:
         action="store_true",
         help="py-spy the worker (writes .bench/worker-profile.txt, collapsed stacks)",
     )
-    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: core raw worker quix churn stock")
+    ap.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        help="parts to skip: core raw worker restart latency recovery scale quix churn stock",
+    )
     ap.add_argument("--churn-customers", type=int, default=1_000_000, help="customers in state for the tick")
+    ap.add_argument(
+        "--latency-rate", type=int, default=5000, help="steady feed for the latency part (events/s)"
+    )
+    ap.add_argument("--latency-seconds", type=float, default=20)
+    ap.add_argument(
+        "--recovery-customers",
+        type=int,
+        default=200_000,
+        help="customers in the synthetic compacted changelog",
+    )
+    ap.add_argument("--scale-partitions", type=int, default=8, help="partitions for the 1 vs 2 workers part")
     args = ap.parse_args()
 
     run_dir = ROOT / ".bench"
@@ -293,7 +650,8 @@ def main() -> None:
         subprocess.run(["rm", "-rf", str(run_dir)], check=True)
     run_dir.mkdir()
     stack = LocalStack(run_dir / "stack", kafka_port=free_port(), redis_port=free_port())
-    results: dict[str, Any] = {"config": vars(args)}
+    results: dict[str, Any] = _PARTIAL
+    results["config"] = vars(args)
     try:
         log("starting noida-db")
         stack.start_broker()
@@ -307,9 +665,10 @@ def main() -> None:
         log("loading the topic with confluent-kafka")
         results["producer_events_per_s"] = load(bootstrap, topic, args.partitions, keys, values)
         n = len(values)
+        states: dict[str, Any] = {}
         if "core" not in args.skip:
             log("pure core (one core, no I/O)")
-            results["core"] = pure_core(keys, values, args.partitions)
+            results["core"] = pure_core(keys, values, args.partitions, keep=states)
         if "raw" not in args.skip:
             log("raw aiokafka consume + decode")
             results["raw"] = run_json(
@@ -325,9 +684,8 @@ def main() -> None:
                     str(n),
                 ]
             )
-        if "worker" not in args.skip:
-            log("patronage worker end to end")
-            results["worker"] = worker_e2e(stack, run_dir, prefix, args.partitions, n, expected, args.profile)
+        # Quix before the heavier parts: with the recovery changelog and the scale-out topics in
+        # it, noida-db slowed down enough that Quix once sat idle in its poll
         if "quix" not in args.skip:
             log("Quix Streams, same RFM update in its state store")
             results["quix"] = run_json(
@@ -340,6 +698,47 @@ def main() -> None:
             q["exact"] = (
                 q.get("sum_frequency") == expected["purchases"]
                 and q.get("sum_monetary_cents") == expected["monetary_cents"]
+            )
+        if "worker" not in args.skip:
+            log("patronage worker end to end")
+            results["worker"] = worker_e2e(stack, run_dir, prefix, args.partitions, n, expected, args.profile)
+            if "restart" not in args.skip:
+                log("restart: the same worker recovers its (uncompacted) changelog")
+                changelog = Settings(topic_prefix=prefix, app_id=f"{prefix}app").topics.real(Topic.CHANGELOG)
+                results["restart"] = recover(
+                    stack, run_dir, prefix, args.partitions, "bench-worker0", args.profile
+                )
+                results["restart"]["changelog_records"] = changelog_records(bootstrap, changelog)
+        if "latency" not in args.skip and "worker" in results:
+            log(
+                f"latency: a steady {args.latency_rate:,} events/s for {args.latency_seconds:g} s, one worker"
+            )
+            results["latency"] = latency(
+                stack,
+                run_dir,
+                prefix,
+                args.partitions,
+                keys,
+                values,
+                args.latency_rate,
+                args.latency_seconds,
+                profile=args.profile,
+            )
+        if "scale" not in args.skip:
+            sp = args.scale_partitions
+            log(f"scale-out: the same load on 1 and 2 workers over {sp} partitions")
+            scale: dict[str, Any] = {}
+            for workers in (1, 2):
+                sprefix = f"s{workers}-"
+                load(bootstrap, f"{sprefix}purchases", sp, keys, values)
+                scale[str(workers)] = worker_e2e(
+                    stack, run_dir, sprefix, sp, n, expected, False, workers=workers
+                )
+            results["scale"] = scale
+        if "recovery" not in args.skip and states:
+            log(f"recovery: a compacted changelog of {args.recovery_customers:,} customers")
+            results["recovery"] = synthetic_recovery(
+                stack, run_dir, args.partitions, states, args.recovery_customers, args.profile
             )
     finally:
         stack.down()
@@ -363,56 +762,115 @@ def print_table(r: dict[str, Any]) -> None:
     t.add_column("measurement")
     t.add_column("events/s", justify="right")
     t.add_column("vs Quix", justify="right")
+    t.add_column("vs raw", justify="right")
     t.add_column("state exact")
     t.add_column("notes")
     quix = r.get("quix", {}).get("events_per_s")
+    raw = r.get("raw", {}).get("events_per_s")
 
     def ratio(x: float | None) -> str:
         return f"{x / quix:.1f}x" if x and quix else "-"
 
-    t.add_row("confluent-kafka producer (load)", f"{r['producer_events_per_s']:,.0f}", "", "", "input side")
-    if "core" in r:
-        c = r["core"]
+    def of_raw(x: float | None) -> str:
+        return f"{x / raw:.1%}" if x and raw else "-"
+
+    def worker_row(label: str, w: dict[str, Any], extra: str = "") -> None:
         t.add_row(
-            "pure core, one core",
-            f"{c['events_per_s']:,.0f}",
-            ratio(c["events_per_s"]),
-            "",
-            "decode+validate+apply+encode, CPU time",
-        )
-    if "raw" in r:
-        t.add_row(
-            "raw aiokafka consume + decode",
-            f"{r['raw']['events_per_s']:,.0f}",
-            ratio(r["raw"]["events_per_s"]),
-            "",
-            "the limit: no state",
-        )
-    if "worker" in r:
-        w = r["worker"]
-        t.add_row(
-            "patronage worker, end to end",
+            label,
             f"{w['events_per_s']:,.0f}",
             ratio(w["events_per_s"]),
+            of_raw(w["events_per_s"]),
             "yes" if w["exact"] else "NO",
-            f"{w['seconds']:.1f}s, changelog durable before ack; Redis projection: "
-            f"{w['projection_writes']:,.0f} customer writes, caught up "
+            f"{w['seconds']:.1f}s{extra}; Redis projection: {w['projection_writes']:,.0f} customer writes, caught up "
             + (
                 "never"
                 if w["projection_caught_up_after_s"] is None
                 else f"{w['projection_caught_up_after_s']:.2f}s after the last event"
             ),
         )
+
+    t.add_row(
+        "confluent-kafka producer (load)", f"{r['producer_events_per_s']:,.0f}", "", "", "", "input side"
+    )
+    if "core" in r:
+        c = r["core"]
+        t.add_row(
+            "pure core, one core",
+            f"{c['events_per_s']:,.0f}",
+            ratio(c["events_per_s"]),
+            of_raw(c["events_per_s"]),
+            "",
+            "decode+validate+apply+encode, CPU time",
+        )
+    if "raw" in r:
+        t.add_row(
+            "raw aiokafka consume + decode", f"{raw:,.0f}", ratio(raw), "100%", "", "the limit: no state"
+        )
+    if "worker" in r:
+        worker_row("patronage worker, end to end", r["worker"], ", changelog durable before ack")
+    for workers, w in sorted(r.get("scale", {}).items()):
+        worker_row(f"{workers} worker(s), {r['config']['scale_partitions']} partitions", w)
     if "quix" in r:
         q = r["quix"]
         t.add_row(
             "Quix Streams RFM (state store)",
             f"{q['events_per_s']:,.0f}",
             "1.0x",
+            of_raw(q["events_per_s"]),
             "yes" if q.get("exact") else "NO",
             "",
         )
     console.print(t)
+    if "latency" in r:
+        lat = r["latency"]
+        lt = Table(
+            title=f"latency: live purchases at a steady {lat['rate']:,} events/s (fed {lat['fed_events_per_s']:,.0f}/s) on the warm worker"
+        )
+        lt.add_column("event ->")
+        lt.add_column("count", justify="right")
+        lt.add_column("p50 ms", justify="right")
+        lt.add_column("p99 ms", justify="right")
+        lt.add_column("notes")
+
+        def ms(x: float | None) -> str:
+            return "-" if x is None else f"{x:,.1f}"
+
+        lc, tr = lat["lifecycle"], lat["trigger"]
+        lt.add_row(
+            "lifecycle change", f"{lc['count']:,}", ms(lc["p50_ms"]), ms(lc["p99_ms"]), "exact, per record"
+        )
+        lt.add_row(
+            "trigger (acknowledged)",
+            f"{tr['count']:,}",
+            ms(tr["p50_ms"]),
+            ms(tr["p99_ms"]),
+            "target p99 < 50 ms; worker histogram, interpolated in buckets",
+        )
+        console.print(lt)
+    if "restart" in r or "recovery" in r:
+        rt = Table(title="restart recovery (process start -> /healthz 200)")
+        rt.add_column("changelog")
+        rt.add_column("customers", justify="right")
+        rt.add_column("seconds", justify="right")
+        rt.add_column("notes")
+        if "restart" in r:
+            x = r["restart"]
+            rt.add_row(
+                f"the worker's own, {x['changelog_records']:,} records (uncompacted)",
+                f"{x['subjects']:,}",
+                f"{x['seconds']:.1f}",
+                f"RSS {x['rss_mb']:,.0f} MB",
+            )
+        if "recovery" in r:
+            x = r["recovery"]
+            per_m = x["seconds"] / x["customers"] * 1_000_000
+            rt.add_row(
+                f"compacted, {x['customers']:,} records of {x['changelog_bytes_per_customer']:,.0f} B",
+                f"{x['subjects']:,}",
+                f"{x['seconds']:.1f}",
+                f"RSS {x['rss_mb']:,.0f} MB; 1,000,000 customers at this rate: {per_m:,.0f} s (target < 60 s)",
+            )
+        console.print(rt)
     if "worker" in r or "core" in r:
         mem = Table(title="memory per customer")
         mem.add_column("measure")
@@ -420,6 +878,11 @@ def print_table(r: dict[str, Any]) -> None:
         if "worker" in r:
             mem.add_row(
                 "worker RSS growth / customers", f"{r['worker']['rss_growth_bytes_per_customer']:,.0f}"
+            )
+        if "recovery" in r:
+            x = r["recovery"]
+            mem.add_row(
+                "worker RSS after recovery / customers", f"{x['rss_mb'] * 2**20 / x['customers']:,.0f}"
             )
         if "core" in r:
             mem.add_row(

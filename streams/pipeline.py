@@ -424,7 +424,11 @@ class CustomerPipeline:
         batch = batch if batch is not None else Batch(partition)
         now = self.clock.now_ms(partition) if now_ms is None else now_ms
         # inside a batch: the batch's context at this time (the prior is refreshed per batch)
-        ctx = self.context(partition, now) if base is None else replace(base, now_ms=now)
+        ctx = (
+            self.context(partition, now)
+            if base is None
+            else Context(base.policy, now, base.population, base.model, base.prior_days)
+        )
         due = self.deadlines.pop_due(partition, now)
         batch.stats.due += len(due)
         touched: dict[str, CustomerState | None] = {}

@@ -62,9 +62,18 @@ def _interest_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_profile(state: CustomerState, ctx: Context, clock: str) -> dict[str, Any]:
-    """Profile as of ``ctx.now_ms`` (the clock's now); RFM scores against the population."""
+PROFILE_INTERESTS = 5  # interests a profile lists
+
+
+def build_profile(
+    state: CustomerState, ctx: Context, clock: str, top: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Profile as of ``ctx.now_ms`` (the clock's now); RFM scores against the population.
+    ``top``: the customer's best interests as of now (``interests.top``, at least
+    ``PROFILE_INTERESTS`` of them if there are that many) when the caller has them already."""
     population, now_ms, policy = ctx.population, ctx.now_ms, ctx.policy
+    if top is None:
+        top = interests.top(state, now_ms, policy.interest, PROFILE_INTERESTS)
     scores = population.scores(state)
     mean_gap = mean_interpurchase_days(state)
     return {
@@ -110,7 +119,7 @@ def build_profile(state: CustomerState, ctx: Context, clock: str) -> dict[str, A
         "stores": dict(sorted(state.stores.items(), key=lambda kv: (-kv[1], kv[0]))),
         "churn": churn_view(state, ctx),
         "stalled_prospect_at": iso_utc(state.stalled_ms),
-        "interests": [_interest_row(row) for row in interests.top(state, now_ms, policy.interest, 5)],
+        "interests": [_interest_row(row) for row in top[:PROFILE_INTERESTS]],
         "notifications": {
             "channel": gate.channel(state, policy.gate),
             "pending": gate.pending_view(state),

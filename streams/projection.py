@@ -30,7 +30,7 @@ from schemas.timestamps import iso_utc
 from streams import churn
 from streams import interest as interests
 from streams.core import Context
-from streams.profile import build_profile
+from streams.profile import PROFILE_INTERESTS, build_profile
 
 LAYOUT_VERSION = "v1"
 NO_STORE = "-"  # the at-risk set of valued customers with no store (online only)
@@ -96,8 +96,11 @@ def project(
     customer's interest categories (best first) put them into an audience set."""
     if state is None or state.merged_into is not None or state.erased_ms is not None:
         return gone(subject)
-    doc = build_profile(state, ctx, clock)
-    rows = interests.top(state, ctx.now_ms, ctx.policy.interest, max_audiences) if max_audiences else []
+    # one ranking for the profile's interests and the audiences (the first n of a ranking are
+    # the top n)
+    ranked = interests.top(state, ctx.now_ms, ctx.policy.interest, max(max_audiences, PROFILE_INTERESTS))
+    doc = build_profile(state, ctx, clock, ranked)
+    rows = ranked[:max_audiences]
     audiences = {row["category"]: round(float(row["score"]), 6) for row in rows}
     view = doc["churn"]
     rfm = doc["rfm"]
