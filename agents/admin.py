@@ -12,6 +12,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from agents.kafkaauth import kafka_python_options
 from agents.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def _admin(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClient:
     try:
         return KafkaAdminClient(
             bootstrap_servers=settings.bootstrap_servers,
+            **kafka_python_options(settings),
             client_id=f"{settings.app_id}-admin",
             request_timeout_ms=int(timeout_s * 1000),
         )
@@ -148,6 +150,7 @@ def group_progress(settings: Settings, topics: Iterable[str]) -> Progress:
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
+            **kafka_python_options(settings),
             client_id=f"{settings.app_id}-wait",
             enable_auto_commit=False,
         )

@@ -15,6 +15,7 @@ import faust
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agents import kafkaauth, webauth
 from agents.batching import BatchingTransport
 from agents.clock import make_clock
 from agents.delivered import DeliveredTriggers
@@ -285,6 +286,8 @@ def create_app(
     app = PatronageApp(
         settings.app_id,
         broker=settings.broker,
+        # PATRONAGE_KAFKA_* (agents/kafkaauth.py): SASL and/or TLS, None for plaintext
+        broker_credentials=kafkaauth.faust_credentials(settings),
         store="memory://",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -309,6 +312,8 @@ def create_app(
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
+        # PATRONAGE_WEB_TOKEN: every endpoint but /healthz needs it (agents/webauth.py)
+        web_application_options={"middlewares": webauth.middlewares(settings.web_token)},
         canonical_url=settings.advertised_url,
         datadir=settings.data_dir,
         broker_session_timeout=settings.session_timeout_s,
@@ -356,7 +361,10 @@ def create_app(
         partition_for=partitioner,
         metrics=metrics,
         delivered=DeliveredTriggers(
-            settings.bootstrap_servers, topics.real(Topic.TRIGGERS), f"{settings.app_id}-trigger-reader"
+            settings.bootstrap_servers,
+            topics.real(Topic.TRIGGERS),
+            f"{settings.app_id}-trigger-reader",
+            options=kafkaauth.aiokafka_options(settings),
         ),
     )
     stock = StockProcessor(

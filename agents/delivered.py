@@ -13,6 +13,7 @@ id: at-least-once, never a different decision).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -21,8 +22,16 @@ log = logging.getLogger(__name__)
 
 
 class DeliveredTriggers:
-    def __init__(self, bootstrap: list[str], topic: str, client_id: str, window: int = 200_000) -> None:
+    def __init__(
+        self,
+        bootstrap: list[str],
+        topic: str,
+        client_id: str,
+        window: int = 200_000,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
+        self.options = options or {}  # security options (agents/kafkaauth.py)
         self.topic = topic
         self.client_id = client_id
         self.window = window
@@ -33,6 +42,7 @@ class DeliveredTriggers:
             return set()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=",".join(self.bootstrap),
+            **self.options,
             group_id=None,
             enable_auto_commit=False,
             client_id=self.client_id,
