@@ -25,11 +25,12 @@ if TYPE_CHECKING:
 
 
 class Emit(NamedTuple):
-    """A record to send: logical topic, key, JSON-able value."""
+    """A record to send: logical topic, key, JSON-able value (None: a tombstone, the key's
+    record deleted on a compacted topic: see :func:`tombstone`)."""
 
     topic: Topic
     key: str
-    value: dict[str, Any]
+    value: dict[str, Any] | None
 
 
 class Outcome(StrEnum):
@@ -79,6 +80,13 @@ def in_control(share: float, *parts: object) -> bool:
     if share <= 0:
         return False
     return int(deterministic_id("holdout", *parts)[:8], 16) / 2**32 < share
+
+
+def tombstone(subject: str) -> Emit:
+    """The erasure of ``subject`` on ``lifecycle-changes``: key = the customer id, no value.
+    On a compacted copy of the topic (or a table keyed by customer downstream) it deletes the
+    customer's earlier records; consumers that keep a row per customer drop theirs."""
+    return Emit(Topic.LIFECYCLE_CHANGES, subject, None)
 
 
 def lifecycle_change(

@@ -723,6 +723,8 @@ class CustomerPipeline:
         stats = batch.stats
         for emit in emits:
             value = emit.value
+            if value is None:  # a tombstone
+                continue
             type_ = value.get("type")
             if emit.topic is not Topic.TRIGGERS or type_ not in uplift.TYPES or emit.key != state.subject:
                 continue
@@ -756,13 +758,13 @@ class CustomerPipeline:
     def _route(self, emits: list[Emit], batch: Batch, ingest_ms: int | None = None) -> None:
         stats = batch.stats
         for emit in emits:
-            if emit.topic is Topic.TRIGGERS:
+            if emit.topic is Topic.TRIGGERS and emit.value is not None:
                 batch.triggers.append(emit)
                 stats.triggers[(emit.value["type"], emit.value["reason"])] += 1
                 if ingest_ms is not None:
                     stats.trigger_ingest.append((emit.value["type"], ingest_ms))
             else:
-                if emit.topic is Topic.LIFECYCLE_CHANGES:
+                if emit.topic is Topic.LIFECYCLE_CHANGES and emit.value is not None:
                     stats.lifecycle[emit.value["to_stage"]] += 1
                 batch.emits.append(emit)
 
