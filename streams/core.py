@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from schemas.outputs import deterministic_id
@@ -80,6 +82,15 @@ def in_control(share: float, *parts: object) -> bool:
     if share <= 0:
         return False
     return int(deterministic_id("holdout", *parts)[:8], 16) / 2**32 < share
+
+
+def describe_exception(exc: BaseException) -> str:
+    """An exception for a log line above debug: its type and where it was raised (the last
+    frames' file, line and code), never its message or arguments - those may hold a
+    customer id or a piece of an event (README: Security)."""
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    where = "; ".join(f"{Path(f.filename).name}:{f.lineno} {f.line or ''}".strip() for f in frames)
+    return f"{type(exc).__name__} at {where or '?'}"
 
 
 def tombstone(subject: str) -> Emit:
