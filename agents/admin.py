@@ -24,9 +24,16 @@ class AdminError(RuntimeError):
 
 def unreachable(settings: Settings, cause: str = "") -> str:
     """One line for a broker nobody answers at (kafka-python alone takes ~30 s to say so)."""
+    secured = settings.kafka_security_protocol != "PLAINTEXT"
     return (
         f"cannot reach Kafka at {','.join(settings.bootstrap_servers)}{f' ({cause})' if cause else ''}: "
         "is the broker running? (make up starts a local one; KAFKA_PORT or PATRONAGE_BROKER say where)"
+        + (
+            f"; or are PATRONAGE_KAFKA_SECURITY_PROTOCOL ({settings.kafka_security_protocol}) and the "
+            "PATRONAGE_KAFKA_SASL_* / PATRONAGE_KAFKA_TLS_* settings what the broker expects?"
+            if secured
+            else ""
+        )
     )
 
 
