@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
@@ -151,6 +152,36 @@ class Progress:
         return sum(max(0, end - self.committed.get(tp, 0)) for tp, end in self.end.items())
 
 
+def end_offsets(
+    consumer: KafkaConsumer, tps: list[TopicPartition], timeout_s: float = 10.0
+) -> dict[Any, int]:
+    """End offsets of ``tps`` as a Fetch's high watermark confirms them.
+
+    A broker's ListOffsets answer is the end on Kafka and noida-db, but Tansu answers the last
+    record batch's base offset + 1 (a batch of 7 records ending at offset 17: 12), which made
+    ``wait`` report done and ``tail`` stop before the last batch. So each partition with data
+    is fetched from just before the listed end and the response's high watermark taken when
+    higher (one small fetch per partition; leaves ``consumer`` assigned to those partitions).
+    """
+    ends: dict[Any, int] = dict(consumer.end_offsets(tps)) if tps else {}
+    probe = [tp for tp in tps if ends.get(tp, 0) > 0]
+    if not probe:
+        return ends
+    consumer.assign(probe)
+    for tp in probe:
+        consumer.seek(tp, ends[tp] - 1)
+    pending = set(probe)
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        consumer.poll(timeout_ms=200, max_records=len(probe))
+        for tp in list(pending):
+            high = consumer.highwater(tp)
+            if high is not None:
+                ends[tp] = max(ends[tp], high)
+                pending.discard(tp)
+    return ends
+
+
 def group_progress(settings: Settings, topics: Iterable[str]) -> Progress:
     """End offsets of ``topics`` and the worker group's committed offsets on them."""
     check_reachable(settings)
@@ -170,7 +201,7 @@ def group_progress(settings: Settings, topics: Iterable[str]) -> Progress:
             parts = consumer.partitions_for_topic(topic)
             if parts:
                 tps.extend(TopicPartition(topic, p) for p in sorted(parts))
-        end = consumer.end_offsets(tps) if tps else {}
+        end = end_offsets(consumer, tps)
         raw = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
         committed = {tp: meta.offset for tp, meta in raw.items() if meta.offset >= 0}
         return Progress(end={tp: off for tp, off in end.items()}, committed=committed)

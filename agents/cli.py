@@ -565,7 +565,7 @@ def tail(
     settings = load_settings()
     known = {t.value for t in Topic}
     name = settings.topic(topic) if topic in known else topic  # a logical name, or a real one
-    from agents.admin import AdminError, check_reachable, unreachable
+    from agents.admin import AdminError, check_reachable, end_offsets, unreachable
     from agents.kafkaauth import kafka_python_options
 
     try:
@@ -587,9 +587,9 @@ def tail(
         if not parts:
             fail(f"topic {name!r} does not exist", 1)
         tps = [TopicPartition(name, p) for p in sorted(parts)]
+        end = end_offsets(consumer, tps)  # confirmed by a fetch (Tansu lists them low)
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
         records: list[Any] = []
         counts: dict[str, int] = {}
         done = {tp for tp in tps if end[tp] == 0}

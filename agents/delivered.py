@@ -66,6 +66,8 @@ class DeliveredTriggers:
                 while position < end and not wanted <= found:
                     batch = await consumer.getmany(tp, timeout_ms=2000, max_records=20_000)
                     records = batch.get(tp, [])
+                    # the fetch's high watermark: Tansu lists end offsets low (agents/admin.py end_offsets)
+                    end = max(end, consumer.highwater(tp) or end)
                     if not records:
                         break
                     for rec in records:
