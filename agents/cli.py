@@ -914,6 +914,8 @@ def show_settings() -> None:
     settings = load_settings()
 
     def shown(value: Any) -> str:
+        if isinstance(value, str) and "://" in value:  # a password in a URL is shown masked too
+            return re.sub(r"://([^/@:]*):[^/@]*@", r"://\1:**********@", value)
         if isinstance(value, frozenset | set | list | tuple):
             return ",".join(sorted(str(v) for v in value))
         if isinstance(value, bool):

@@ -174,6 +174,7 @@ def test_secrets_never_show_in_repr_or_settings_output() -> None:
         "PATRONAGE_KAFKA_SASL_PASSWORD": PASSWORD,
         "PATRONAGE_WEB_TOKEN": TOKEN,
         "PATRONAGE_REDIS_PASSWORD": "redis-Pw-123",
+        "PATRONAGE_REDIS_URL": "redis://app:url-Pw-456@127.0.0.1:6379/0",
         "PYTHONPATH": str(ROOT),
         "PATH": "/usr/bin:/bin",
     }
@@ -183,6 +184,7 @@ def test_secrets_never_show_in_repr_or_settings_output() -> None:
     assert "PATRONAGE_WEB_TOKEN=**********" in out
     assert "PATRONAGE_KAFKA_SASL_PASSWORD=**********" in out
     assert PASSWORD not in out and TOKEN not in out and "redis-Pw-123" not in out
+    assert "url-Pw-456" not in out and "PATRONAGE_REDIS_URL=redis://app:**********@127.0.0.1:6379/0" in out
 
 
 def test_empty_secrets_mean_unset() -> None:
