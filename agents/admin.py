@@ -7,11 +7,13 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from agents.kafkaauth import kafka_python_options
 from agents.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,9 +25,16 @@ class AdminError(RuntimeError):
 
 def unreachable(settings: Settings, cause: str = "") -> str:
     """One line for a broker nobody answers at (kafka-python alone takes ~30 s to say so)."""
+    secured = settings.kafka_security_protocol != "PLAINTEXT"
     return (
         f"cannot reach Kafka at {','.join(settings.bootstrap_servers)}{f' ({cause})' if cause else ''}: "
         "is the broker running? (make up starts a local one; KAFKA_PORT or PATRONAGE_BROKER say where)"
+        + (
+            f"; or are PATRONAGE_KAFKA_SECURITY_PROTOCOL ({settings.kafka_security_protocol}) and the "
+            "PATRONAGE_KAFKA_SASL_* / PATRONAGE_KAFKA_TLS_* settings what the broker expects?"
+            if secured
+            else ""
+        )
     )
 
 
@@ -46,6 +55,7 @@ def _admin(settings: Settings, timeout_s: float = 10.0) -> KafkaAdminClient:
     try:
         return KafkaAdminClient(
             bootstrap_servers=settings.bootstrap_servers,
+            **kafka_python_options(settings),
             client_id=f"{settings.app_id}-admin",
             request_timeout_ms=int(timeout_s * 1000),
         )
@@ -153,12 +163,43 @@ class Progress:
         }
 
 
+def end_offsets(
+    consumer: KafkaConsumer, tps: list[TopicPartition], timeout_s: float = 10.0
+) -> dict[Any, int]:
+    """End offsets of ``tps`` as a Fetch's high watermark confirms them.
+
+    A broker's ListOffsets answer is the end on Kafka and noida-db, but Tansu answers the last
+    record batch's base offset + 1 (a batch of 7 records ending at offset 17: 12), which made
+    ``wait`` report done and ``tail`` stop before the last batch. So each partition with data
+    is fetched from just before the listed end and the response's high watermark taken when
+    higher (one small fetch per partition; leaves ``consumer`` assigned to those partitions).
+    """
+    ends: dict[Any, int] = dict(consumer.end_offsets(tps)) if tps else {}
+    probe = [tp for tp in tps if ends.get(tp, 0) > 0]
+    if not probe:
+        return ends
+    consumer.assign(probe)
+    for tp in probe:
+        consumer.seek(tp, ends[tp] - 1)
+    pending = set(probe)
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        consumer.poll(timeout_ms=200, max_records=len(probe))
+        for tp in list(pending):
+            high = consumer.highwater(tp)
+            if high is not None:
+                ends[tp] = max(ends[tp], high)
+                pending.discard(tp)
+    return ends
+
+
 def group_progress(settings: Settings, topics: Iterable[str]) -> Progress:
     """End offsets of ``topics`` and the worker group's committed offsets on them."""
     check_reachable(settings)
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
+            **kafka_python_options(settings),
             client_id=f"{settings.app_id}-wait",
             enable_auto_commit=False,
         )
@@ -171,7 +212,7 @@ def group_progress(settings: Settings, topics: Iterable[str]) -> Progress:
             parts = consumer.partitions_for_topic(topic)
             if parts:
                 tps.extend(TopicPartition(topic, p) for p in sorted(parts))
-        end = consumer.end_offsets(tps) if tps else {}
+        end = end_offsets(consumer, tps)
         raw = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
         committed = {tp: meta.offset for tp, meta in raw.items() if meta.offset >= 0}
         return Progress(end={tp: off for tp, off in end.items()}, committed=committed)

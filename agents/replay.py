@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from agents.kafkaauth import aiokafka_options
 from agents.settings import Settings
 from schemas.errors import Reason, Stage
 from schemas.outputs import dead_letter_record
@@ -177,6 +178,7 @@ async def replay(
     result = ReplayResult()
     producer = AIOKafkaProducer(
         bootstrap_servers=",".join(settings.bootstrap_servers),
+        **aiokafka_options(settings),
         linger_ms=5,
         max_batch_size=512 * 1024,
         acks="all",

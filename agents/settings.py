@@ -68,6 +68,29 @@ class Settings(BaseSettings):
         description="Kafka bootstrap servers, Faust URL form; several separated by ';' "
         "(default: the local stack's, 127.0.0.1:$KAFKA_PORT, else 9092)",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="how every Kafka client of patronage connects (worker, CLI, replay): PLAINTEXT, "
+        "SSL (TLS), SASL_PLAINTEXT or SASL_SSL (README: Security)",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism for SASL_PLAINTEXT / SASL_SSL"
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (secret: never printed or logged)"
+    )
+    kafka_tls_ca_file: str = Field(
+        "",
+        description="SSL / SASL_SSL: CA bundle that signed the brokers' certificates (empty: the system's)",
+    )
+    kafka_tls_cert_file: str = Field(
+        "", description="SSL / SASL_SSL: client certificate (PEM) for mutual TLS (empty: none)"
+    )
+    kafka_tls_key_file: str = Field("", description="... and its private key (PEM)")
+    kafka_tls_check_hostname: bool = Field(
+        True, description="SSL / SASL_SSL: the broker certificate must name the host connected to"
+    )
     redis_url: str = Field(
         default_factory=lambda: f"redis://127.0.0.1:{local_port('REDIS_PORT')}/0",
         description="Redis for profile projection (default: the local stack's, 127.0.0.1:$REDIS_PORT, else 6379)",
@@ -118,7 +141,17 @@ class Settings(BaseSettings):
         "confluent-kafka); a mismatch works but sends ~3 of 4 events through the identity topic",
     )
     topic_prefix: str = Field("", description="prefix for every topic name (multi-tenant clusters)")
-    web_host: str = Field("127.0.0.1", description="worker HTTP bind address (profile API)")
+    web_host: str = Field(
+        "127.0.0.1",
+        description="worker HTTP bind address (the page, profile API, /metrics); loopback by default, "
+        "0.0.0.0 to serve other machines (containers set it)",
+    )
+    web_token: SecretStr | None = Field(
+        None,
+        description="access token: when set, every HTTP endpoint but /healthz (the page, the API, "
+        "/metrics) needs 'Authorization: Bearer <token>'; the CLI sends it (secret: never printed "
+        "or logged; empty: no token)",
+    )
     web_port: int = Field(LOCAL_PORTS["PATRONAGE_WEB_PORT"], ge=1, le=65535, description="worker HTTP port")
     page_rows: int = Field(
         50, ge=1, le=5000, description="the page: valued customers at risk listed per view (newest first)"
@@ -436,7 +469,7 @@ class Settings(BaseSettings):
         description="open exposures (windows not ended) per customer; triggers beyond are not measured",
     )
 
-    @field_validator("redis_password", mode="before")
+    @field_validator("redis_password", "web_token", "kafka_sasl_password", mode="before")
     @classmethod
     def _no_empty_password(cls, value: object) -> object:
         return None if value in ("", None) else value
@@ -536,6 +569,22 @@ class Settings(BaseSettings):
                 f"unknown touchpoint type(s) {', '.join(unknown)}: one of {', '.join(t.value for t in TouchType)}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and (
+            not self.kafka_sasl_username or self.kafka_sasl_password is None
+        ):
+            raise ValueError(
+                f"kafka_security_protocol={protocol} needs PATRONAGE_KAFKA_SASL_USERNAME and "
+                "PATRONAGE_KAFKA_SASL_PASSWORD"
+            )
+        if bool(self.kafka_tls_cert_file) != bool(self.kafka_tls_key_file):
+            raise ValueError(
+                "set both PATRONAGE_KAFKA_TLS_CERT_FILE and PATRONAGE_KAFKA_TLS_KEY_FILE, or neither"
+            )
+        return self
 
     @model_validator(mode="after")
     def _consistent_policy(self) -> Settings:

@@ -33,6 +33,8 @@ def encode(emit: Emit, topics: TopicNames, partition_for: Callable[[str, str], i
     real = topics.real(emit.topic)
     key = emit.key.encode() if emit.key else None
     partition = partition_for(real, emit.key) if emit.key else 0
+    if emit.value is None:  # a tombstone (streams.core.tombstone)
+        return OutRecord(real, partition, key, None)
     return OutRecord(real, partition, key, orjson.dumps(emit.value, option=orjson.OPT_NON_STR_KEYS))
 
 

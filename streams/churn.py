@@ -253,6 +253,7 @@ def _alert(state: CustomerState, ctx: Context, reason: str, ts_ms: int, extra: d
         details,
         held=held,
     )
+    assert emit.value is not None
     state.alert = Alert(ts_ms, reason, emit.value["trigger_id"], held)
     return emit
 

@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from schemas.outputs import deterministic_id
@@ -25,11 +27,12 @@ if TYPE_CHECKING:
 
 
 class Emit(NamedTuple):
-    """A record to send: logical topic, key, JSON-able value."""
+    """A record to send: logical topic, key, JSON-able value (None: a tombstone, the key's
+    record deleted on a compacted topic: see :func:`tombstone`)."""
 
     topic: Topic
     key: str
-    value: dict[str, Any]
+    value: dict[str, Any] | None
 
 
 class Outcome(StrEnum):
@@ -79,6 +82,22 @@ def in_control(share: float, *parts: object) -> bool:
     if share <= 0:
         return False
     return int(deterministic_id("holdout", *parts)[:8], 16) / 2**32 < share
+
+
+def describe_exception(exc: BaseException) -> str:
+    """An exception for a log line above debug: its type and where it was raised (the last
+    frames' file, line and code), never its message or arguments - those may hold a
+    customer id or a piece of an event (README: Security)."""
+    frames = traceback.extract_tb(exc.__traceback__)[-3:]
+    where = "; ".join(f"{Path(f.filename).name}:{f.lineno} {f.line or ''}".strip() for f in frames)
+    return f"{type(exc).__name__} at {where or '?'}"
+
+
+def tombstone(subject: str) -> Emit:
+    """The erasure of ``subject`` on ``lifecycle-changes``: key = the customer id, no value.
+    On a compacted copy of the topic (or a table keyed by customer downstream) it deletes the
+    customer's earlier records; consumers that keep a row per customer drop theirs."""
+    return Emit(Topic.LIFECYCLE_CHANGES, subject, None)
 
 
 def lifecycle_change(

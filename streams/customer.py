@@ -14,7 +14,7 @@ from schemas.state import CustomerState, Fact
 from schemas.topics import Topic
 from streams import churn, dedupe, storefunnel, uplift
 from streams import interest as interests
-from streams.core import Context, Outcome, Step, lifecycle_change
+from streams.core import Context, Outcome, Step, lifecycle_change, tombstone
 from streams.dedupe import POSITIVE_REVIEW_CODE, TOUCH_CODE_MASK, TOUCH_CODES, Seen
 from streams.identity import link_record, redirect_record
 from streams.lifecycle import note_event_time, restage
@@ -144,26 +144,7 @@ def on_touchpoint(state: CustomerState | None, ev: TouchpointLike, ctx: Context)
 def on_customer_update(state: CustomerState | None, ev: CustomerUpdate, ctx: Context) -> Step:
     policy = ctx.policy
     if ev.erase:
-        if state is not None and state.erased_ms is not None and state.erased_ms >= ev.ts:
-            return Step(state, Outcome.DUPLICATE)
-        tomb = CustomerState(ev.customer_id, anonymous=False)
-        tomb.erased_ms = ev.ts
-        step = Step(tomb, Outcome.ERASED)
-        if state is not None and state.stage != "stranger":
-            step.emits.append(
-                lifecycle_change(
-                    ev.customer_id,
-                    False,
-                    state.stage,
-                    "stranger",
-                    event_id=ev.event_id,
-                    topic="customer-updates",
-                    cause_type="erase",
-                    rule="erasure requested",
-                    ts_ms=ev.ts,
-                )
-            )
-        return step
+        return _erase(state, ev)
     if _erased(state, ev.ts):
         return Step(state, Outcome.IGNORED_ERASED)
     if state is None:
@@ -198,4 +179,37 @@ def on_customer_update(state: CustomerState | None, ev: CustomerUpdate, ctx: Con
     )
     if change is not None:
         step.emits.append(change)
+    return step
+
+
+def _erase(state: CustomerState | None, ev: CustomerUpdate) -> Step:
+    """Right to erasure: the state is replaced by a marker that holds only the id and the
+    erasure time (so events older than it, replayed or late, are ignored instead of bringing
+    the customer back); the indexes and the Redis projection drop the customer when they see
+    the marker; a tombstone goes to ``lifecycle-changes``; anonymous ids merged into the
+    customer are erased the same way (an erase hop to each, through the identity topic)."""
+    if state is not None and state.erased_ms is not None and state.erased_ms >= ev.ts:
+        return Step(state, Outcome.DUPLICATE)
+    tomb = CustomerState(ev.customer_id, anonymous=False)
+    tomb.erased_ms = ev.ts
+    step = Step(tomb, Outcome.ERASED)
+    if state is not None:
+        for alias in state.aliases:
+            hop = {"event_id": ev.event_id, "customer_id": alias, "ts": ev.ts, "erase": True}
+            step.emits.append(redirect_record(alias, Topic.CUSTOMER_UPDATES, hop))
+        if state.stage != "stranger":
+            step.emits.append(
+                lifecycle_change(
+                    ev.customer_id,
+                    False,
+                    state.stage,
+                    "stranger",
+                    event_id=ev.event_id,
+                    topic="customer-updates",
+                    cause_type="erase",
+                    rule="erasure requested",
+                    ts_ms=ev.ts,
+                )
+            )
+    step.emits.append(tombstone(ev.customer_id))
     return step

@@ -101,9 +101,11 @@ class RecentIndex:
 
     def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
         if state is None or state.erased_ms is not None:
-            erased = None if state is None else state.erased_ms
+            # every row of an erased subject goes, whatever its time (a churn trigger decided
+            # before the erasure carries the later deadline's time); a customer who came back
+            # after the erasure is offered again below, from the new state
             for rows in (self.triggers, self.suppressions):
-                rows.drop(lambda r: r.subject != subject or (erased is not None and r.ts_ms > erased))
+                rows.drop(lambda r: r.subject != subject)
             if state is None:
                 return
         triggers = self.triggers

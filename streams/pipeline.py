@@ -46,7 +46,7 @@ from streams import churn, gate, identity, storefunnel, uplift
 from streams import customer as steps
 from streams import stock as stocks
 from streams.clock import Clock
-from streams.core import ChurnModel, Context, Emit, Outcome, Step
+from streams.core import ChurnModel, Context, Emit, Outcome, Step, describe_exception
 from streams.indexes import CountIndex, DeadlineIndex, StateIndex
 from streams.lifecycle import RISK_STAGES, stage_only
 from streams.policy import Policy
@@ -407,7 +407,15 @@ class CustomerPipeline:
             batch.stats.conflicts[label] += 1
 
     def _crashed(self, record: RecordLike, label: str, exc: Exception, batch: Batch) -> None:
-        log.exception("processing %s[%s]@%s failed", record.topic, record.partition, record.offset)
+        # the message and traceback only at debug: they may quote the record (a customer id)
+        log.error(
+            "processing %s[%s]@%s failed: %s (sent to dead-letters; details at debug level)",
+            record.topic,
+            record.partition,
+            record.offset,
+            describe_exception(exc),
+        )
+        log.debug("processing %s[%s]@%s failed", record.topic, record.partition, record.offset, exc_info=True)
         self._reject(
             record, label, Rejected(Stage.PROCESS, Reason.INTERNAL_ERROR, f"internal error: {exc!r}"), batch
         )
@@ -737,6 +745,8 @@ class CustomerPipeline:
         stats = batch.stats
         for emit in emits:
             value = emit.value
+            if value is None:  # a tombstone
+                continue
             type_ = value.get("type")
             if emit.topic is not Topic.TRIGGERS or type_ not in uplift.TYPES or emit.key != state.subject:
                 continue
@@ -770,13 +780,13 @@ class CustomerPipeline:
     def _route(self, emits: list[Emit], batch: Batch, ingest_ms: int | None = None) -> None:
         stats = batch.stats
         for emit in emits:
-            if emit.topic is Topic.TRIGGERS:
+            if emit.topic is Topic.TRIGGERS and emit.value is not None:
                 batch.triggers.append(emit)
                 stats.triggers[(emit.value["type"], emit.value["reason"])] += 1
                 if ingest_ms is not None:
                     stats.trigger_ingest.append((emit.value["type"], ingest_ms))
             else:
-                if emit.topic is Topic.LIFECYCLE_CHANGES:
+                if emit.topic is Topic.LIFECYCLE_CHANGES and emit.value is not None:
                     stats.lifecycle[emit.value["to_stage"]] += 1
                 batch.emits.append(emit)
 

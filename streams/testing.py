@@ -93,6 +93,7 @@ class PipelineHarness:
         )
         self.pipeline.model = model
         self.out: dict[Topic, list[dict[str, Any]]] = defaultdict(list)
+        self.tombstones: dict[Topic, list[str]] = defaultdict(list)  # keys of null-valued records
         self.batches: list[Batch] = []
         self._offsets: dict[tuple[str, int], int] = defaultdict(int)
 
@@ -169,7 +170,9 @@ class PipelineHarness:
         self.batches.append(batch)
         internal: list[Rec] = []
         for emit in batch.emits:
-            if emit.topic is Topic.IDENTITY:
+            if emit.value is None:  # a tombstone: kept apart, so ``out`` holds only records
+                self.tombstones[emit.topic].append(emit.key)
+            elif emit.topic is Topic.IDENTITY:
                 internal.append(self.record(Topic.IDENTITY, emit.value, key=emit.key))
             else:
                 self.out[emit.topic].append(emit.value)
@@ -177,6 +180,7 @@ class PipelineHarness:
             if state is not None:
                 assert CustomerState.from_json(state.to_json()) == state, subject
         for emit in batch.triggers:
+            assert emit.value is not None
             self.out[Topic.TRIGGERS].append(emit.value)
         self.pipeline.confirm_sent(batch)
         return internal

@@ -1,5 +1,6 @@
-"""Integration fixtures: a real Kafka-protocol broker (noida-db) and Redis on free loopback
-ports for the whole session, and per-test workers (own topics prefix and consumer group).
+"""Integration fixtures: a real Kafka-protocol broker (noida-db, or Tansu with
+PATRONAGE_TEST_BROKER=tansu: agents/localstack.py) and Redis on free loopback ports for the
+whole session, and per-test workers (own topics prefix and consumer group).
 
 Workers and CLI commands run as ``patronage`` subprocesses with this checkout first on
 PYTHONPATH, so they run the code under test even when the ``patronage`` script is an
@@ -128,9 +129,14 @@ class Cluster:
     def url(self, index: int = 0) -> str:
         return f"http://127.0.0.1:{self.workers[index][1]}"
 
-    def get(self, path: str, index: int = 0) -> tuple[int, Any]:
+    def get(self, path: str, index: int = 0, token: str | None = None) -> tuple[int, Any]:
+        """GET a worker's JSON; with the cluster's PATRONAGE_WEB_TOKEN (or ``token``) when set."""
+        request = urllib.request.Request(self.url(index) + path)
+        token = token if token is not None else self.env.get("PATRONAGE_WEB_TOKEN")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(self.url(index) + path, timeout=30) as resp:
+            with urllib.request.urlopen(request, timeout=30) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
@@ -173,9 +179,11 @@ class Cluster:
             last = now
             time.sleep(settle_s)
 
-    def read_topic(self, logical: str) -> list[dict[str, Any]]:
+    def read_topic(self, logical: str, tombstones: bool = False) -> list[Any]:
+        """The topic's records as JSON values; tombstones (null values, erasures) only when asked."""
         proc = self.run("tail", logical, "--limit", "10000000", "--json")
-        return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        values = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+        return values if tombstones else [v for v in values if v is not None]
 
 
 @pytest.fixture

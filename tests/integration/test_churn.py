@@ -14,7 +14,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from schemas.timestamps import DAY_MS, parse_ts_ms
 from tests.integration.conftest import Cluster
@@ -140,15 +140,19 @@ def test_labelled_churn_complaints_and_stalled_prospects_on_the_event_clock(clus
 
 
 def _consumer(cluster: Cluster) -> Consumer:
+    """Reads every triggers partition from the start, assigned (no consumer group: a group
+    join waits for the session timeout's rebalance delay on Tansu, ~20 s, which is the
+    watcher's delay, not the worker's)."""
     c = Consumer(
         {
             "bootstrap.servers": cluster.stack.broker_url.removeprefix("kafka://"),
-            "group.id": f"watch-{os.getpid()}-{time.monotonic_ns()}",
-            "auto.offset.reset": "earliest",
+            "group.id": f"watch-{os.getpid()}-{time.monotonic_ns()}",  # required, never joined
             "enable.auto.commit": False,
         }
     )
-    c.subscribe([cluster.env["PATRONAGE_TOPIC_PREFIX"] + "triggers"])
+    topic = cluster.env["PATRONAGE_TOPIC_PREFIX"] + "triggers"
+    partitions = int(cluster.env["PATRONAGE_PARTITIONS"])
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     return c
 
 

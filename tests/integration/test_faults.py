@@ -31,11 +31,15 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    # Always noida-db, also under PATRONAGE_TEST_BROKER=tansu: these tests restart the broker
+    # and check what its data dir kept; Tansu keeps everything in memory, so a restarted Tansu
+    # is an empty cluster without topics (README "Two brokers").
     s = LocalStack(
         tmp_path_factory.mktemp("faults"),
         kafka_port=free_port(),
         redis_port=free_port(),
         web_port=free_port(),
+        broker="noida",
     )
     s.start_broker()
     s.start_redis()

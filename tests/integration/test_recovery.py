@@ -265,6 +265,7 @@ def test_sigterm_stops_a_worker_within_seconds_idle_mid_stream_and_right_after_s
     touches = cluster.write("t.jsonl", data.touchpoints)
     stops = Stops(cluster)
 
+    idle_from = time.monotonic()
     stops.start()  # idle: nothing to consume
     time.sleep(0.3)
     assert stops.stop("idle") == 0
@@ -275,13 +276,19 @@ def test_sigterm_stops_a_worker_within_seconds_idle_mid_stream_and_right_after_s
     time.sleep(0.3)
     stops.stop("idle, SIGTERM then SIGINT", signal.SIGTERM, then=signal.SIGINT)  # 0 or 130
 
+    # The feed must outlast the two mid-stream rounds (each about two idle cycles: a start,
+    # a stop, a start without waiting, a stop). A cycle takes ~2-4 s on noida-db and ~14 s on
+    # Tansu (its JoinGroup and SyncGroup delays), so the feed's rate follows the measured one.
+    cycle_s = (time.monotonic() - idle_from) / 3
+    feed_s = max(14.0, 6 * cycle_s)
+    rates = (f"{len(data.purchases) / feed_s:.1f}", f"{len(data.touchpoints) / feed_s:.1f}")
     env = {**os.environ, **cluster.env}
     feeders = [
         subprocess.Popen(
             [str(BIN / "patronage"), "replay", str(path), "--topic", topic, "--rate", rate, "--quiet"],
             env=env,
         )
-        for path, topic, rate in ((purchases, "purchases", "130"), (touches, "touchpoints", "260"))
+        for path, topic, rate in ((purchases, "purchases", rates[0]), (touches, "touchpoints", rates[1]))
     ]
     try:
         for n in range(2):  # mid-stream: records arrive while the worker processes and stops
@@ -301,7 +308,7 @@ def test_sigterm_stops_a_worker_within_seconds_idle_mid_stream_and_right_after_s
 
         stops.start()
         for f in feeders:
-            assert f.wait(timeout=60) == 0
+            assert f.wait(timeout=feed_s + 60) == 0
     finally:
         for f in feeders:
             f.kill()

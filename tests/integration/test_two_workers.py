@@ -13,6 +13,8 @@ pytestmark = pytest.mark.integration
 
 def test_two_workers_share_partitions_and_route_profile_requests(cluster: Cluster) -> None:
     data = generate(150, seed=8)
+    # with an access token: a request routed to the worker that owns the customer carries it
+    cluster.env["PATRONAGE_WEB_TOKEN"] = "two-workers-token"
     cluster.start_worker(0)
     cluster.start_worker(1)
     cluster.replay(cluster.write("t.jsonl", data.touchpoints), "touchpoints")

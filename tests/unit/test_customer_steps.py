@@ -227,6 +227,26 @@ def test_erasure_forgets_and_ignores_older_events() -> None:
     assert h.lifecycle()[-2]["to_stage"] == "stranger"
 
 
+def test_erasure_emits_a_tombstone_and_erases_the_merged_anonymous_ids() -> None:
+    h = Harness()
+    h.send("touchpoints", touch(1, "view", 0, anon="a1"))
+    h.send("touchpoints", touch(2, "identify", 1, cid="c1", anon="a1"))
+    h.send("purchases", purchase(1, "c1", 2, 30))
+    assert h.states["a1"].merged_into == "c1" and h.states["c1"].aliases == ["a1"]
+    h.send("customer-updates", {"event_id": "u1", "customer_id": "c1", "ts": T0 + 3 * DAY, "erase": True})
+    # one tombstone for the customer and one for the anonymous id, both on lifecycle-changes
+    assert sorted(h.tombstones[Topic.LIFECYCLE_CHANGES]) == ["a1", "c1"]
+    for subject in ("c1", "a1"):
+        s = h.states[subject]
+        assert s.erased_ms == T0 + 3 * DAY, subject
+        assert (s.merged_into, s.aliases, s.touch_counts, s.frequency) == (None, [], {}, 0), subject
+    # the anonymous id's old events, replayed, reach nobody: not c1, not a new profile
+    h.send("touchpoints", touch(1, "view", 0, anon="a1"))
+    h.send("touchpoints", touch(9, "view", 2.5, anon="a1"))
+    assert h.states["a1"].touch_counts == {} and h.states["c1"].touch_counts == {}
+    assert len(h.tombstones[Topic.LIFECYCLE_CHANGES]) == 2  # nothing new to erase
+
+
 def test_id_memory_is_bounded_and_reports_what_it_cannot_check() -> None:
     mem = IdMemory()
     for i in range(10):

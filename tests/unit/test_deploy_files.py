@@ -122,7 +122,7 @@ def settings_env_names() -> set[str]:
 
 
 # secrets come from a Kubernetes Secret (deployment env), never from the ConfigMap
-SECRET_ENV = {"PATRONAGE_REDIS_PASSWORD"}
+SECRET_ENV = {"PATRONAGE_REDIS_PASSWORD", "PATRONAGE_KAFKA_SASL_PASSWORD", "PATRONAGE_WEB_TOKEN"}
 
 
 def load_yaml(path: Path) -> Any:

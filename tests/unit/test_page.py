@@ -195,7 +195,8 @@ def test_an_erased_customer_leaves_the_recent_triggers_and_the_funnel() -> None:
     assert set(alerts) == {"keep", "gone"}
     assert {r["customer_id"] for r in indexes.recent.triggers.newest()} == {"keep", "gone"}
     assert view.stage_counts(h.pipeline.stages.counts()) == {"at_risk": 2}
-    erase_at = h.wall.ms
+    # erased as of its last purchase: the churn trigger (decided later, at the deadline) goes too
+    erase_at = h.store["gone"].last_purchase_ms
     h.send(Topic.CUSTOMER_UPDATES, {"event_id": "u1", "customer_id": "gone", "ts": erase_at, "erase": True})
     assert h.store["gone"].erased_ms is not None
     assert [r["customer_id"] for r in indexes.recent.triggers.newest()] == ["keep"]
