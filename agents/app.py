@@ -559,6 +559,8 @@ def create_app(
         if model is not None and model != pipeline.model:
             pipeline.model = model
             log.info("churn model loaded: %s (%s, fitted %s)", model.params, model.unit, model.fitted_at)
+            if runtime.projection is not None:  # every profile's P(alive) changed
+                runtime.projection.refresh_all("a new churn model")
         metrics.model_loaded.set(0 if pipeline.model is None else 1)
 
     app.timer(interval=settings.churn_model_refresh_s, name="refresh-churn-model")(load_model)

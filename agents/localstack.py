@@ -297,6 +297,17 @@ class LocalStack:
         port = int(worker_env["PATRONAGE_WEB_PORT"])
         if svc.running() and worker_ready(port):
             return svc
+        deadline = time.monotonic() + timeout_s
+        while svc.running() and port_open("127.0.0.1", port):
+            # our own worker, not ready (yet or again: recovering, or /healthz 503 while the
+            # broker it lost comes back): wait for it rather than calling its port taken
+            if worker_ready(port):
+                return svc
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"worker not ready on port {port} within {timeout_s:.0f}s (see {svc.log_file})"
+                )
+            time.sleep(0.25)
         if port_open("127.0.0.1", port):
             raise StackError(f"web port {port} is taken by another process (set PATRONAGE_WEB_PORT)")
         exe = str(Path(sys.executable).parent / "patronage")

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from schemas.state import CustomerState
 from streams.core import Context
-from streams.projection import KeyLayout, Projection, project
+from streams.projection import KeyLayout, Projection, clock_moved_on, project
 
 if TYPE_CHECKING:
     from agents.metrics import Metrics
@@ -129,6 +129,10 @@ class RedisProjection:
         self._wake = asyncio.Event()
         self._down_since: float | None = None
         self.written = 0
+        # the partition clock the profiles were last all written with, and at the last check
+        # (streams.projection.clock_moved_on)
+        self.projected_clock: dict[int, int] = {}
+        self.seen_clock: dict[int, int] = {}
 
     # --- called by the processor and the runtime ------------------------------------------
     def mark(self, subjects: Iterable[str]) -> None:
@@ -151,6 +155,24 @@ class RedisProjection:
             if p not in self.assigned:
                 del self.resync[p]
         self._wake.set()
+
+    def refresh_all(self, why: str) -> None:
+        """Project every assigned partition whole (e.g. a new churn model: every P(alive))."""
+        now = time.monotonic()
+        for p in self.assigned:
+            self.resync.setdefault(p, now)
+        if self.assigned:
+            log.info("re-projecting %d partitions into Redis: %s", len(self.assigned), why)
+        self._wake.set()
+
+    def check_clocks(self) -> None:
+        """Partitions whose clock moved on by ``projection_clock_step_s`` since their profiles
+        were written (a replay just caught up) are projected whole."""
+        step_ms = int(self.settings.projection_clock_step_s * 1000)
+        now = {p: self.context(p).now_ms for p in self.assigned if p not in self.resync}
+        for p in clock_moved_on(self.projected_clock, self.seen_clock, now, step_ms):
+            log.info("partition %d: its clock moved on since its profiles were written; re-projecting", p)
+            self.resync.setdefault(p, time.monotonic())
 
     def lag_seconds(self) -> float:
         """Age of the oldest change Redis does not have (0: caught up)."""
@@ -180,6 +202,7 @@ class RedisProjection:
             self._wake.clear()
             try:
                 if time.monotonic() >= next_check:
+                    self.check_clocks()
                     await self.check_markers()
                     next_check = time.monotonic() + check_every
                 await self.flush()
@@ -242,6 +265,7 @@ class RedisProjection:
     async def flush_resync(self) -> None:
         """Project partitions waiting to be projected whole, then set their marker."""
         for partition in sorted(self.resync):
+            clock_ms = self.context(partition).now_ms
             subjects = [s for s in list(self.store) if self._partition(s) == partition]
             size = self.settings.projection_batch
             for i in range(0, len(subjects), size):
@@ -250,6 +274,7 @@ class RedisProjection:
                 await self._write(subjects[i : i + size])
                 await self.flush()  # fresh changes first: they are what readers wait for
             if self.resync.pop(partition, None) is not None:
+                self.projected_clock[partition] = clock_ms
                 ttl = self.settings.projection_refresh_s
                 marker = self.keys.synced(partition)
                 if ttl > 0:

@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     projection_batch: int = Field(
         500, ge=1, le=100_000, description="customers written per pipelined Redis round trip"
     )
+    projection_clock_step_s: float = Field(
+        86400.0,
+        ge=0,
+        description="re-project a partition whole once its clock has moved this far past the "
+        "clock its profiles were written with, as soon as the clock is steady again (a replay "
+        "writes profiles with the clock of the moment; after it, their recency and scores would "
+        "wait for the hourly refresh); 0: off",
+    )
     projection_refresh_s: float = Field(
         3600.0,
         ge=0,

@@ -129,3 +129,29 @@ def project(
     for type_, (trigger_id, ts_ms) in sorted(state.last_triggers.items()):
         fields[f"last_trigger:{type_}"] = f"{trigger_id} {iso_utc(ts_ms)}"
     return Projection(subject, fields, audiences, at_risk)
+
+
+def clock_moved_on(
+    projected_ms: dict[int, int],
+    seen_ms: dict[int, int],
+    now_ms: dict[int, int],
+    step_ms: int,
+) -> list[int]:
+    """Partitions to project whole because their clock moved on (pure; updates the two maps).
+
+    ``projected_ms``: the clock a partition's profiles were last all written with;
+    ``seen_ms``: the clock at the previous check; ``now_ms``: the clock now. A partition is
+    due once its clock is more than ``step_ms`` past ``projected_ms`` *and* moved less than
+    ``step_ms`` since the previous check - so a replay racing through years of event time
+    is not re-projected at every check, only once it has caught up. The caller records the
+    clock of the whole projection it then makes in ``projected_ms``."""
+    due: list[int] = []
+    for partition, now in now_ms.items():
+        previous = seen_ms.get(partition)
+        seen_ms[partition] = now
+        projected = projected_ms.setdefault(partition, now)
+        if step_ms <= 0 or previous is None:
+            continue
+        if now - projected > step_ms and now - previous <= step_ms:
+            due.append(partition)
+    return sorted(due)

@@ -232,3 +232,22 @@ def test_faust_table_routing_partitions_keys_as_the_pipeline_does(kind: str) -> 
         assert route(key.encode(), list(range(6)), list(range(6))) == part("t", key)  # type: ignore[operator]
         if kind == "crc32":  # librdkafka consistent_random: CRC-32 of the key, modulo
             assert part("t", key) == zlib.crc32(key.encode()) % 6
+
+
+def test_a_partition_is_reprojected_once_its_clock_has_moved_on_and_is_steady() -> None:
+    from streams.projection import clock_moved_on
+
+    day = 86_400_000
+    projected: dict[int, int] = {}
+    seen: dict[int, int] = {}
+    assert clock_moved_on(projected, seen, {0: 0, 1: 0}, day) == []  # first sight: written now
+    # a replay races through months of event time: not at every check
+    assert clock_moved_on(projected, seen, {0: 30 * day, 1: 0}, day) == []
+    assert clock_moved_on(projected, seen, {0: 200 * day, 1: day // 2}, day) == []
+    # partition 0 caught up (its clock now moves slowly): due once; partition 1 moved < a day
+    assert clock_moved_on(projected, seen, {0: 200 * day + 5000, 1: day // 2 + 5000}, day) == [0]
+    projected[0] = 200 * day + 5000  # the caller records the clock of the whole projection
+    assert clock_moved_on(projected, seen, {0: 200 * day + 10_000, 1: day // 2 + 10_000}, day) == []
+    # live operation: the clock creeps past the step, due again one day later
+    assert clock_moved_on(projected, seen, {0: 201 * day + 10_000, 1: day + 20_000}, day) == [0, 1]
+    assert clock_moved_on({}, {}, {0: 5}, 0) == [] and clock_moved_on({0: 0}, {0: 0}, {0: 9 * day}, 0) == []
