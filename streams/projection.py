@@ -141,8 +141,9 @@ def clock_moved_on(
 
     ``projected_ms``: the clock a partition's profiles were last all written with;
     ``seen_ms``: the clock at the previous check; ``now_ms``: the clock now. A partition is
-    due once its clock is more than ``step_ms`` past ``projected_ms`` *and* moved less than
-    ``step_ms`` since the previous check - so a replay racing through years of event time
+    due once its clock is more than ``step_ms`` away from ``projected_ms`` (either way: before
+    its first event an event clock reads the wall clock, and a replay then sets it years back)
+    *and* moved less than ``step_ms`` since the previous check - so a replay racing through years of event time
     is not re-projected at every check, only once it has caught up. The caller records the
     clock of the whole projection it then makes in ``projected_ms``."""
     due: list[int] = []
@@ -152,6 +153,6 @@ def clock_moved_on(
         projected = projected_ms.setdefault(partition, now)
         if step_ms <= 0 or previous is None:
             continue
-        if now - projected > step_ms and now - previous <= step_ms:
+        if abs(now - projected) > step_ms and abs(now - previous) <= step_ms:
             due.append(partition)
     return sorted(due)

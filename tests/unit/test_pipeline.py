@@ -250,4 +250,7 @@ def test_a_partition_is_reprojected_once_its_clock_has_moved_on_and_is_steady() 
     assert clock_moved_on(projected, seen, {0: 200 * day + 10_000, 1: day // 2 + 10_000}, day) == []
     # live operation: the clock creeps past the step, due again one day later
     assert clock_moved_on(projected, seen, {0: 201 * day + 10_000, 1: day + 20_000}, day) == [0, 1]
+    # a clock that went back (wall time before the first event, then a replay of old history)
+    assert clock_moved_on({0: 900 * day}, {0: 900 * day}, {0: 10 * day}, day) == []
+    assert clock_moved_on({0: 900 * day}, {0: 10 * day}, {0: 10 * day + 5000}, day) == [0]
     assert clock_moved_on({}, {}, {0: 5}, 0) == [] and clock_moved_on({0: 0}, {0: 0}, {0: 9 * day}, 0) == []
