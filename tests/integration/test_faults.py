@@ -118,12 +118,7 @@ def broker_kill_and_resend(
     data = without_anonymous(generate(customers, seed=seed))
     feed_dir = write_feed(c, data)
     c.start_worker()
-    feed = subprocess.Popen(
-        [str(BIN / "patronage"), "replay", str(feed_dir), "--rate", str(rate), "--quiet"],
-        env={**os.environ, **c.env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    feed = start_feed(c, feed_dir, rate)
     try:
         time.sleep(2.0)
         before_kill: list[int] = []
@@ -311,6 +306,16 @@ def test_a_worker_that_loses_the_broker_for_longer_than_the_grace_exits_with_cod
 # --- worker kill -9 under load (the fast subset here; `make chaos` runs the full size) -------
 
 
+def start_feed(c: Cluster, feed_dir: Path, rate: int, stderr: int = subprocess.DEVNULL) -> subprocess.Popen:
+    """`patronage replay` of ``feed_dir`` at ``rate`` events/s, in the background."""
+    return subprocess.Popen(
+        [str(BIN / "patronage"), "replay", str(feed_dir), "--rate", str(rate), "--quiet"],
+        env={**os.environ, **c.env},
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+
+
 def write_feed(c: Cluster, data: SyntheticData) -> Path:
     """A directory `patronage replay` merges by event time (as if live)."""
     feed = c.tmp / "feed"
@@ -371,12 +376,7 @@ def worker_kills_under_load(
     feed_dir = write_feed(c, data)
     rng = random.Random(seed)
     c.start_worker()
-    feed = subprocess.Popen(
-        [str(BIN / "patronage"), "replay", str(feed_dir), "--rate", str(rate), "--quiet"],
-        env={**os.environ, **c.env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    feed = start_feed(c, feed_dir, rate, stderr=subprocess.PIPE)
     resumes: list[float] = []
     try:
         for _ in range(kills):
