@@ -33,7 +33,7 @@ from schemas.state import CustomerState
 from schemas.timestamps import iso_utc
 from schemas.topics import CUSTOMER_INPUTS, CUSTOMER_PROCESSOR_INPUTS, INPUTS, Topic, TopicNames
 from streams.clock import Clock
-from streams.core import describe_exception
+from streams.core import log_failure
 from streams.page import PageIndexes
 from streams.partitioning import KeyPartitioner, faust_partitioner
 from streams.pipeline import CustomerPipeline
@@ -171,8 +171,7 @@ class Runtime:
         try:
             await self.processor.resend_outbox()
         except Exception as exc:  # the next recovery tries again; never block readiness on it
-            log.error("re-sending unconfirmed triggers failed: %s", describe_exception(exc))
-            log.debug("re-sending unconfirmed triggers failed", exc_info=True)
+            log_failure(log, exc, "re-sending unconfirmed triggers")
         if self.projection is not None:
             app = self.extra.get("app")
             self.projection.recovered(self.assigned_partitions(app) if app is not None else [])
@@ -544,12 +543,7 @@ def create_app(
                     consumer.report_backlog(partition)  # a quiet input is idle only when read
                 await processor.tick(partition)
             except Exception as exc:
-                log.error(
-                    "tick of partition %d failed: %s; trying again next interval",
-                    partition,
-                    describe_exception(exc),
-                )
-                log.debug("tick of partition %d failed", partition, exc_info=True)
+                log_failure(log, exc, "tick of partition %d", partition, then="; trying again next interval")
 
     loader = ModelLoader(settings, topics.real(Topic.CHURN_MODEL))
 

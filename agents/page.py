@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from schemas.timestamps import iso_utc
 from streams import page
-from streams.core import Context, describe_exception
+from streams.core import Context, log_failure
 from streams.rfm import segment
 
 if TYPE_CHECKING:
@@ -65,8 +65,7 @@ def _section(
     try:
         rows = method(*args)
     except Exception as exc:  # a section failing never takes the page down
-        log.error("page: %s failed: %s", name, describe_exception(exc))
-        log.debug("page: %s failed", name, exc_info=True)
+        log_failure(log, exc, "page: %s", name)
         return f"not available: {type(exc).__name__}"
     return list(rows)
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import traceback
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -91,6 +92,14 @@ def describe_exception(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)[-3:]
     where = "; ".join(f"{Path(f.filename).name}:{f.lineno} {f.line or ''}".strip() for f in frames)
     return f"{type(exc).__name__} at {where or '?'}"
+
+
+def log_failure(logger: logging.Logger, exc: BaseException, what: str, *args: object, then: str = "") -> None:
+    """ "<what> failed: <type> at <where><then>" at ERROR (:func:`describe_exception`), and the
+    message with its traceback - which may quote a record or a customer id - at DEBUG only.
+    ``what`` is a %-format over ``args``."""
+    logger.error(f"{what} failed: %s{then}", *args, describe_exception(exc))
+    logger.debug(f"{what} failed", *args, exc_info=exc)
 
 
 def tombstone(subject: str) -> Emit:

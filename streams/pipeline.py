@@ -46,7 +46,7 @@ from streams import churn, gate, identity, storefunnel, uplift
 from streams import customer as steps
 from streams import stock as stocks
 from streams.clock import Clock
-from streams.core import ChurnModel, Context, Emit, Outcome, Step, describe_exception
+from streams.core import ChurnModel, Context, Emit, Outcome, Step, log_failure
 from streams.indexes import CountIndex, DeadlineIndex, StateIndex
 from streams.lifecycle import RISK_STAGES, stage_only
 from streams.policy import Policy
@@ -408,14 +408,15 @@ class CustomerPipeline:
 
     def _crashed(self, record: RecordLike, label: str, exc: Exception, batch: Batch) -> None:
         # the message and traceback only at debug: they may quote the record (a customer id)
-        log.error(
-            "processing %s[%s]@%s failed: %s (sent to dead-letters; details at debug level)",
+        log_failure(
+            log,
+            exc,
+            "processing %s[%s]@%s",
             record.topic,
             record.partition,
             record.offset,
-            describe_exception(exc),
+            then=" (sent to dead-letters; details at debug level)",
         )
-        log.debug("processing %s[%s]@%s failed", record.topic, record.partition, record.offset, exc_info=True)
         self._reject(
             record, label, Rejected(Stage.PROCESS, Reason.INTERNAL_ERROR, f"internal error: {exc!r}"), batch
         )
