@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -297,17 +298,11 @@ class LocalStack:
         port = int(worker_env["PATRONAGE_WEB_PORT"])
         if svc.running() and worker_ready(port):
             return svc
-        deadline = time.monotonic() + timeout_s
-        while svc.running() and port_open("127.0.0.1", port):
-            # our own worker, not ready (yet or again: recovering, or /healthz 503 while the
-            # broker it lost comes back): wait for it rather than calling its port taken
-            if worker_ready(port):
+        # our own worker, not ready (yet or again: recovering, or /healthz 503 while the broker
+        # it lost comes back): wait for it rather than calling its port taken
+        if svc.running() and port_open("127.0.0.1", port):
+            if wait_worker_ready(port, timeout_s, None, svc.log_file, alive=svc.running):
                 return svc
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"worker not ready on port {port} within {timeout_s:.0f}s (see {svc.log_file})"
-                )
-            time.sleep(0.25)
         if port_open("127.0.0.1", port):
             raise StackError(f"web port {port} is taken by another process (set PATRONAGE_WEB_PORT)")
         exe = str(Path(sys.executable).parent / "patronage")
@@ -336,12 +331,20 @@ def worker_ready(port: int) -> bool:
 
 
 def wait_worker_ready(
-    port: int, timeout_s: float, proc: subprocess.Popen | None, log_file: Path | None
-) -> None:
+    port: int,
+    timeout_s: float,
+    proc: subprocess.Popen | None,
+    log_file: Path | None,
+    alive: Callable[[], bool] | None = None,
+) -> bool:
+    """True once the worker on ``port`` is ready; False if ``alive()`` says it has gone
+    meanwhile (a worker not started here); raises if ``proc`` exits or on timeout."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if worker_ready(port):
-            return
+            return True
+        if alive is not None and not alive():
+            return False
         if proc is not None and proc.poll() is not None:
             tail = ""
             if log_file is not None and log_file.exists():
