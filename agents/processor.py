@@ -59,7 +59,8 @@ class CustomerProcessor:
         self.metrics = metrics
         self._locks: dict[int, asyncio.Lock] = {}
         self._changelog = topics.real(Topic.CHANGELOG)
-        self._clearing: asyncio.Future[None] | None = None
+        # per partition: the last batch's outbox-clearing changelog write, not waited for yet
+        self._clearing: dict[int, asyncio.Future[None]] = {}
 
     def lock(self, partition: int) -> asyncio.Lock:
         """Records and ticks of one partition never interleave (both mutate its states)."""
@@ -98,6 +99,8 @@ class CustomerProcessor:
             )
             for _ in steps:
                 await asyncio.sleep(0)
+            if self.metrics is not None:
+                self.metrics.batch_stage.labels("apply").observe(time.perf_counter() - started)
             await self.complete(batch)
         if batch.stats.stale:
             log.warning(
@@ -171,7 +174,7 @@ class CustomerProcessor:
         records: its changelog may lack the latest writes, and re-reading the inputs changes
         nothing that would write them again). Returns how many were written."""
         async with self.lock(partition):
-            await self.settle()
+            await self.settle(partition)
             records = [
                 OutRecord(self._changelog, partition, key.encode(), st.to_json())
                 for key, st in list(self.pipeline.store.items())
@@ -182,21 +185,30 @@ class CustomerProcessor:
         return len(records)
 
     # --- making a batch durable -----------------------------------------------------------
-    async def settle(self) -> None:
-        """Wait for the previous batch's outbox-clearing write (kept in order before any new
-        write; a failure surfaces here and fails the batch, which is then processed again)."""
-        pending, self._clearing = self._clearing, None
+    async def settle(self, partition: int | None = None) -> None:
+        """Wait for the previous batch's outbox-clearing write of ``partition`` (None: of
+        every partition): kept in order before any new write of that partition's changelog;
+        a failure surfaces here and fails the batch, which is then processed again."""
+        if partition is None:
+            for p in list(self._clearing):
+                await self.settle(p)
+            return
+        pending = self._clearing.pop(partition, None)
         if pending is not None:
             await pending
 
     async def complete(self, batch: Batch) -> None:
-        await self.settle()
+        stage = self._stage_timer()
+        await self.settle(batch.partition)
+        stage("settle")
         dead = [e for e in batch.emits if e.topic is Topic.DEAD_LETTERS]
         other = [self._encode(e) for e in batch.emits if e.topic is not Topic.DEAD_LETTERS]
         if other:
             await self.sink.send(other)
+            stage("outputs")
         if dead:
             await send_dead_letters(self.sink, [self._encode(e) for e in dead], self.metrics)
+            stage("dead_letters")
         if batch.changed:
             partition = batch.partition
             changelog = self._changelog
@@ -206,16 +218,18 @@ class CustomerProcessor:
                     for key, st in batch.changed.items()
                 ]
             )
+            stage("changelog")
             if self.on_durable is not None:
                 self.on_durable(batch.changed.keys())
         if batch.triggers:
             await self.sink.send([self._encode(e) for e in batch.triggers])
+            stage("triggers")
             self.pipeline.confirm_sent(batch)
             # persist the emptied outboxes, so a restart does not send these again. Not waited
             # for here: it overlaps the next batch's work and is waited for before that
             # batch writes anything (a crash before it lands re-sends the same records)
             sent = {e.key for e in batch.triggers}
-            self._clearing = asyncio.ensure_future(
+            self._clearing[batch.partition] = asyncio.ensure_future(
                 self.sink.send(
                     [
                         OutRecord(self._changelog, batch.partition, key.encode(), st.to_json())
@@ -224,6 +238,21 @@ class CustomerProcessor:
                     ]
                 )
             )
+
+    def _stage_timer(self) -> Callable[[str], None]:
+        """Observes, per call, the seconds since the previous one (the batch's durable steps:
+        what each waited for, patronage_batch_stage_seconds)."""
+        last = time.perf_counter()
+        metrics = self.metrics
+
+        def stage(name: str) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if metrics is not None:
+                metrics.batch_stage.labels(name).observe(now - last)
+            last = now
+
+        return stage
 
     def _encode(self, emit: Emit) -> OutRecord:
         return encode(emit, self.topics, self.partition_for)

@@ -76,6 +76,7 @@ class StockProcessor:
     async def handle(self, records: Sequence[Any]) -> None:
         dead: list[OutRecord] = []
         out: list[OutRecord] = []
+        newest: dict[int, int] = {}  # stock partition -> newest arrival time in these records
         topic = Topic.STOCK_ARRIVALS.value
         for record in records:
             try:
@@ -89,8 +90,8 @@ class StockProcessor:
             else:
                 out.extend(self.broadcast(event))
                 partition = getattr(record, "partition", 0)
-                if event.ts > self.newest.get(partition, -(2**62)):
-                    self.newest[partition] = event.ts
+                if event.ts > newest.get(partition, -(2**62)):
+                    newest[partition] = event.ts
                 self.accepted += 1
                 if self.metrics is not None:
                     self.metrics.events.labels(topic, "broadcast").inc()
@@ -101,5 +102,10 @@ class StockProcessor:
                 last = offsets.get((self._broadcast, p))
                 if last is not None:
                     self.sent_offsets[p] = last
+        # only now (the broadcast is on the topic, its offsets known): customer batches of
+        # other partitions running meanwhile must not count these arrivals as applied-to
+        for partition, ts in newest.items():
+            if ts > self.newest.get(partition, -(2**62)):
+                self.newest[partition] = ts
         if dead:
             await send_dead_letters(self.sink, dead, self.metrics)
