@@ -197,6 +197,15 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
+        self.batch_stage = Histogram(
+            "patronage_batch_stage_seconds",
+            "One batch's steps: apply (waiting for the partition's lock, decode, apply), then "
+            "waiting for settle (the previous outbox-clearing write), outputs, dead_letters, changelog and "
+            "triggers to be acknowledged (tick batches not included)",
+            ["stage"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
         self.batch_records = Histogram(
             "patronage_batch_records",
             "Records per processed batch",
