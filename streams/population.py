@@ -3,9 +3,13 @@
 Scores are ranks, not fixed thresholds: a customer's F score is 1 + 5 x (share of buyers
 with strictly lower frequency), likewise M (spend) and R (last purchase day: more recent
 ranks higher). Ties share a score. Only customers with at least one purchase take part.
-Each dimension is a value -> count histogram: O(1) per update on the hot path. Reading a
-score builds (once per change of the population) a table of "how many buyers are below
-each value", so scores are always computed against the current population.
+Recency and frequency are value -> count histograms (few distinct values: whole days,
+purchase counts): O(1) per update on the hot path, and reading a score builds (once per
+change of the population) a table of "how many buyers are below each value". Spend has about
+as many distinct values as buyers, so such a table would cost a sort of the whole population
+after every batch (a quarter of a second at a million buyers): it is a sorted list instead
+(sortedcontainers), O(log n) per update and per rank. Scores are always computed against the
+current population.
 
 The same index gives the value tier (top ``core_share`` of buyers by spend = ``core``) and
 the churn prior: the median of the customers' own usual intervals (whole days, customers
@@ -14,8 +18,11 @@ with at least three gaps between purchase days).
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from dataclasses import dataclass
+
+from sortedcontainers import SortedList
 
 from schemas.state import CustomerState
 from schemas.timestamps import DAY_MS
@@ -85,14 +92,20 @@ class _Ranks:
 class Population:
     """Rank index over the buyers this process holds (keyed by subject id); a StateIndex."""
 
-    __slots__ = ("_below", "_by_subject", "_hists", "_prior", "_rf")
+    __slots__ = ("_below", "_by_subject", "_hists", "_prior", "_rf", "_spend", "_spend_added")
 
     def __init__(self) -> None:
         self._by_subject: dict[str, Contribution] = {}
-        # recency (last purchase day), frequency, monetary (cents), own median gap (days):
-        # value -> buyers (the gap histogram holds only customers with enough gaps)
+        # recency (last purchase day), frequency, (unused: spend is below), own median gap
+        # (days): value -> buyers (the gap histogram holds only customers with enough gaps)
         self._hists: tuple[dict[int, int], dict[int, int], dict[int, int], dict[int, int]] = ({}, {}, {}, {})
-        # cached "how many buyers have a smaller value" tables, dropped on every change
+        # every buyer's spend (cents), ascending: ranks by bisection
+        self._spend: SortedList = SortedList()
+        # spends added since the list was last read, merged in one sort then (a restart
+        # indexes every buyer before the first rank is asked for)
+        self._spend_added: list[int] = []
+        # cached "how many buyers have a smaller value" tables of recency and frequency,
+        # dropped when one of those changes
         self._below: list[_Ranks | None] = [None, None, None]
         self._prior: tuple[int, float | None] | None = None
         # (last purchase day, frequency) -> buyers: the R x F grid at a scrape costs the
@@ -111,10 +124,11 @@ class Population:
             return
         hists = self._hists
         if old is not None:
-            if new is None or old[:3] != new[:3]:
+            if new is None or old[:2] != new[:2]:
                 self._below = [None, None, None]
-            for hist, value in zip(hists[:3], old[:3], strict=True):
+            for hist, value in zip(hists[:2], old[:2], strict=True):
                 _dec(hist, value)
+            self._spends().remove(old[2])
             _dec(self._rf, old[:2])  # type: ignore[arg-type]
             if old[3] >= 0:
                 _dec(hists[3], old[3])
@@ -123,8 +137,9 @@ class Population:
         else:
             self._below = [None, None, None]
         if new is not None:
-            for hist, value in zip(hists[:3], new[:3], strict=True):
+            for hist, value in zip(hists[:2], new[:2], strict=True):
                 hist[value] = hist.get(value, 0) + 1
+            self._spend_added.append(new[2])
             rf = self._rf
             rf[new[:2]] = rf.get(new[:2], 0) + 1
             if new[3] >= 0:
@@ -173,7 +188,16 @@ class Population:
         at_or_above = n - below
         return at_or_above <= max(1.0, share * n)
 
+    def _spends(self) -> SortedList:
+        added = self._spend_added
+        if added:
+            self._spend.update(added)
+            added.clear()
+        return self._spend
+
     def _count_below(self, which: int, value: int) -> int:
+        if which == 2:
+            return self._spends().bisect_left(value)
         table = self._below[which]
         if table is None:
             table = self._below[which] = _Ranks(self._hists[which])
@@ -207,28 +231,18 @@ class Population:
         return grid
 
     def core_count(self, share: float) -> int:
-        """Buyers in the top ``share`` by lifetime spend (tier ``core``, as ``is_core``): from
-        the cached rank table when scores were read since the last change, else one sort
-        of the distinct spend values (no rank table built for a scrape)."""
+        """Buyers in the top ``share`` by lifetime spend (tier ``core``, as ``is_core``: a
+        buyer is core when at most ``max(1, share * n)`` buyers spent as much or more)."""
         n = len(self._by_subject)
         if not n:
             return 0
         limit = max(1.0, share * n)
-        table = self._below[2]
-        hist = self._hists[2]
-        if table is not None:
-            cum = table.cum  # values ascending; buyers at or above keys[i] = n - cum[i]
-            lo, hi = 0, len(table.keys)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if n - cum[mid] <= limit:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            return n - cum[lo]
-        at_or_above = 0
-        for value in sorted(hist, reverse=True):
-            if at_or_above + hist[value] > limit:
-                break
-            at_or_above += hist[value]
-        return at_or_above
+        spend = self._spends()
+        # core: buyers whose count of smaller spends is at least n - limit
+        threshold = n - limit
+        first = max(0, math.ceil(threshold))
+        if first >= n:
+            return 0
+        value = spend[first]
+        below = spend.bisect_left(value)
+        return n - below if below >= threshold else n - spend.bisect_right(value)
