@@ -131,6 +131,7 @@ class RedisProjection:
         self.pending: dict[str, float] = {}
         self.inflight: dict[str, float] = {}  # taken from ``pending``, being written now
         self.resync: dict[int, float] = {}  # partition -> since when it waits to be projected whole
+        self.resync_left: dict[int, int] = {}  # partition being projected whole -> customers left
         self.assigned: set[int] = set()
         self._wake = asyncio.Event()
         self._down_since: float | None = None
@@ -192,9 +193,13 @@ class RedisProjection:
         return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
 
     def backlog(self) -> int:
+        """Customers waiting to be written. A partition waiting to be projected whole counts
+        as its share of the customers held until its turn comes (then exactly): counting it
+        exactly would hash every customer id at each scrape."""
         waiting = len(self.pending) + len(self.inflight)
         if self.resync:
-            waiting += sum(1 for s in self.store if self._partition(s) in self.resync)
+            share = len(self.store) // max(1, len(self.assigned))
+            waiting += sum(self.resync_left.get(p, share) for p in self.resync)
         return waiting
 
     # --- the background task --------------------------------------------------------------
@@ -293,11 +298,16 @@ class RedisProjection:
                 if self._partition(s) == partition:
                     subjects.append(s)
             size = self.settings.projection_batch
-            for i in range(0, len(subjects), size):
-                if partition not in self.resync:  # revoked meanwhile
-                    break
-                await self._write(subjects[i : i + size])
-                await self.flush()  # fresh changes first: they are what readers wait for
+            self.resync_left[partition] = len(subjects)
+            try:
+                for i in range(0, len(subjects), size):
+                    if partition not in self.resync:  # revoked meanwhile
+                        break
+                    await self._write(subjects[i : i + size])
+                    self.resync_left[partition] = max(0, len(subjects) - i - size)
+                    await self.flush()  # fresh changes first: they are what readers wait for
+            finally:
+                self.resync_left.pop(partition, None)
             if self.resync.pop(partition, None) is not None:
                 self.projected_clock[partition] = clock_ms
                 ttl = self.settings.projection_refresh_s
