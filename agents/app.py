@@ -609,7 +609,7 @@ def create_app(
 
 
 def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> None:
-    from schemas.timestamps import parse_ts_ms
+    from schemas.timestamps import parse_until_ms
 
     @app.page("/healthz/")
     class Health(View):
@@ -698,13 +698,13 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
     @app.page("/churn-model/summary/")
     class ChurnSummary(View):
         """(x, t_x, T, customers) rows for fitting BG/NBD from the live table (this worker's
-        partitions), as of ?until=<ISO or epoch ms> (default: the clock's now)."""
+        partitions), as of ?until=<date (its end), ISO or epoch ms> (default: the clock's now)."""
 
         async def get(self, request: Request) -> Response:
             unit = request.query.get("unit", "days")
             until_raw = request.query.get("until")
             try:
-                until = runtime.clock.now_ms() if until_raw is None else parse_ts_ms(until_raw)
+                until = runtime.clock.now_ms() if until_raw is None else parse_until_ms(until_raw)
                 rows = churn_summary_rows(runtime.store.values(), until, unit)
             except ValueError as exc:
                 return self.json({"error": str(exc)}, status=400)

@@ -763,20 +763,13 @@ def generate(
 # --- churn model ----------------------------------------------------------------------------
 def _until_ms(text: str) -> int:
     """--until: a date (the whole day counts) or an ISO-8601 timestamp with offset, or epoch ms."""
-    from datetime import UTC, date, datetime, timedelta
-
-    from schemas.timestamps import parse_ts_ms
+    from schemas.timestamps import parse_until_ms
 
     try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        try:
-            return parse_ts_ms(text)
-        except ValueError as exc:
-            fail(f"--until: {exc}", 2)
-            raise AssertionError from None
-    end = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
-    return int(end.timestamp() * 1000) - 1
+        return parse_until_ms(text)
+    except ValueError as exc:
+        fail(f"--until: {exc}", 2)
+        raise AssertionError from None
 
 
 def _events_from_file(path: Path, fmt: str | None, until_ms: int) -> tuple[list[tuple[str, int]], int]:

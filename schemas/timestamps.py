@@ -12,7 +12,7 @@ wall clock (default 1 day), so a purchase log from the 1990s loads and a unit mi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 
 from pydantic_core import PydanticCustomError
@@ -27,6 +27,17 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def _err(reason: Reason, message: str) -> PydanticCustomError:
     # a ValueError whose type pydantic reports as the reason code
     return PydanticCustomError(reason.value, message)
+
+
+def parse_until_ms(text: str) -> int:
+    """An end of period: a date (``2024-03-31``: the whole day counts, so its last
+    millisecond, UTC), an ISO-8601 timestamp with offset, or epoch milliseconds."""
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        return parse_ts_ms(text)
+    end = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
+    return int(end.timestamp() * 1000) - 1
 
 
 def parse_ts_ms(value: object) -> int:

@@ -214,3 +214,14 @@ def test_version_1_state_from_the_foundation_still_loads() -> None:
     assert s.fact("timezone") == "Europe/Paris" and s.facts["timezone"].ts_ms == 3
     assert (s.risk, s.episode, s.alert, s.outbox) == (None, 0, None, [])
     assert CustomerState.from_json(s.to_json()) == s
+
+
+def test_an_end_of_period_is_a_date_s_last_millisecond_or_a_timestamp() -> None:
+    from schemas.timestamps import parse_until_ms
+
+    assert parse_until_ms("2024-03-31") == parse_ts_ms("2024-04-01T00:00:00Z") - 1
+    assert parse_until_ms(" 1997-06-30 ") == parse_ts_ms("1997-07-01T00:00:00+00:00") - 1
+    assert parse_until_ms("2024-03-31T12:00:00+02:00") == parse_ts_ms("2024-03-31T10:00:00Z")
+    assert parse_until_ms("1711886400000") == 1711886400000
+    with pytest.raises(ValueError):
+        parse_until_ms("last tuesday")
