@@ -538,6 +538,11 @@ def create_app(
             return
         consumer = app.consumer
         for partition in runtime.assigned_partitions(app):
+            if processor.lock(partition).locked():
+                # a batch of it is in flight, and a batch ends by ticking its partition to now:
+                # waiting for its lock would only hold up the other partitions' ticks (and make
+                # the next batch wait behind this tick's writes)
+                continue
             try:
                 if settings.fast_path and hasattr(consumer, "report_backlog"):
                     consumer.report_backlog(partition)  # a quiet input is idle only when read
