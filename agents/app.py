@@ -43,6 +43,8 @@ from streams.profile import why as why_document
 from streams.rfm import segment
 
 log = logging.getLogger(__name__)
+# a /metrics scrape sooner than this after the previous one reuses the grid gauges
+GAUGES_MIN_INTERVAL_S = 1.0
 
 TABLE_NAME = "customers"
 _CLOCK_TOPICS = frozenset((*CUSTOMER_INPUTS, Topic.IDENTITY))
@@ -116,6 +118,7 @@ class Runtime:
     last_offset_regression: dict[str, Any] | None = None
     broker_lost_since: float | None = None
     broker_was_lost: bool = False  # since the last recovery (see rewrite_changelogs)
+    _grids_set_at: float = -1e9  # monotonic time the grid gauges were last set
 
     async def rewrite_changelogs(self) -> None:
         """After the broker was lost and the tables were recovered again: write every state
@@ -186,20 +189,34 @@ class Runtime:
             len(self.pipeline.deadlines),
         )
 
-    def set_gauges(self) -> None:
+    def set_gauges_at_most_every(self, seconds: float) -> None:
+        """``set_gauges`` for a scrape; the population and store-funnel grids only if they
+        were set ``seconds`` ago or longer (they cost their distinct index keys - milliseconds
+        at two years of store-funnel hours - on the thread that processes the records: a
+        client polling /metrics many times a second must not slow processing; Prometheus
+        scrapes every 15 s). The other gauges are always current."""
+        now = time.monotonic()
+        grids = now - self._grids_set_at >= seconds
+        if grids:
+            self._grids_set_at = now
+        self.set_gauges(grids=grids)
+
+    def set_gauges(self, grids: bool = True) -> None:
         """The scrape-time gauges, from the pipeline's incremental indexes (no walk over the
         customers): subjects per kind and stage, the RFM grid, segments and tiers, risk, the
-        store funnel, uplift, the Redis projection."""
+        store funnel, uplift, the Redis projection. ``grids``: the population and store-funnel
+        gauges too (the R x F grid and the funnel cost their distinct keys; the rest is O(1))."""
         pipeline = self.pipeline
         population = pipeline.population
-        self.metrics.set_population(
-            pipeline.stage_counts(),
-            population.rf_grid(),
-            {(r, f): segment(r, f) for r in range(1, 6) for f in range(1, 6)},
-            len(population),
-            population.core_count(self.policy.churn.core_share),
-        )
-        self.metrics.set_stores(pipeline.store_totals(self.metrics.store_hours))
+        if grids:
+            self.metrics.set_population(
+                pipeline.stage_counts(),
+                population.rf_grid(),
+                {(r, f): segment(r, f) for r in range(1, 6) for f in range(1, 6)},
+                len(population),
+                population.core_count(self.policy.churn.core_share),
+            )
+            self.metrics.set_stores(pipeline.store_totals(self.metrics.store_hours))
         counts = self.pipeline.risk_counts()
         for stage in ("at_risk", "lapsed", "lost", "none"):
             for alerted in (True, False):
@@ -625,7 +642,7 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
     @app.page("/metrics/")
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
-            runtime.set_gauges()
+            runtime.set_gauges_at_most_every(GAUGES_MIN_INTERVAL_S)
             body = generate_latest(runtime.metrics.registry)
             return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
