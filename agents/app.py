@@ -7,7 +7,7 @@ import gc
 import logging
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ from streams.policy import Policy
 from streams.profile import build_profile, churn_summary_rows, summarize
 from streams.profile import why as why_document
 from streams.rfm import segment
+from streams.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class CustomerTable(faust.Table):
         the last value of a key wins, a tombstone deletes it."""
         data = self.data.data
         key_partition = self.data._key_partition
+        # the changelog bytes are kept as they are (cold, streams/store.py): decoded once
+        # when the indexes are rebuilt, and again only when the customer is touched
+        put = data.put_encoded if isinstance(data, StateStore) else None
         to_value = self._to_value
         for rec in records:
             raw = rec.key
@@ -106,8 +110,18 @@ class CustomerTable(faust.Table):
                 data.pop(key, None)
                 key_partition.pop(key, None)
             else:
-                data[key] = to_value(value)
+                if put is not None:
+                    put(key, bytes(value))
+                else:
+                    data[key] = to_value(value)
                 key_partition[key] = partition
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        """Faust's own recovery path (standby partitions, the slow path): the same as the
+        bulk path, event by event."""
+        for event in batch:
+            message = event.message
+            self.apply_changelog_records(message.partition, (message,))
 
     async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
         await super().on_recovery_completed(active_tps, standby_tps)
@@ -180,8 +194,10 @@ class Runtime:
         return (503 if reasons else 200), doc
 
     @property
-    def store(self) -> dict[str, CustomerState]:
-        return self.table.data.data  # the memory store's plain dict
+    def store(self) -> Mapping[str, CustomerState]:
+        """Every customer, for reading (a cold one is decoded and stays cold)."""
+        data = self.table.data.data
+        return data.reader() if isinstance(data, StateStore) else data
 
     async def on_recovered(self) -> None:
         # No automatic collection while the recovered state and its indexes are built (the
@@ -192,10 +208,16 @@ class Runtime:
         # collection - 26 % of a 100,000-customer restart's main thread (py-spy).
         gc.disable()
         try:
-            self.pipeline.rebuild()
+            unreadable = self.pipeline.rebuild()
         finally:
             gc.freeze()
             gc.enable()
+        if unreadable:  # no customer ids in logs
+            log.error(
+                "%d customer state(s) in the changelog could not be read (corrupt, or a newer state "
+                "version) and were left out",
+                len(unreadable),
+            )
         self.recoveries += 1
         try:
             await self.processor.resend_outbox()
@@ -466,11 +488,14 @@ def create_app(
         changelog_name=topics.real(Topic.CHANGELOG),
     )
     app.tables.add(table)
+    # dense customer states: PATRONAGE_HOT_STATES decoded, the rest as changelog bytes
+    states = StateStore(settings.hot_states)
+    table.data.data = states
     sink = sink or KafkaSink(lambda: app.producer._ensure_producer())
     page_indexes = PageIndexes(settings.page_recent)
     pipeline = CustomerPipeline(
         policy=policy,
-        store=table.data.data,
+        store=states,
         clock=clock,
         topics=topics,
         partition_of=lambda subject: partitioner(identity_topic, subject),
@@ -515,7 +540,7 @@ def create_app(
     if settings.projection_enabled:
         runtime.projection = RedisProjection(
             settings,
-            store=table.data.data,
+            store=states.reader(),  # reads only: a cold customer stays cold
             partition_of=pipeline.home_partition,
             context=pipeline.context,
             clock_name=clock.name,

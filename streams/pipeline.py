@@ -52,6 +52,7 @@ from streams.lifecycle import RISK_STAGES, stage_only
 from streams.policy import Policy
 from streams.population import Population
 from streams.profile import stage_key
+from streams.store import OUTBOX_MARK, states_with
 
 log = logging.getLogger(__name__)
 PRIOR_DRIFT = 0.05  # relative change of the churn prior that re-indexes every deadline
@@ -211,6 +212,8 @@ class CustomerPipeline:
         date and rebuilt like the built-in ones (e.g. the page's, streams.page)."""
         self.policy = policy
         self.store = store
+        # a StateStore (streams/store.py) turns customers beyond its hot bound cold here
+        self._trim: Callable[[], int] | None = getattr(store, "trim", None)
         self.clock = clock
         self.topics = topics
         self.partition_of = partition_of
@@ -310,6 +313,8 @@ class CustomerPipeline:
         them older than this (the caller's bound, see agents/app.py): nothing newer is
         applied yet, so an arrival is matched against the customers as they were at its
         time - a replay or a backlog gives the same audience as live."""
+        if self._trim is not None:  # nothing holds a state here (see streams/store.py)
+            self._trim()
         work = _Work(partition, batch, self.context(partition))
         self._bounds = bounds_for(self.policy, self.clock.wall_ms())
         stats = batch.stats
@@ -430,7 +435,10 @@ class CustomerPipeline:
     ) -> Batch:
         """Apply what the clock alone changed in ``partition`` up to ``now_ms`` (default: the
         clock's now). Cost: the due customers only."""
-        batch = batch if batch is not None else Batch(partition)
+        if batch is None:
+            batch = Batch(partition)
+            if self._trim is not None:  # a tick of its own, not inside a batch: nothing held
+                self._trim()
         now = self.clock.now_ms(partition) if now_ms is None else now_ms
         # inside a batch: the batch's context at this time (the prior is refreshed per batch)
         ctx = (
@@ -499,7 +507,7 @@ class CustomerPipeline:
     def pending_outbox(self) -> list[tuple[int, str, list[dict[str, Any]]]]:
         """(partition, subject, triggers) decided but perhaps never sent (after a crash)."""
         out = []
-        for subject, state in self.store.items():
+        for subject, state in states_with(self.store, OUTBOX_MARK):
             if state.outbox:
                 out.append((self.home_partition(subject), subject, list(state.outbox)))
         return out
@@ -507,8 +515,8 @@ class CustomerPipeline:
     def rebuild(self) -> list[str]:
         """Re-derive every index and the clock floor from the store (after assignment).
 
-        One pass, each state read once (a store with ``encoded_items()`` may hand over
-        changelog bytes: each is decoded for the pass and dropped again). Deadlines depend on
+        One pass, each state read once: with a :class:`~streams.store.StateStore` a cold
+        customer is decoded for it and dropped again (it stays cold). Deadlines depend on
         the population's churn prior, known only at the end: the pass keeps each one's
         terms (``churn.deadline_terms``) and they are indexed after it. A value that cannot
         be decoded (corrupt, or a state version this release cannot read) is removed from
