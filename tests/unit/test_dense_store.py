@@ -120,3 +120,29 @@ def test_a_restart_rebuilds_the_same_indexes_from_the_changelog_bytes(
     finally:
         pipeline.store = live
         pipeline.rebuild()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"v":5,"s":"x"}',
+        b'{"v":1,"s":"y","anon":true,"st":"visitor"}',
+    ],
+)
+def test_decoding_sets_every_slot_and_round_trips(raw: bytes) -> None:
+    state = CustomerState.from_json(raw)
+    fresh = CustomerState(state.subject, state.anonymous)
+    for slot in CustomerState.__slots__:
+        if slot not in ("stage",):
+            assert getattr(state, slot) == getattr(fresh, slot), slot
+    assert CustomerState.from_json(state.to_json()).to_json() == state.to_json()
+
+
+def test_decoding_a_full_state_round_trips(plain: tuple[PipelineHarness, view.PageIndexes]) -> None:
+    h, _ = plain
+    for state in h.store.values():
+        raw = state.to_json()
+        again = CustomerState.from_json(raw)
+        assert again.to_json() == raw and again == state
+        for slot in CustomerState.__slots__:
+            getattr(again, slot)  # every slot set
