@@ -314,7 +314,10 @@ class CustomerState:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_NON_STR_KEYS)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CustomerState:
+    def from_dict(cls, d: dict[str, Any], id_memory: bool = True) -> CustomerState:
+        """``id_memory=False``: the two id memories are left empty - a read-only view for
+        building indexes (a restart's rebuild decodes every customer once and drops it;
+        no index reads event ids). Such a state must never be stored or encoded."""
         version = d.get("v")
         if version not in _READABLE_VERSIONS:
             raise ValueError(f"unsupported customer state version {version!r}")
@@ -330,7 +333,7 @@ class CustomerState:
             s.first_purchase_ms = d["fp"]
             s.last_purchase_ms = d["lp"]
             s.days = {int(day): [n, c] for day, (n, c) in d["days"].items()}
-            s.purchase_ids = IdMemory.decode(d["pid"], version)
+            s.purchase_ids = IdMemory.decode(d["pid"], version) if id_memory else IdMemory()
         else:
             s.frequency = 0
             s.monetary_cents = 0
@@ -342,7 +345,7 @@ class CustomerState:
             s.touch_counts = d["tc"]
             s.first_touch_ms = d["ft"]
             s.last_touch_ms = d["lt"]
-            s.touch_ids = IdMemory.decode(d["tid"], version)
+            s.touch_ids = IdMemory.decode(d["tid"], version) if id_memory else IdMemory()
         else:
             s.touch_counts = {}
             s.first_touch_ms = None
@@ -378,8 +381,8 @@ class CustomerState:
         return s
 
     @classmethod
-    def from_json(cls, raw: bytes) -> CustomerState:
-        return cls.from_dict(orjson.loads(raw))
+    def from_json(cls, raw: bytes, id_memory: bool = True) -> CustomerState:
+        return cls.from_dict(orjson.loads(raw), id_memory)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CustomerState) and self.to_dict() == other.to_dict()

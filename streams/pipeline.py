@@ -547,7 +547,7 @@ class CustomerPipeline:
         for subject, value in items:
             if value.__class__ is bytes:
                 try:
-                    state = decode(value)
+                    state = decode(value, False)  # a view to index: no id memories
                 except Exception:
                     unreadable.append(subject)
                     continue
