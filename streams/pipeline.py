@@ -214,6 +214,9 @@ class CustomerPipeline:
         self.store = store
         # a StateStore (streams/store.py) turns customers beyond its hot bound cold here
         self._trim: Callable[[], int] | None = getattr(store, "trim", None)
+        # subjects whose state had an outbox at the last rebuild, while nothing was applied
+        # since (pending_outbox then decodes only those, not every cold customer)
+        self._outboxes: list[str] | None = None
         self.clock = clock
         self.topics = topics
         self.partition_of = partition_of
@@ -313,6 +316,7 @@ class CustomerPipeline:
         them older than this (the caller's bound, see agents/app.py): nothing newer is
         applied yet, so an arrival is matched against the customers as they were at its
         time - a replay or a backlog gives the same audience as live."""
+        self._outboxes = None
         if self._trim is not None:  # nothing holds a state here (see streams/store.py)
             self._trim()
         work = _Work(partition, batch, self.context(partition))
@@ -435,6 +439,7 @@ class CustomerPipeline:
     ) -> Batch:
         """Apply what the clock alone changed in ``partition`` up to ``now_ms`` (default: the
         clock's now). Cost: the due customers only."""
+        self._outboxes = None
         if batch is None:
             batch = Batch(partition)
             if self._trim is not None:  # a tick of its own, not inside a batch: nothing held
@@ -507,7 +512,14 @@ class CustomerPipeline:
     def pending_outbox(self) -> list[tuple[int, str, list[dict[str, Any]]]]:
         """(partition, subject, triggers) decided but perhaps never sent (after a crash)."""
         out = []
-        for subject, state in states_with(self.store, OUTBOX_MARK):
+        hint = self._outboxes
+        if hint is not None:  # nothing applied since the rebuild, which saw every state
+            found: Iterator[tuple[str, CustomerState]] = (
+                (s, st) for s in hint if (st := self.store.get(s)) is not None
+            )
+        else:
+            found = states_with(self.store, OUTBOX_MARK)
+        for subject, state in found:
             if state.outbox:
                 out.append((self.home_partition(subject), subject, list(state.outbox)))
         return out
@@ -544,6 +556,7 @@ class CustomerPipeline:
         floors: dict[int, int] = {}
         pending: list[tuple[int, str, int | None, churn.DeadlineTerms | None]] = []
         unreadable: list[str] = []
+        outboxes: list[str] = []
         for subject, value in items:
             if value.__class__ is bytes:
                 try:
@@ -560,9 +573,12 @@ class CustomerPipeline:
                 floors[p] = last
             for update in others:
                 update(p, subject, state)
+            if state.outbox:
+                outboxes.append(subject)
             fixed, terms = terms_of(state)
             if fixed is not None or terms is not None:
                 pending.append((p, subject, fixed, terms))
+        self._outboxes = outboxes  # what pending_outbox needs, until something is applied
         for subject in unreadable:
             del store[subject]
             if self.key_partitions is not None:
