@@ -314,6 +314,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         unhandled = self._unhandled
+        # the app's bulk path for changelog records during recovery (agents/recovery.py)
+        bulk = getattr(self.app, "bulk_changelog", None)
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self._install_empty_fetch_backoff()
@@ -362,6 +364,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                         continue
                     if tp.topic in batch_topics:
                         grouped.setdefault(tp.partition, []).append((tp, fresh))
+                        continue
+                    if bulk is not None and bulk(tp, fresh):  # a changelog being recovered
+                        set_read_offset(tp, fresh[-1].offset)
                         continue
                     for rec in fresh:  # Faust's normal per-message path for other topics
                         await self._track_gap(tp, get_read_offset(tp), rec.offset, acks_enabled_for)

@@ -175,9 +175,13 @@ class CustomerProcessor:
         nothing that would write them again). Returns how many were written."""
         async with self.lock(partition):
             await self.settle(partition)
+            store = self.pipeline.store  # a dense store hands its encoded values over as they are
+            pairs = store.encoded_items() if hasattr(store, "encoded_items") else store.items()
             records = [
-                OutRecord(self._changelog, partition, key.encode(), st.to_json())
-                for key, st in list(self.pipeline.store.items())
+                OutRecord(
+                    self._changelog, partition, key.encode(), st if isinstance(st, bytes) else st.to_json()
+                )
+                for key, st in list(pairs)
                 if st is not None and self.partition_for(input_topic, key) == partition
             ]
             for start in range(0, len(records), CHUNK):

@@ -225,6 +225,12 @@ class Settings(BaseSettings):
         description="max records one fetch hands to the batch processor (only reached under backlog; "
         "bigger batches coalesce more changelog writes)",
     )
+    hot_states: int = Field(
+        100_000,
+        ge=0,
+        description="customer states kept decoded in memory (~10-16 KB each); every other customer is held as "
+        "its changelog bytes (~1 KB) and decoded when touched. A restart starts with all of them encoded",
+    )
     fast_path: bool = Field(
         True, description="process input partitions in batches inside the consumer (see README)"
     )

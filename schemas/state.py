@@ -314,52 +314,75 @@ class CustomerState:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_NON_STR_KEYS)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CustomerState:
+    def from_dict(cls, d: dict[str, Any], id_memory: bool = True) -> CustomerState:
+        """``id_memory=False``: the two id memories are left empty - a read-only view for
+        building indexes (a restart's rebuild decodes every customer once and drops it;
+        no index reads event ids). Such a state must never be stored or encoded."""
         version = d.get("v")
         if version not in _READABLE_VERSIONS:
             raise ValueError(f"unsupported customer state version {version!r}")
-        s = cls(d["s"], bool(d.get("anon", False)))
+        # every slot set once, without __init__'s defaults first (a restart decodes every
+        # customer once, a cold customer is decoded again on each touch: streams/store.py)
+        s = cls.__new__(cls)
+        get = d.get
+        s.subject = d["s"]
+        s.anonymous = bool(get("anon", False))
         if "f" in d:
             s.frequency = d["f"]
             s.monetary_cents = d["m"]
             s.first_purchase_ms = d["fp"]
             s.last_purchase_ms = d["lp"]
             s.days = {int(day): [n, c] for day, (n, c) in d["days"].items()}
-            s.purchase_ids = IdMemory.decode(d["pid"], version)
+            s.purchase_ids = IdMemory.decode(d["pid"], version) if id_memory else IdMemory()
+        else:
+            s.frequency = 0
+            s.monetary_cents = 0
+            s.first_purchase_ms = None
+            s.last_purchase_ms = None
+            s.days = {}
+            s.purchase_ids = IdMemory()
         if "tc" in d:
             s.touch_counts = d["tc"]
             s.first_touch_ms = d["ft"]
             s.last_touch_ms = d["lt"]
-            s.touch_ids = IdMemory.decode(d["tid"], version)
-        s.positive_reviews = d.get("pr", 0)
-        s.facts = {k: Fact(*f) for k, f in d.get("facts", {}).items()}
-        s.stores = d.get("sto", {})
-        s.risk = d.get("rk")
-        s.risk_since_ms = d.get("rks")
-        s.episode = d.get("ep", 0)
-        alert = d.get("alr")
+            s.touch_ids = IdMemory.decode(d["tid"], version) if id_memory else IdMemory()
+        else:
+            s.touch_counts = {}
+            s.first_touch_ms = None
+            s.last_touch_ms = None
+            s.touch_ids = IdMemory()
+        s.positive_reviews = get("pr", 0)
+        facts = get("facts")
+        s.facts = {k: Fact(*f) for k, f in facts.items()} if facts else {}
+        s.stores = get("sto", {})
+        s.risk = get("rk")
+        s.risk_since_ms = get("rks")
+        s.episode = get("ep", 0)
+        alert = get("alr")
         s.alert = None if alert is None else Alert(*alert)
-        exp = d.get("exp")
+        exp = get("exp")
         s.experience = None if exp is None else Experience(*exp)
-        s.asks = [Ask(*a) for a in d.get("ask", ())]
-        s.stalled_ms = d.get("stl")
-        s.outbox = d.get("out", [])
-        s.last_triggers = d.get("ltr", {})
-        s.interest = d.get("int")
-        s.notify = d.get("ntf")
-        s.funnel = d.get("fun")
-        s.uplift = d.get("upl")
-        s.stage = d.get("st", "stranger")
-        s.stage_since_ms = d.get("ss")
-        s.aliases = d.get("al", [])
-        s.merged_into = d.get("mi")
-        s.erased_ms = d.get("er")
-        s.last_event_ms = d.get("le")
+        asks = get("ask")
+        s.asks = [Ask(*a) for a in asks] if asks else []
+        s.stalled_ms = get("stl")
+        s.outbox = get("out", [])
+        s.last_triggers = get("ltr", {})
+        s.interest = get("int")
+        s.notify = get("ntf")
+        s.funnel = get("fun")
+        s.uplift = get("upl")
+        s.rhythm_cache = None
+        s.stage = get("st", "stranger")
+        s.stage_since_ms = get("ss")
+        s.aliases = get("al", [])
+        s.merged_into = get("mi")
+        s.erased_ms = get("er")
+        s.last_event_ms = get("le")
         return s
 
     @classmethod
-    def from_json(cls, raw: bytes) -> CustomerState:
-        return cls.from_dict(orjson.loads(raw))
+    def from_json(cls, raw: bytes, id_memory: bool = True) -> CustomerState:
+        return cls.from_dict(orjson.loads(raw), id_memory)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CustomerState) and self.to_dict() == other.to_dict()

@@ -52,14 +52,27 @@ ASKS_KEPT_NEWEST = 2  # asks kept beyond the first stalled_min_asks (for the tri
 # --- cadence ---------------------------------------------------------------------------------
 def usual_interval_days(state: CustomerState, prior_days: float, policy: ChurnPolicy) -> float:
     """The customer's usual interval between purchase days, shrunk towards the prior."""
+    own, n = own_interval(state)
+    return shrunk_interval(own, n, prior_days, policy)
+
+
+def own_interval(state: CustomerState) -> tuple[float, float]:
+    """(own interval in days, its weight n): the median gap between purchase days with n
+    gaps (n >= 2), else the mean interpurchase time with weight 1, else (0.0, 0.0): the
+    prior alone."""
     own, gaps = rhythm(state)
     if gaps >= 2:
-        n = float(gaps)
-    else:
-        mean = mean_interpurchase_days(state)
-        if not mean:
-            return prior_days
-        own, n = mean, 1.0
+        return own, float(gaps)
+    mean = mean_interpurchase_days(state)
+    if not mean:
+        return 0.0, 0.0
+    return mean, 1.0
+
+
+def shrunk_interval(own: float, n: float, prior_days: float, policy: ChurnPolicy) -> float:
+    """``(n x own + w x prior) / (n + w)``; the prior alone when n is 0."""
+    if not n:
+        return prior_days
     w = policy.prior_weight
     return (n * own + w * prior_days) / (n + w)
 
@@ -98,14 +111,39 @@ def stalled_at(state: CustomerState, policy: ChurnPolicy) -> int | None:
 
 def next_deadline(state: CustomerState, prior_days: float, policy: ChurnPolicy) -> int | None:
     """The next time the clock alone changes something for this customer (for the index)."""
+    return deadline_at(deadline_terms(state, policy), prior_days, policy)
+
+
+# what a deadline depends on in the state: (last purchase ms, index of the next risk stage
+# in RISK_STAGES, own interval days, its weight) - the prior comes in only in deadline_at
+DeadlineTerms = tuple[int, int, float, float]
+
+
+def deadline_terms(state: CustomerState, policy: ChurnPolicy) -> DeadlineTerms | int | None:
+    """:func:`next_deadline` without the prior: the terms of a cadence deadline, or the time
+    of a stalled prospect's (an int: it does not depend on the prior), or None. A restart
+    computes these while it indexes each customer once, before the population's prior is
+    known (``CustomerPipeline.rebuild``)."""
     if _churn_subject(state):
         level = risk_level(state)
         if level >= len(RISK_STAGES) - 1:
             return None
-        return risk_times(state, usual_interval_days(state, prior_days, policy), policy)[level + 1]
+        last = state.last_purchase_ms
+        assert last is not None
+        own, n = own_interval(state)
+        return (last, level + 1, own, n)
     if state.frequency == 0 and state.stalled_ms is None and state.asks and not state.anonymous:
         return stalled_at(state, policy)
     return None
+
+
+def deadline_at(terms: DeadlineTerms | int | None, prior_days: float, policy: ChurnPolicy) -> int | None:
+    """The deadline :func:`deadline_terms` describes, with the prior (as :func:`risk_times`)."""
+    if terms is None or isinstance(terms, int):
+        return terms
+    last, stage, own, n = terms
+    usual_ms = shrunk_interval(own, n, prior_days, policy) * DAY_MS
+    return last + max(int(policy.factors[stage] * usual_ms), policy.min_ms[stage])
 
 
 # --- who matters, who acts -------------------------------------------------------------------

@@ -52,6 +52,7 @@ from streams.lifecycle import RISK_STAGES, stage_only
 from streams.policy import Policy
 from streams.population import Population
 from streams.profile import stage_key
+from streams.store import OUTBOX_MARK, states_with
 
 log = logging.getLogger(__name__)
 PRIOR_DRIFT = 0.05  # relative change of the churn prior that re-indexes every deadline
@@ -211,6 +212,11 @@ class CustomerPipeline:
         date and rebuilt like the built-in ones (e.g. the page's, streams.page)."""
         self.policy = policy
         self.store = store
+        # a StateStore (streams/store.py) turns customers beyond its hot bound cold here
+        self._trim: Callable[[], int] | None = getattr(store, "trim", None)
+        # subjects whose state had an outbox at the last rebuild, while nothing was applied
+        # since (pending_outbox then decodes only those, not every cold customer)
+        self._outboxes: list[str] | None = None
         self.clock = clock
         self.topics = topics
         self.partition_of = partition_of
@@ -310,6 +316,9 @@ class CustomerPipeline:
         them older than this (the caller's bound, see agents/app.py): nothing newer is
         applied yet, so an arrival is matched against the customers as they were at its
         time - a replay or a backlog gives the same audience as live."""
+        self._outboxes = None
+        if self._trim is not None:  # nothing holds a state here (see streams/store.py)
+            self._trim()
         work = _Work(partition, batch, self.context(partition))
         self._bounds = bounds_for(self.policy, self.clock.wall_ms())
         stats = batch.stats
@@ -430,7 +439,11 @@ class CustomerPipeline:
     ) -> Batch:
         """Apply what the clock alone changed in ``partition`` up to ``now_ms`` (default: the
         clock's now). Cost: the due customers only."""
-        batch = batch if batch is not None else Batch(partition)
+        self._outboxes = None
+        if batch is None:
+            batch = Batch(partition)
+            if self._trim is not None:  # a tick of its own, not inside a batch: nothing held
+                self._trim()
         now = self.clock.now_ms(partition) if now_ms is None else now_ms
         # inside a batch: the batch's context at this time (the prior is refreshed per batch)
         ctx = (
@@ -499,35 +512,90 @@ class CustomerPipeline:
     def pending_outbox(self) -> list[tuple[int, str, list[dict[str, Any]]]]:
         """(partition, subject, triggers) decided but perhaps never sent (after a crash)."""
         out = []
-        for subject, state in self.store.items():
+        hint = self._outboxes
+        if hint is not None:  # nothing applied since the rebuild, which saw every state
+            found: Iterator[tuple[str, CustomerState]] = (
+                (s, st) for s in hint if (st := self.store.get(s)) is not None
+            )
+        else:
+            found = states_with(self.store, OUTBOX_MARK)
+        for subject, state in found:
             if state.outbox:
                 out.append((self.home_partition(subject), subject, list(state.outbox)))
         return out
 
-    def rebuild(self) -> None:
-        """Re-derive every index and the clock floor from the store (after assignment)."""
+    def rebuild(self) -> list[str]:
+        """Re-derive every index and the clock floor from the store (after assignment).
+
+        One pass, each state read once: with a :class:`~streams.store.StateStore` a cold
+        customer is decoded for it and dropped again (it stays cold). Deadlines depend on
+        the population's churn prior, known only at the end: the pass keeps each one's
+        terms (``churn.deadline_terms``) and they are indexed after it. A value that cannot
+        be decoded (corrupt, or a state version this release cannot read) is removed from
+        the store and its subject returned (the caller logs it); the rest is rebuilt."""
         for index in self.indexes:
             index.clear()
+        store = self.store
+        encoded_items = getattr(store, "encoded_items", None)
+        items = encoded_items() if encoded_items is not None else store.items()
+        decode = CustomerState.from_json
+        home = self.home_partition
+        population = self.population.update
+        others = tuple(
+            index.update
+            for index in (
+                self.risk,
+                self.stages,
+                self.funnel,
+                self.uplift,
+                *self._stock_indexes,
+                *self._extra_indexes,
+            )
+        )
+        terms_of = self._deadline_terms
         floors: dict[int, int] = {}
-        for subject, state in self.store.items():
-            p = self.home_partition(subject)
-            self.population.update(p, subject, state)
-            if state.last_event_ms is not None and state.last_event_ms > floors.get(p, -(2**62)):
-                floors[p] = state.last_event_ms
+        pending: list[tuple[int, str, int | None, churn.DeadlineTerms | None]] = []
+        unreadable: list[str] = []
+        outboxes: list[str] = []
+        for subject, value in items:
+            if value.__class__ is bytes:
+                try:
+                    state = decode(value, False)  # a view to index: no id memories
+                except Exception:
+                    unreadable.append(subject)
+                    continue
+            else:
+                state = value
+            p = home(subject)
+            population(p, subject, state)
+            last = state.last_event_ms
+            if last is not None and last > floors.get(p, -(2**62)):
+                floors[p] = last
+            for update in others:
+                update(p, subject, state)
+            if state.outbox:
+                outboxes.append(subject)
+            fixed, terms = terms_of(state)
+            if fixed is not None or terms is not None:
+                pending.append((p, subject, fixed, terms))
+        self._outboxes = outboxes  # what pending_outbox needs, until something is applied
+        for subject in unreadable:
+            del store[subject]
+            if self.key_partitions is not None:
+                self.key_partitions.pop(subject, None)
         self._refresh_prior(reindex=False)  # deadlines depend on the recovered population's prior
-        for subject, state in self.store.items():
-            p = self.home_partition(subject)
-            self.deadlines.update(p, subject, state)
-            self.risk.update(p, subject, state)
-            self.stages.update(p, subject, state)
-            self.funnel.update(p, subject, state)
-            self.uplift.update(p, subject, state)
-            for index in (*self._stock_indexes, *self._extra_indexes):
-                index.update(p, subject, state)
+        prior = self._prior_days
+        deadline_from = self._deadline_from
+        self.deadlines.load(
+            (p, subject, at)
+            for p, subject, fixed, terms in pending
+            if (at := deadline_from(fixed, terms, prior)) is not None
+        )
         for p, ms in floors.items():
             self.clock.restore(p, ms)
             if ms > self._customer_newest.get(p, _FIRST):
                 self._customer_newest[p] = ms
+        return unreadable
 
     def applied_until(self, partition: int) -> int:
         """The newest event time applied in ``partition`` since start (``-2**63``: none)."""
@@ -731,13 +799,29 @@ class CustomerPipeline:
     def _next_deadline(self, state: CustomerState) -> int | None:
         """The earliest of the churn deadline, a pending notification's due time and the end
         of an open uplift exposure's window."""
-        at = churn.next_deadline(state, self._prior_days, self.policy.churn)
+        fixed, terms = self._deadline_terms(state)
+        return self._deadline_from(fixed, terms, self._prior_days)
+
+    def _deadline_terms(self, state: CustomerState) -> tuple[int | None, churn.DeadlineTerms | None]:
+        """What :meth:`_next_deadline` needs of the state: the earliest time that does not
+        depend on the churn prior (a stalled prospect's, a pending notification's due time,
+        the end of an open uplift window) and the cadence deadline's terms."""
+        terms = churn.deadline_terms(state, self.policy.churn)
+        fixed = terms if isinstance(terms, int) else None
         for other in (
             gate.next_due(state) if state.notify else None,
             uplift.next_end(state) if state.uplift else None,
         ):
-            if other is not None and (at is None or other < at):
-                at = other
+            if other is not None and (fixed is None or other < fixed):
+                fixed = other
+        return fixed, (terms if isinstance(terms, tuple) else None)
+
+    def _deadline_from(
+        self, fixed: int | None, terms: churn.DeadlineTerms | None, prior_days: float
+    ) -> int | None:
+        at = churn.deadline_at(terms, prior_days, self.policy.churn)
+        if fixed is not None and (at is None or fixed < at):
+            at = fixed
         return at
 
     def _expose(self, state: CustomerState, emits: list[Emit], ctx: Context, batch: Batch) -> None:

@@ -75,12 +75,15 @@ class InterestIndex:
     """Per partition: category -> subjects whose profile may make them interested
     (``streams.interest.candidates``). Implements ``StateIndex``."""
 
-    __slots__ = ("_by", "_of", "policy")
+    __slots__ = ("_by", "_entries", "_of", "policy")
 
     def __init__(self, policy: InterestPolicy) -> None:
         self.policy = policy
         self._of: dict[str, tuple[int, frozenset[str]]] = {}
         self._by: dict[tuple[int, str], set[str]] = {}
+        # one shared (partition, categories) entry per distinct pair (customers share a few
+        # category sets; a frozenset of its own took ~220 B a customer)
+        self._entries: dict[tuple[int, frozenset[str]], tuple[int, frozenset[str]]] = {}
 
     def __len__(self) -> int:
         return len(self._of)
@@ -101,7 +104,8 @@ class InterestIndex:
                     if not members:
                         del self._by[(old[0], category)]
         if new:
-            self._of[subject] = (partition, new)
+            entry = (partition, new)
+            self._of[subject] = self._entries.setdefault(entry, entry)
             by = self._by
             for category in new:
                 key = (partition, category)
@@ -124,6 +128,7 @@ class InterestIndex:
         if partition is None:
             self._of.clear()
             self._by.clear()
+            self._entries.clear()
             return
         for key in [k for k in self._by if k[0] == partition]:
             del self._by[key]

@@ -102,6 +102,10 @@ def merge(into: CustomerState, other: CustomerState, now_ms: int, policy: Funnel
 
 def contribution(state: CustomerState, buy_window_ms: int) -> dict[Cell, tuple[int, int, int, int, int]]:
     """What one customer adds to each (store, hour): (visits, visitor, buyer, orders, cents)."""
+    return {cell: (v[0], v[1], v[2], v[3], v[4]) for cell, v in _cells_of(state, buy_window_ms).items()}
+
+
+def _cells_of(state: CustomerState, buy_window_ms: int) -> dict[Cell, list[int]]:
     funnel = state.funnel
     if not funnel:
         return {}
@@ -118,7 +122,16 @@ def contribution(state: CustomerState, buy_window_ms: int) -> dict[Cell, tuple[i
         cell[VISITORS] = 1
         if not cell[BUYERS] and any(ts <= b <= ts + buy_window_ms for b in buys.get(store, ())):
             cell[BUYERS] = 1
-    return {cell: (v[0], v[1], v[2], v[3], v[4]) for cell, v in out.items()}
+    return out
+
+
+_FLAT = 7  # store, hour, visits, visitor, buyer, orders, cents
+
+
+def _flat(contrib: dict[Cell, list[int]]) -> tuple[Any, ...]:
+    """A contribution as one flat tuple, ``_FLAT`` items a cell: what the index remembers
+    per customer to take it out again (a dict of tuples took ~700 B a customer, this ~200)."""
+    return tuple(x for (store, hour), values in contrib.items() for x in (store, hour, *values))
 
 
 class StoreFunnelIndex(PartitionedIndex):
@@ -132,7 +145,7 @@ class StoreFunnelIndex(PartitionedIndex):
         self._cells: dict[Cell, list[int]] = {}
 
     def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
-        new = {} if state is None or state.funnel is None else contribution(state, self.buy_window_ms)
+        new = () if state is None or state.funnel is None else _flat(_cells_of(state, self.buy_window_ms))
         old = self._of.get(subject)
         if old is None and not new:
             return
@@ -145,14 +158,15 @@ class StoreFunnelIndex(PartitionedIndex):
             self._add(new, 1)
             self._of[subject] = (partition, new)
 
-    def _add(self, contrib: dict[Cell, tuple[int, int, int, int, int]], sign: int) -> None:
+    def _add(self, flat: tuple[Any, ...], sign: int) -> None:
         cells = self._cells
-        for cell, values in contrib.items():
+        for at in range(0, len(flat), _FLAT):
+            cell = (flat[at], flat[at + 1])
             agg = cells.get(cell)
             if agg is None:
                 agg = cells[cell] = [0, 0, 0, 0, 0]
-            for i, v in enumerate(values):
-                agg[i] += sign * v
+            for i in range(5):
+                agg[i] += sign * flat[at + 2 + i]
             if not any(agg):
                 del cells[cell]
 

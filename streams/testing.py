@@ -16,7 +16,7 @@ output lands in ``harness.out[topic]``.
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from streams.partitioning import KeyPartitioner
 from streams.pipeline import Batch, CustomerPipeline
 from streams.policy import Policy
 from streams.stock import broadcast_value
+from streams.store import StateStore
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -58,6 +59,12 @@ class Rec:
     value: bytes | None
 
 
+# PipelineHarness's store: None = a plain dict; a number = a StateStore with that hot bound
+# (tests/conftest.py sets it from PATRONAGE_TEST_HOT_STATES: with 0 every batch and tick
+# starts with every customer encoded, so the whole suite checks the dense store is exact)
+DEFAULT_HOT_STATES: int | None = None
+
+
 class PipelineHarness:
     def __init__(
         self,
@@ -70,7 +77,9 @@ class PipelineHarness:
         idle_ms: int = 5000,
         model: ChurnModel | None = None,
         extra_indexes: Sequence[StateIndex] = (),
+        hot_states: int | None = -1,
     ) -> None:
+        """``hot_states``: the store's hot bound (None: a plain dict; -1: DEFAULT_HOT_STATES)."""
         self.policy = policy or Policy()
         self.partitions = partitions
         self.wall = ManualWall(start_ms)
@@ -79,7 +88,8 @@ class PipelineHarness:
         )
         self.topics = TopicNames()
         self.partitioner = KeyPartitioner({name: partitions for name in self.topics.all()})
-        self.store: dict[str, CustomerState] = {}
+        hot = DEFAULT_HOT_STATES if hot_states == -1 else hot_states
+        self.store: MutableMapping[str, CustomerState] = {} if hot is None else StateStore(hot)
         self.key_partitions: dict[str, int] = {}
         identity_topic = self.topics.real(Topic.IDENTITY)
         self.pipeline = CustomerPipeline(
