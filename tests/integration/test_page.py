@@ -1,12 +1,13 @@
 """The page through the real broker, as a person sees it: a worker fed with generated data,
 the page loaded in headless Chromium (Debian's ``chromium``), the rendered DOM read back
-and compared with the worker's JSON API and the triggers topic. Screenshots go to
-docs/screenshots/ (the README shows them)."""
+and compared with the worker's JSON API and the triggers topic. Screenshots go to a temporary
+directory, or to docs/screenshots/ (the README shows them) with PATRONAGE_UPDATE_SCREENSHOTS=1."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -24,7 +25,12 @@ from tests.integration.conftest import ROOT, Cluster
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium")
-SHOTS = ROOT / "docs" / "screenshots"
+# the README's screenshots are rewritten only on request (a test run leaves the clone clean)
+SHOTS = (
+    ROOT / "docs" / "screenshots"
+    if os.environ.get("PATRONAGE_UPDATE_SCREENSHOTS")
+    else Path(tempfile.gettempdir()) / "patronage-screenshots"
+)
 EVIL_ID = "<script>alert('x')</script>&c"
 EVIL_STORE = '<i>s"&amp;</i>'
 ROWS = 15
