@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,19 +33,23 @@ EXIT_BROKER_LOST = 3
 
 
 async def tcp_probe(servers: Sequence[str], timeout_s: float = 1.0) -> bool:
-    """True if any bootstrap server ``host:port`` accepts a TCP connection."""
+    """True if any bootstrap server ``host:port`` accepts a TCP connection.
+
+    The connect runs in a thread with a socket timeout: its verdict is real time. An asyncio
+    connect with ``wait_for`` timed out whenever the event loop was busy longer than the
+    timeout (a large batch, a two-year replay's mid-batch tick): a busy worker said the
+    broker was lost and /healthz answered 503."""
+    return await asyncio.to_thread(_connects, list(servers), timeout_s)
+
+
+def _connects(servers: list[str], timeout_s: float) -> bool:
     for server in servers:
         host, _, port = server.rpartition(":")
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(host or "127.0.0.1", int(port)), timeout_s
-            )
-        except (TimeoutError, OSError, ValueError):
+            with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+                return True
+        except (OSError, ValueError):
             continue
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-        return True
     return False
 
 
