@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import time
@@ -712,7 +713,28 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
         async def get(self, request: Request) -> Response:
             return self.json(runtime.summary())
 
+    def routed_or_503(view: Any) -> Any:
+        """A customer held by another worker that does not answer (stopped, and not yet
+        replaced in the group: see README "Faults") gets a 503 saying so, not Faust's 500."""
+        import aiohttp
+
+        @functools.wraps(view)
+        async def wrapped(web: Any, request: Request, *args: Any, **kwargs: Any) -> Response:
+            try:
+                return await view(web, request, *args, **kwargs)
+            except (aiohttp.ClientError, OSError) as exc:
+                return web.json(
+                    {
+                        "error": "the worker holding this customer's partition does not answer "
+                        f"({exc.__class__.__name__}); it may be stopped and not yet replaced in the group"
+                    },
+                    status=503,
+                )
+
+        return wrapped
+
     @app.page("/profile/{customer_id}/")
+    @routed_or_503
     @app.table_route(table=table, match_info="customer_id")
     async def profile(web: Any, request: Request, customer_id: str) -> Response:
         stub = runtime.store.get(customer_id)
@@ -730,6 +752,7 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
         return web.json(doc)
 
     @app.page("/why/{customer_id}/")
+    @routed_or_503
     @app.table_route(table=table, match_info="customer_id")
     async def why(web: Any, request: Request, customer_id: str) -> Response:
         category = request.query.get("category")
