@@ -363,6 +363,10 @@ class Runtime:
         out["at_risk"] = {
             f"{k[0]}{' (alerted)' if k[1] else ''}": n for k, n in self.pipeline.risk_counts().items()
         }
+        app = self.extra.get("app")
+        # every count above is of this worker's partitions only
+        out["partitions"] = self.assigned_partitions(app) if app is not None else []
+        out["partitions_total"] = self.settings.partitions
         return out
 
     def store_funnel(self, hours: int = 24) -> list[dict[str, Any]]:

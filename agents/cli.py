@@ -444,6 +444,12 @@ def summary(
 
 
 def print_summary(doc: dict[str, Any]) -> None:
+    held, total = doc.get("partitions"), doc.get("partitions_total")
+    if held is not None and total and len(held) < total:
+        out.print(
+            f"[yellow]this worker holds partitions {', '.join(map(str, held)) or 'none'} of {total}: "
+            "the counts below are theirs only (ask the other workers with --url)[/yellow]"
+        )
     out.print(
         f"customers: {doc['customers']}  buyers: {doc['buyers']}  anonymous visitors: "
         f"{doc['anonymous_visitors']}  merged anonymous ids: {doc['merged_anonymous_ids']}"
