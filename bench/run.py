@@ -191,9 +191,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def metric_total(port: int, name: str) -> float:
+def metrics_text(port: int) -> str:
+    """One scrape of a worker's /metrics."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics/", timeout=60) as resp:
-        text = resp.read().decode()
+        return resp.read().decode()
+
+
+def metric_total(port: int, name: str) -> float:
+    text = metrics_text(port)
     total = 0.0
     for line in text.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
@@ -379,11 +384,10 @@ def worker_e2e(
             svc.stop()
 
 
-def histogram_buckets(port: int, name: str, having: str = "") -> dict[float, float]:
-    """A Prometheus histogram's cumulative buckets, summed over its labels (only series whose
-    labels contain ``having``, e.g. ``stage="apply"``, when given)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics/", timeout=60) as resp:
-        text = resp.read().decode()
+def histogram_buckets(text: str, name: str, having: str = "") -> dict[float, float]:
+    """A Prometheus histogram's cumulative buckets in a scrape (``metrics_text``), summed over
+    its labels (only series whose labels contain ``having``, e.g. ``stage="apply"``, when
+    given)."""
     buckets: dict[float, float] = {}
     for line in text.splitlines():
         if line.startswith(name + "_bucket{") and having in line:
@@ -516,15 +520,17 @@ def latency(
             time.sleep(0.5)
         resync_s = time.perf_counter() - resync_started
         time.sleep(1)
-        before = histogram_buckets(port, hist)
-        stages_before = {s: histogram_buckets(port, STAGES, f'stage="{s}"') for s in BATCH_STAGES}
+        scrape = metrics_text(port)  # one scrape before and one after: the same moments for all
+        before = histogram_buckets(scrape, hist)
+        stages_before = {s: histogram_buckets(scrape, STAGES, f'stage="{s}"') for s in BATCH_STAGES}
         fed, behind = feed(warm, n, True)
         wait_processed(warm + n)
         time.sleep(1)
-        after = histogram_buckets(port, hist)
+        scrape = metrics_text(port)
+        after = histogram_buckets(scrape, hist)
         stages: dict[str, dict[str, float | None]] = {}
         for s, b in stages_before.items():
-            a = histogram_buckets(port, STAGES, f'stage="{s}"')
+            a = histogram_buckets(scrape, STAGES, f'stage="{s}"')
             p50, p99 = quantiles({k: a.get(k, 0.0) - b.get(k, 0.0) for k in a}, (0.5, 0.99))
             stages[s] = {
                 "p50_ms": None if p50 is None else p50 * 1000,
