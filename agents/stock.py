@@ -102,8 +102,9 @@ class StockProcessor:
                 last = offsets.get((self._broadcast, p))
                 if last is not None:
                     self.sent_offsets[p] = last
-        # only now (the broadcast is on the topic, its offsets known): customer batches of
-        # other partitions running meanwhile must not count these arrivals as applied-to
+        # only now (the broadcast is on the topic, its offsets known): a customer batch that
+        # runs while this one waits for the broker (the stock agent of PATRONAGE_FAST_PATH=false
+        # runs beside the customer agent) must not count these arrivals as broadcast
         for partition, ts in newest.items():
             if ts > self.newest.get(partition, -(2**62)):
                 self.newest[partition] = ts
