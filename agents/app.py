@@ -30,6 +30,7 @@ from agents.projection import RedisProjection
 from agents.recovery import BulkChangelog
 from agents.settings import Settings
 from agents.sink import KafkaSink, Sink
+from agents.stallwatch import StallWatch
 from agents.stock import StockProcessor
 from schemas.state import CustomerState
 from schemas.timestamps import iso_utc
@@ -386,6 +387,7 @@ class Runtime:
 class PatronageApp(faust.App):
     runtime: Runtime
     empty_fetch_backoff_ms: float = 0.0
+    stall_log_ms: float = 0.0
     # changelog records of partitions being recovered, applied per fetch (agents/recovery.py)
     bulk_changelog: BulkChangelog | None = None
 
@@ -396,6 +398,8 @@ class PatronageApp(faust.App):
         watch = self.runtime.extra.get("broker_watch") if hasattr(self, "runtime") else None
         if watch is not None:
             self.add_future(watch.run())
+        if self.stall_log_ms > 0:  # PATRONAGE_STALL_LOG_MS: where the loop is held (latency)
+            self.add_future(StallWatch(self.stall_log_ms).beat())
 
     def _new_transport(self) -> Any:
         return BatchingTransport(self.conf.broker_consumer, self)
@@ -581,6 +585,7 @@ def create_app(
     table.on_recovered = runtime.on_recovered
     app.runtime = runtime
     app.empty_fetch_backoff_ms = settings.empty_fetch_backoff_ms
+    app.stall_log_ms = settings.stall_log_ms
 
     customer_topic = app.topic(
         *(topics.real(t) for t in CUSTOMER_PROCESSOR_INPUTS),

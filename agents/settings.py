@@ -264,6 +264,12 @@ class Settings(BaseSettings):
         description="wait after an empty fetch; for brokers without long poll (noida-db: the local "
         "stack sets 5). Real Kafka: leave 0",
     )
+    stall_log_ms: float = Field(
+        0.0,
+        ge=0,
+        description="log a warning with the processing thread's stack when its event loop is held "
+        "longer than this (a latency diagnostic; 0: off; use tens of ms)",
+    )
     data_dir: str = Field(".run/worker", description="worker local data directory")
     log_level: Literal["debug", "info", "warn", "error"] = Field("info", description="log level")
     member_min_purchases: int = Field(3, ge=1, description="lifecycle: purchases to be a member")

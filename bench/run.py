@@ -523,8 +523,10 @@ def latency(
         scrape = metrics_text(port)  # one scrape before and one after: the same moments for all
         before = histogram_buckets(scrape, hist)
         stages_before = {s: histogram_buckets(scrape, STAGES, f'stage="{s}"') for s in BATCH_STAGES}
+        feed_from = time.time()
         fed, behind = feed(warm, n, True)
         wait_processed(warm + n)
+        feed_until = time.time()
         time.sleep(1)
         scrape = metrics_text(port)
         after = histogram_buckets(scrape, hist)
@@ -580,6 +582,11 @@ def latency(
         "events": n,
         "warmup_events": warm,
         "projection_resync_after_warmup_s": resync_s,
+        # wall clock of the measured feed (to find it in the worker's log)
+        "feed_utc": [
+            time.strftime("%H:%M:%S", time.gmtime(feed_from)),
+            time.strftime("%H:%M:%S", time.gmtime(feed_until)),
+        ],
         "fed_events_per_s": fed,
         "behind": behind,
         "lifecycle": {"count": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": q(1.0)},

@@ -23,7 +23,7 @@ than the retention are dropped only when the customer changes, so hours older th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from schemas.state import CustomerState
@@ -135,14 +135,17 @@ def _flat(contrib: dict[Cell, list[int]]) -> tuple[Any, ...]:
 
 
 class StoreFunnelIndex(PartitionedIndex):
-    """Sums of the customers' contributions per (store, hour); a StateIndex."""
+    """Sums of the customers' contributions per (store, hour); a StateIndex.
 
-    __slots__ = ("_cells", "buy_window_ms")
+    Kept as hour -> store -> sums, so a window of recent hours (the scrape's gauges, the
+    page) reads only its own hours, never the years of history before it."""
+
+    __slots__ = ("_hours", "buy_window_ms")
 
     def __init__(self, buy_window_ms: int) -> None:
         super().__init__()
         self.buy_window_ms = buy_window_ms
-        self._cells: dict[Cell, list[int]] = {}
+        self._hours: dict[int, dict[str, list[int]]] = {}
 
     def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
         new = () if state is None or state.funnel is None else _flat(_cells_of(state, self.buy_window_ms))
@@ -159,35 +162,50 @@ class StoreFunnelIndex(PartitionedIndex):
             self._of[subject] = (partition, new)
 
     def _add(self, flat: tuple[Any, ...], sign: int) -> None:
-        cells = self._cells
+        hours = self._hours
         for at in range(0, len(flat), _FLAT):
-            cell = (flat[at], flat[at + 1])
-            agg = cells.get(cell)
+            store, hour = flat[at], flat[at + 1]
+            stores = hours.get(hour)
+            if stores is None:
+                stores = hours[hour] = {}
+            agg = stores.get(store)
             if agg is None:
-                agg = cells[cell] = [0, 0, 0, 0, 0]
+                agg = stores[store] = [0, 0, 0, 0, 0]
             for i in range(5):
                 agg[i] += sign * flat[at + 2 + i]
             if not any(agg):
-                del cells[cell]
+                del stores[store]
+                if not stores:
+                    del hours[hour]
 
     def _clear_all(self) -> None:
-        self._cells.clear()
+        self._hours.clear()
+
+    def _window(self, since_ms: int) -> Iterator[tuple[int, dict[str, list[int]]]]:
+        start = hour_of(since_ms)
+        return ((hour, stores) for hour, stores in self._hours.items() if hour >= start)
 
     def cells(self, since_ms: int) -> dict[Cell, tuple[int, int, int, int, int]]:
         """(store, hour) -> (visits, visitors, buyers, orders, cents) for the hours from
         ``hour_of(since_ms)`` on (hours past the clock's now included: events a partition
         applied ahead of another's clock)."""
-        start = hour_of(since_ms)
-        return {cell: (v[0], v[1], v[2], v[3], v[4]) for cell, v in self._cells.items() if cell[1] >= start}
+        return {
+            (store, hour): (v[0], v[1], v[2], v[3], v[4])
+            for hour, stores in self._window(since_ms)
+            for store, v in stores.items()
+        }
 
     def per_store(self, since_ms: int) -> dict[str, tuple[int, int, int, int, int]]:
         """Store -> totals over the hours from ``since_ms`` on (visitors and buyers summed
         over hours: a customer visiting in two hours counts in both)."""
         out: dict[str, list[int]] = {}
-        for (store, _hour), v in self.cells(since_ms).items():
-            agg = out.setdefault(store, [0, 0, 0, 0, 0])
-            for i in range(5):
-                agg[i] += v[i]
+        for _hour, stores in self._window(since_ms):
+            for store, v in stores.items():
+                agg = out.get(store)
+                if agg is None:
+                    agg = out[store] = [0, 0, 0, 0, 0]
+                for i in range(5):
+                    agg[i] += v[i]
         return {s: (v[0], v[1], v[2], v[3], v[4]) for s, v in out.items()}
 
 
