@@ -50,6 +50,17 @@ def _key_of(obj: dict[str, Any], fields: tuple[str, ...]) -> str | None:
     return None
 
 
+def _no_key(obj: dict[str, Any], fields: tuple[str, ...]) -> str:
+    """Why a line has no key, in words: the key field is missing, or there but empty."""
+    empty = [name for name in fields if obj.get(name) == ""]
+    if empty:
+        return (
+            f'no key: {" and ".join(empty)} {"is" if len(empty) == 1 else "are"} empty (""): '
+            f"{' or '.join(fields)} must be a non-empty string"
+        )
+    return f"no key: needs {' or '.join(fields)}"
+
+
 # CSV has no types: cells of these fields are read as the JSON type the contract wants
 # when they spell one (ids and decimal amounts stay strings, which the contract accepts).
 _CSV_INTEGERS = frozenset({"ts", "qty", "rating"})
@@ -219,7 +230,7 @@ async def replay(
             real_topic = settings.topic(topic)
             key = None if obj is None else _key_of(obj, fields)
             if obj is not None and key is None:
-                error = (Reason.NO_KEY, f"line {n}: no key: needs {' or '.join(fields)}")
+                error = (Reason.NO_KEY, f"line {n}: {_no_key(obj, fields)}")
             if error is not None:
                 code, detail = error
                 result.reasons[code.value] = result.reasons.get(code.value, 0) + 1

@@ -73,6 +73,34 @@ def test_bad_input_becomes_a_dead_letter_with_a_stable_reason_code(value: bytes 
     assert h.state("c") is None
 
 
+@pytest.mark.parametrize(
+    ("topic", "value"),
+    [
+        (Topic.PURCHASES, purchase("e", "")),
+        (Topic.TOUCHPOINTS, {"event_id": "e", "customer_id": "", "ts": T0, "type": "view"}),
+        (
+            Topic.TOUCHPOINTS,
+            {"event_id": "e", "customer_id": "", "anonymous_id": "a1", "ts": T0, "type": "view"},
+        ),
+        (Topic.CUSTOMER_UPDATES, {"event_id": "e", "customer_id": "", "ts": T0, "loyalty_member": True}),
+    ],
+)
+def test_an_empty_customer_id_is_named_plainly_in_the_dead_letter(topic: Topic, value: dict) -> None:
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    h.send(topic, value)
+    (dead,) = h.dead_letters()
+    assert dead["reason"] == "invalid_field"
+    assert dead["error"] == 'customer_id: is empty (""): must be a non-empty string (1 to 200 characters)'
+
+
+def test_an_id_too_long_says_how_long_it_is_and_the_limit() -> None:
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    h.send(Topic.PURCHASES, purchase("e", "c" * 201))
+    (dead,) = h.dead_letters()
+    assert dead["reason"] == "invalid_field"
+    assert dead["error"] == "customer_id: is 201 characters long: must be at most 200"
+
+
 @pytest.mark.parametrize("zone", ["Mars/Olympus", "../../etc/passwd", "", "utc+3"])
 def test_an_unknown_time_zone_is_a_dead_letter_not_a_silent_utc(zone: str) -> None:
     h = PipelineHarness(clock="wall", start_ms=T0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agents.replay import KEY_FIELDS, _key_of, detect_format, read_lines
+from agents.replay import KEY_FIELDS, _key_of, _no_key, detect_format, read_lines
 from schemas.errors import Reason
 
 
@@ -47,3 +47,12 @@ def test_keys_follow_the_contract() -> None:
     assert _key_of({"category": "beer"}, KEY_FIELDS["stock-arrivals"]) == "beer"
     assert _key_of({"customer_id": 42}, KEY_FIELDS["purchases"]) == "42"
     assert _key_of({}, KEY_FIELDS["purchases"]) is None
+
+
+def test_an_empty_key_field_is_named_as_empty_not_as_missing() -> None:
+    touch = KEY_FIELDS["touchpoints"]
+    assert _key_of({"customer_id": ""}, touch) is None
+    assert _no_key({"customer_id": ""}, touch) == (
+        'no key: customer_id is empty (""): customer_id or anonymous_id must be a non-empty string'
+    )
+    assert _no_key({}, KEY_FIELDS["purchases"]) == "no key: needs customer_id"
