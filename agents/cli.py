@@ -184,7 +184,7 @@ def replay(
     JSON arrays/objects (e.g. items) are parsed. Lines that cannot be read, or lack the key
     field, go to the dead-letters topic with the reason and are counted in the summary.
     """
-    from agents.replay import count_lines, sources_in
+    from agents.replay import count_records, detect_format, sources_in
     from agents.replay import replay as do_replay
     from schemas.topics import Topic
 
@@ -201,7 +201,7 @@ def replay(
             raise AssertionError
         sources = [(path, Topic(topic.value))]
     partitions = ensure_all_topics(settings)
-    total = sum(count_lines(p) for p, _ in sources)
+    total = sum(count_records(p, detect_format(p, fmt)) for p, _ in sources)
     label = path.name if len(sources) == 1 else f"{path.name}/ ({', '.join(t.value for _, t in sources)})"
     with Progress(
         TextColumn(f"replay {label}"),
@@ -222,6 +222,9 @@ def replay(
                 progress=lambda n: bar.update(task, completed=n),
             )
         )
+        # done is done: the bar ends at its total even if a file changed since it was counted
+        done = result.sent + result.dead_letters
+        bar.update(task, total=done, completed=done)
     rate_s = result.sent / result.seconds if result.seconds else 0.0
     where = ", ".join(f"{n} → {settings.topic(t)}" for t, n in result.by_topic.items()) or "nothing sent"
     msg = f"sent {result.sent} events ({where}) in {result.seconds:.2f}s ({rate_s:,.0f}/s)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,49 @@ def test_profile_rows_show_p_alive_and_interests_for_people() -> None:
     assert rows["stores"] == '{"s11": 2}'
     assert rows["rfm"] == "None"
     assert dict(profile_rows({"interests": []}))["interests"] == "none"
+
+
+@pytest.mark.parametrize("name", ["purchases.csv", "purchases.jsonl"])
+def test_replay_progress_reaches_its_total(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """The bar of `patronage replay` ends at N/N (a CSV's header once made it 4/5)."""
+    import re
+
+    from typer.testing import CliRunner
+
+    import agents.cli as cli
+    import agents.replay as replay_mod
+
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        path.write_text(
+            "event_id,customer_id,ts,amount,currency\n"
+            + "".join(f"p{i},c{i},1793523600000,5,EUR\n" for i in range(4))
+            + "p9,,1793523600000,5,EUR\n"  # no key: a dead letter, counted too
+        )
+    else:
+        path.write_text(
+            "".join(f'{{"event_id":"p{i}","customer_id":"c{i}","ts":1793523600000}}\n' for i in range(4))
+            + "\n{oops\n"
+        )
+
+    async def replay_without_a_broker(
+        settings: object, sources: list, *, fmt: str | None, progress: Callable[[int], None], **_: object
+    ) -> replay_mod.ReplayResult:
+        result = replay_mod.ReplayResult()
+        for source, _topic in sources:
+            for _n, _raw, obj, error in replay_mod.read_lines(source, replay_mod.detect_format(source, fmt)):
+                if obj is None or error is not None or not obj.get("customer_id"):
+                    result.dead_letters += 1
+                else:
+                    result.sent += 1
+                progress(result.sent + result.dead_letters)
+        return result
+
+    monkeypatch.setattr(replay_mod, "replay", replay_without_a_broker)
+    monkeypatch.setattr(cli, "ensure_all_topics", lambda settings: {})
+    proc = CliRunner().invoke(cli.app, ["replay", str(path), "--topic", "purchases"])
+    assert proc.exit_code == 0, proc.output
+    assert re.search(r"replay \S+ .* 5/5 ", proc.output), proc.output
+    assert "4/5" not in proc.output and "5/6" not in proc.output
