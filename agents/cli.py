@@ -699,29 +699,7 @@ def _tail_line(topic: str, value: Any) -> str:
             f"{_readable_id(cause.get('event_id'))})"
         )
     if isinstance(value, dict) and topic.endswith("triggers"):
-        details = value.get("details") or {}
-        why = value.get("reason")
-        if why == "lapse":
-            why = (
-                f"lapse: silent {details.get('days_silent')} d, usual {details.get('usual_interval_days')} d"
-            )
-        elif why == "complaint":
-            why = f"complaint via {(details.get('complaint') or {}).get('channel')}"
-        if value.get("type") == "new_stock_for_interest":
-            items = ", ".join(str(it.get("sku")) for it in value.get("items") or [])
-            basis = value.get("interest") or {}
-            held = " HELD OUT" if value.get("holdout") else ""
-            return (
-                f"  {value.get('ts')}  new stock → {value.get('recipient_kind')} {value.get('recipient_id')} "
-                f"via {value.get('channel')}{held}: {items}  ({value.get('reason')} in {basis.get('category')}, "
-                f"{basis.get('spend_share', 0):.0%} of spend, {basis.get('occasions_in_window')} orders)"
-            )
-        return (
-            f"  {value.get('ts')}  {value.get('type')} {value.get('customer_id')} → "
-            f"{value.get('recipient_kind')} {value.get('recipient_id')}  ({why}; tier {details.get('tier')}, "
-            f"{details.get('purchases', '')} purchases, P(alive) "
-            f"{'n/a (no churn model)' if details.get('p_alive') is None else details.get('p_alive')})"
-        )
+        return "  " + _trigger_line(value)
     if isinstance(value, dict) and topic.endswith("dead-letters"):
         where = (
             f"{value.get('topic')}, rejected before sending"
@@ -730,6 +708,78 @@ def _tail_line(topic: str, value: Any) -> str:
         )
         return f"  {value.get('reason')}: {str(value.get('error'))[:300]}  ({where})"
     return f"  {json.dumps(value)[:200]}"
+
+
+HELD_OUT = " HELD OUT (control group: not delivered)"
+
+
+def _trigger_line(value: dict[str, Any]) -> str:
+    """One trigger for people, with the fields that matter for its type: a churn alert's
+    reason, risk stage, tier and P(alive); a come-back's purchase and the alert it answers;
+    a stalled prospect's asks. A trigger in a control group says it is held out."""
+    kind = value.get("type")
+    details = value.get("details") or {}
+    held = HELD_OUT if value.get("holdout") else ""
+    to = f"→ {value.get('recipient_kind')} {value.get('recipient_id')}"
+    if kind == "new_stock_for_interest":
+        items = ", ".join(str(it.get("sku")) for it in value.get("items") or [])
+        basis = value.get("interest") or {}
+        return (
+            f"{value.get('ts')}  new stock {to} via {value.get('channel')}{held}: {items}  "
+            f"({value.get('reason')} in {basis.get('category')}, {basis.get('spend_share') or 0:.0%} of spend, "
+            f"{basis.get('occasions_in_window')} orders)"
+        )
+    head = f"{value.get('ts')}  {kind} {value.get('customer_id')} {to}{held}"
+    if kind == "churn_risk":
+        why = _churn_reason(value.get("reason"), details)
+        p_alive, n = details.get("p_alive"), details.get("purchases")
+        facts = [
+            details.get("risk_stage"),
+            _when(details.get("tier"), "tier {}"),
+            details.get("milestone"),
+            _when(n, "{} purchase" + ("" if n == 1 else "s")),
+            _when(details.get("lifetime_value"), "{:.2f} " + str(details.get("currency") or "")),
+            f"P(alive) {'n/a (no churn model)' if p_alive is None else p_alive}",
+        ]
+        return f"{head}  ({why}; {', '.join(f.strip() for f in facts if f)})"
+    if kind == "won_back":
+        purchase = details.get("purchase_event_id")
+        silent = details.get("days_silent")
+        back = (
+            "came back: "
+            + (f"purchase {purchase}" if purchase else "a purchase")
+            + (f" after {silent} d silent" if silent is not None else "")
+        )
+        answers = f"answers the {details.get('alert_reason')} alert of {details.get('alerted_at')}"
+        return f"{head}  ({back}; {answers})"
+    if kind == "stalled_prospect":
+        asks = details.get("asks") or {}
+        each = ", ".join(f"{t} {n}" for t, n in asks.items())
+        return (
+            f"{head}  (stalled: {sum(asks.values())} asks ({each}), no purchase; first "
+            f"{details.get('first_ask_at')}, last {details.get('last_ask_at')})"
+        )
+    return f"{head}  ({value.get('reason')})"
+
+
+def _churn_reason(reason: Any, details: dict[str, Any]) -> str:
+    if reason == "lapse":
+        return f"lapse: silent {details.get('days_silent')} d, usual {details.get('usual_interval_days')} d"
+    if reason == "complaint":
+        c = details.get("complaint") or {}
+        rated = "" if c.get("type") in ("complaint", None) else f": {c.get('type')} rated {c.get('rating')}"
+        return f"complaint{rated}" + _when(c.get("channel"), " via {}", "")
+    if reason == "experience":
+        e = details.get("experience") or {}
+        return (
+            f"experience: score {e.get('score')} (was {e.get('previous_score')}, best {e.get('peak_score')})"
+        )
+    return str(reason)
+
+
+def _when(value: Any, template: str, otherwise: Any = None) -> Any:
+    """``template`` filled with ``value``, or ``otherwise`` when there is no value."""
+    return otherwise if value is None else template.format(value)
 
 
 # --- generate -----------------------------------------------------------------------------

@@ -148,3 +148,77 @@ def test_replay_progress_reaches_its_total(
     assert proc.exit_code == 0, proc.output
     assert re.search(r"replay \S+ .* 5/5 ", proc.output), proc.output
     assert "4/5" not in proc.output and "5/6" not in proc.output
+
+
+CHURN = {
+    "type": "churn_risk", "customer_id": "c000152", "recipient_id": "crm", "recipient_kind": "team",
+    "ts": "2025-02-06T13:39:58.000Z", "reason": "lapse", "episode": 0,
+    "details": {"days_silent": 90.0, "usual_interval_days": 30.0, "purchases": 1, "lifetime_value": 146.94,
+                "currency": "EUR", "tier": "core", "milestone": None, "risk_stage": "at_risk",
+                "p_alive": 0.31, "experiment": "default", "segment": "hibernating"},
+    "deliver": False, "holdout": True,
+}  # fmt: skip
+WON_BACK = {
+    "type": "won_back", "customer_id": "c000024", "recipient_id": "s11", "recipient_kind": "store",
+    "ts": "2025-05-26T14:53:04.000Z", "reason": "came_back", "episode": 0,
+    "details": {"purchase_event_id": "p-1463", "purchase_at": "2025-05-26T14:53:04.000Z",
+                "alerted_at": "2025-03-31T16:04:58.000Z", "alert_reason": "lapse",
+                "alert_trigger_id": "9ff26d38eb6204383efbc9e30dd5907c", "days_silent": 146.0},
+    "deliver": True, "holdout": False,
+}  # fmt: skip
+STALLED = {
+    "type": "stalled_prospect", "customer_id": "c000172", "recipient_id": "s09", "recipient_kind": "store",
+    "ts": "2025-06-06T13:57:02.000Z", "reason": "stalled", "episode": 0,
+    "details": {"asks": {"cart": 1, "inquiry": 2}, "first_ask_at": "2025-05-08T12:12:25.000Z",
+                "last_ask_at": "2025-06-06T13:57:02.000Z", "touchpoints": [], "touchpoints_total": 6},
+}  # fmt: skip
+NEW_STOCK = {
+    "type": "new_stock_for_interest", "customer_id": "c000209", "recipient_id": "c000209",
+    "recipient_kind": "customer", "ts": "2024-12-27T07:26:26.000Z", "reason": "interest", "channel": "email",
+    "deliver": False, "holdout": True,
+    "items": [{"sku": "BAKE-0007", "category": "bakery", "qty": 36}],
+    "interest": {"category": "bakery", "score": 0.8, "spend_share": 0.8036, "occasions_in_window": 4},
+    "details": {"arrivals": 1},
+}  # fmt: skip
+
+
+def test_each_trigger_type_shows_its_own_fields_and_no_none() -> None:
+    held = _tail_line("triggers", CHURN)
+    assert "churn_risk c000152 → team crm HELD OUT (control group: not delivered)" in held
+    assert (
+        "lapse: silent 90.0 d, usual 30.0 d; at_risk, tier core, 1 purchase, 146.94 EUR, P(alive) 0.31"
+        in held
+    )
+    delivered = _tail_line("triggers", {**CHURN, "deliver": True, "holdout": False})
+    assert "HELD OUT" not in delivered and "tier core" in delivered
+
+    won = _tail_line("triggers", WON_BACK)
+    assert "won_back c000024 → store s11  (came back: purchase p-1463 after 146.0 d silent; " in won
+    assert "answers the lapse alert of 2025-03-31T16:04:58.000Z" in won
+    assert "HELD OUT" in _tail_line("triggers", {**WON_BACK, "deliver": False, "holdout": True})
+
+    stalled = _tail_line("triggers", STALLED)
+    assert "stalled: 3 asks (cart 1, inquiry 2), no purchase; first 2025-05-08T12:12:25.000Z" in stalled
+
+    for line in (won, stalled):
+        assert "tier" not in line and "P(alive)" not in line and "purchases" not in line, line
+    for line in (held, delivered, won, stalled):
+        assert "None" not in line, line
+
+    stock = _tail_line("triggers", NEW_STOCK)
+    assert (
+        "new stock → customer c000209 via email HELD OUT (control group: not delivered): BAKE-0007" in stock
+    )
+
+
+def test_a_churn_alerts_line_says_what_the_complaint_or_experience_was() -> None:
+    complaint = {"type": "review", "rating": 2, "channel": "app"}
+    line = _tail_line("triggers", {**CHURN, "reason": "complaint", "details": {"complaint": complaint}})
+    assert "(complaint: review rated 2 via app; P(alive) n/a (no churn model))" in line
+    spoken = {"type": "complaint", "rating": None, "channel": "email"}
+    assert "(complaint via email;" in _tail_line(
+        "triggers", {**CHURN, "reason": "complaint", "details": {"complaint": spoken}}
+    )
+    drop = {"score": 3.1, "previous_score": 3.9, "peak_score": 4.5}
+    line = _tail_line("triggers", {**CHURN, "reason": "experience", "details": {"experience": drop}})
+    assert "(experience: score 3.1 (was 3.9, best 4.5);" in line
