@@ -655,8 +655,8 @@ def tail(
     out.print(f"{name}: {len(records)} records")
     for label, n in sorted(counts.items(), key=lambda kv: -kv[1]):
         out.print(f"  {n:>8}  {label}")
-    for _, _, _, value in shown:
-        out.print(_tail_line(topic, value))
+    for _, partition, offset, value in shown:
+        out.print(_tail_record(topic, partition, offset, value))
 
 
 def _tail_label(topic: str, value: Any) -> str:
@@ -688,26 +688,43 @@ def _readable_id(event_id: Any) -> str:
     return text
 
 
+def _position(partition: Any, offset: Any) -> str:
+    """Where a record is in its topic: ``p2@1234`` (partition 2, offset 1234)."""
+    return f"p{partition}@{offset}"
+
+
+def _tail_record(topic: str, partition: int, offset: int, value: Any) -> str:
+    """One record of ``patronage tail``: its partition and offset, then what it says."""
+    return f"  {_position(partition, offset)}  {_tail_line(topic, value)}"
+
+
 def _tail_line(topic: str, value: Any) -> str:
     if value is None:
-        return "  (tombstone: this key's earlier records are erased)"
+        return "(tombstone: this key's earlier records are erased)"
     if isinstance(value, dict) and topic.endswith("lifecycle-changes"):
         cause = value.get("cause", {})
         return (
-            f"  {value.get('ts')}  {value.get('customer_id')}: {value.get('from_stage')} -> "
+            f"{value.get('ts')}  {value.get('customer_id')}: {value.get('from_stage')} -> "
             f"{value.get('to_stage')}  ({cause.get('rule')}; {cause.get('type')} "
             f"{_readable_id(cause.get('event_id'))})"
         )
     if isinstance(value, dict) and topic.endswith("triggers"):
-        return "  " + _trigger_line(value)
+        return _trigger_line(value)
     if isinstance(value, dict) and topic.endswith("dead-letters"):
-        where = (
-            f"{value.get('topic')}, rejected before sending"
-            if value.get("offset") is None
-            else f"{value.get('topic')}@{value.get('offset')}"
-        )
-        return f"  {value.get('reason')}: {str(value.get('error'))[:300]}  ({where})"
-    return f"  {json.dumps(value)[:200]}"
+        return f"{value.get('reason')}: {str(value.get('error'))[:300]}  ({_dead_letter_origin(value)})"
+    return json.dumps(value)[:200]
+
+
+def _dead_letter_origin(value: dict[str, Any]) -> str:
+    """The input record a dead letter is about (``purchases p0@17``), and the identity hop it
+    failed on when it was re-routed (``via patronage-identity p1@4``)."""
+    if value.get("offset") is None:
+        return f"{value.get('topic')}, rejected before sending"
+    where = f"{value.get('topic')} {_position(value.get('partition'), value.get('offset'))}"
+    via = value.get("via")
+    if isinstance(via, dict):
+        where += f" via {via.get('topic')} {_position(via.get('partition'), via.get('offset'))}"
+    return where
 
 
 HELD_OUT = " HELD OUT (control group: not delivered)"

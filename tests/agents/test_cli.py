@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.cli import _readable_id, _tail_line
+from agents.cli import _readable_id, _tail_line, _tail_record
 from agents.localstack import free_port
 
 BIN = Path(sys.executable).parent / "patronage"
@@ -222,3 +222,33 @@ def test_a_churn_alerts_line_says_what_the_complaint_or_experience_was() -> None
     drop = {"score": 3.1, "previous_score": 3.9, "peak_score": 4.5}
     line = _tail_line("triggers", {**CHURN, "reason": "experience", "details": {"experience": drop}})
     assert "(experience: score 3.1 (was 3.9, best 4.5);" in line
+
+
+@pytest.mark.parametrize(
+    ("topic", "value"),
+    [
+        ("triggers", WON_BACK),
+        ("lifecycle-changes", {"ts": "2026-01-01T00:00:00.000Z", "customer_id": "c1", "from_stage": "visitor",
+                               "to_stage": "customer", "cause": {"rule": "first purchase", "type": "purchase",
+                                                                 "event_id": "p1"}}),
+        ("dead-letters", {"reason": "invalid_json", "error": "x", "topic": "purchases", "partition": 0, "offset": 3}),
+        ("purchases", {"event_id": "p1", "customer_id": "c1"}),
+        ("lifecycle-changes", None),
+    ],
+)  # fmt: skip
+def test_every_tailed_record_shows_its_partition_and_offset(topic: str, value: object) -> None:
+    line = _tail_record(topic, 2, 1234, value)
+    assert line.startswith("  p2@1234  "), line
+    assert line == f"  p2@1234  {_tail_line(topic, value)}"
+
+
+def test_a_dead_letter_names_the_record_it_is_about_with_its_partition() -> None:
+    dead = {"reason": "currency_mismatch", "error": "currency: USD", "topic": "purchases", "partition": 0,
+            "offset": 17}  # fmt: skip
+    assert _tail_record("dead-letters", 1, 4, dead).endswith("(purchases p0@17)")
+    hop = {"topic": "patronage-identity", "partition": 1, "offset": 4}
+    line = _tail_record("dead-letters", 1, 5, {**dead, "via": hop})
+    assert line.startswith("  p1@5  currency_mismatch: ")
+    assert line.endswith("(purchases p0@17 via patronage-identity p1@4)")
+    replayed = {**dead, "partition": None, "offset": None}
+    assert _tail_line("dead-letters", replayed).endswith("(purchases, rejected before sending)")
