@@ -184,7 +184,7 @@ def replay(
     JSON arrays/objects (e.g. items) are parsed. Lines that cannot be read, or lack the key
     field, go to the dead-letters topic with the reason and are counted in the summary.
     """
-    from agents.replay import count_lines, sources_in
+    from agents.replay import count_records, detect_format, sources_in
     from agents.replay import replay as do_replay
     from schemas.topics import Topic
 
@@ -201,7 +201,7 @@ def replay(
             raise AssertionError
         sources = [(path, Topic(topic.value))]
     partitions = ensure_all_topics(settings)
-    total = sum(count_lines(p) for p, _ in sources)
+    total = sum(count_records(p, detect_format(p, fmt)) for p, _ in sources)
     label = path.name if len(sources) == 1 else f"{path.name}/ ({', '.join(t.value for _, t in sources)})"
     with Progress(
         TextColumn(f"replay {label}"),
@@ -222,6 +222,9 @@ def replay(
                 progress=lambda n: bar.update(task, completed=n),
             )
         )
+        # done is done: the bar ends at its total even if a file changed since it was counted
+        done = result.sent + result.dead_letters
+        bar.update(task, total=done, completed=done)
     rate_s = result.sent / result.seconds if result.seconds else 0.0
     where = ", ".join(f"{n} → {settings.topic(t)}" for t, n in result.by_topic.items()) or "nothing sent"
     msg = f"sent {result.sent} events ({where}) in {result.seconds:.2f}s ({rate_s:,.0f}/s)"
@@ -652,8 +655,8 @@ def tail(
     out.print(f"{name}: {len(records)} records")
     for label, n in sorted(counts.items(), key=lambda kv: -kv[1]):
         out.print(f"  {n:>8}  {label}")
-    for _, _, _, value in shown:
-        out.print(_tail_line(topic, value))
+    for _, partition, offset, value in shown:
+        out.print(_tail_record(topic, partition, offset, value))
 
 
 def _tail_label(topic: str, value: Any) -> str:
@@ -685,48 +688,115 @@ def _readable_id(event_id: Any) -> str:
     return text
 
 
+def _position(partition: Any, offset: Any) -> str:
+    """Where a record is in its topic: ``p2@1234`` (partition 2, offset 1234)."""
+    return f"p{partition}@{offset}"
+
+
+def _tail_record(topic: str, partition: int, offset: int, value: Any) -> str:
+    """One record of ``patronage tail``: its partition and offset, then what it says."""
+    return f"  {_position(partition, offset)}  {_tail_line(topic, value)}"
+
+
 def _tail_line(topic: str, value: Any) -> str:
     if value is None:
-        return "  (tombstone: this key's earlier records are erased)"
+        return "(tombstone: this key's earlier records are erased)"
     if isinstance(value, dict) and topic.endswith("lifecycle-changes"):
         cause = value.get("cause", {})
         return (
-            f"  {value.get('ts')}  {value.get('customer_id')}: {value.get('from_stage')} -> "
+            f"{value.get('ts')}  {value.get('customer_id')}: {value.get('from_stage')} -> "
             f"{value.get('to_stage')}  ({cause.get('rule')}; {cause.get('type')} "
             f"{_readable_id(cause.get('event_id'))})"
         )
     if isinstance(value, dict) and topic.endswith("triggers"):
-        details = value.get("details") or {}
-        why = value.get("reason")
-        if why == "lapse":
-            why = (
-                f"lapse: silent {details.get('days_silent')} d, usual {details.get('usual_interval_days')} d"
-            )
-        elif why == "complaint":
-            why = f"complaint via {(details.get('complaint') or {}).get('channel')}"
-        if value.get("type") == "new_stock_for_interest":
-            items = ", ".join(str(it.get("sku")) for it in value.get("items") or [])
-            basis = value.get("interest") or {}
-            held = " HELD OUT" if value.get("holdout") else ""
-            return (
-                f"  {value.get('ts')}  new stock → {value.get('recipient_kind')} {value.get('recipient_id')} "
-                f"via {value.get('channel')}{held}: {items}  ({value.get('reason')} in {basis.get('category')}, "
-                f"{basis.get('spend_share', 0):.0%} of spend, {basis.get('occasions_in_window')} orders)"
-            )
-        return (
-            f"  {value.get('ts')}  {value.get('type')} {value.get('customer_id')} → "
-            f"{value.get('recipient_kind')} {value.get('recipient_id')}  ({why}; tier {details.get('tier')}, "
-            f"{details.get('purchases', '')} purchases, P(alive) "
-            f"{'n/a (no churn model)' if details.get('p_alive') is None else details.get('p_alive')})"
-        )
+        return _trigger_line(value)
     if isinstance(value, dict) and topic.endswith("dead-letters"):
-        where = (
-            f"{value.get('topic')}, rejected before sending"
-            if value.get("offset") is None
-            else f"{value.get('topic')}@{value.get('offset')}"
+        return f"{value.get('reason')}: {str(value.get('error'))[:300]}  ({_dead_letter_origin(value)})"
+    return json.dumps(value)[:200]
+
+
+def _dead_letter_origin(value: dict[str, Any]) -> str:
+    """The input record a dead letter is about (``purchases p0@17``), and the identity hop it
+    failed on when it was re-routed (``via patronage-identity p1@4``)."""
+    if value.get("offset") is None:
+        return f"{value.get('topic')}, rejected before sending"
+    where = f"{value.get('topic')} {_position(value.get('partition'), value.get('offset'))}"
+    via = value.get("via")
+    if isinstance(via, dict):
+        where += f" via {via.get('topic')} {_position(via.get('partition'), via.get('offset'))}"
+    return where
+
+
+HELD_OUT = " HELD OUT (control group: not delivered)"
+
+
+def _trigger_line(value: dict[str, Any]) -> str:
+    """One trigger for people, with the fields that matter for its type: a churn alert's
+    reason, risk stage, tier and P(alive); a come-back's purchase and the alert it answers;
+    a stalled prospect's asks. A trigger in a control group says it is held out."""
+    kind = value.get("type")
+    details = value.get("details") or {}
+    held = HELD_OUT if value.get("holdout") else ""
+    to = f"→ {value.get('recipient_kind')} {value.get('recipient_id')}"
+    if kind == "new_stock_for_interest":
+        items = ", ".join(str(it.get("sku")) for it in value.get("items") or [])
+        basis = value.get("interest") or {}
+        return (
+            f"{value.get('ts')}  new stock {to} via {value.get('channel')}{held}: {items}  "
+            f"({value.get('reason')} in {basis.get('category')}, {basis.get('spend_share') or 0:.0%} of spend, "
+            f"{basis.get('occasions_in_window')} orders)"
         )
-        return f"  {value.get('reason')}: {str(value.get('error'))[:300]}  ({where})"
-    return f"  {json.dumps(value)[:200]}"
+    head = f"{value.get('ts')}  {kind} {value.get('customer_id')} {to}{held}"
+    if kind == "churn_risk":
+        why = _churn_reason(value.get("reason"), details)
+        p_alive, n = details.get("p_alive"), details.get("purchases")
+        facts = [
+            details.get("risk_stage"),
+            _when(details.get("tier"), "tier {}"),
+            details.get("milestone"),
+            _when(n, "{} purchase" + ("" if n == 1 else "s")),
+            _when(details.get("lifetime_value"), "{:.2f} " + str(details.get("currency") or "")),
+            f"P(alive) {'n/a (no churn model)' if p_alive is None else p_alive}",
+        ]
+        return f"{head}  ({why}; {', '.join(f.strip() for f in facts if f)})"
+    if kind == "won_back":
+        purchase = details.get("purchase_event_id")
+        silent = details.get("days_silent")
+        back = (
+            "came back: "
+            + (f"purchase {purchase}" if purchase else "a purchase")
+            + (f" after {silent} d silent" if silent is not None else "")
+        )
+        answers = f"answers the {details.get('alert_reason')} alert of {details.get('alerted_at')}"
+        return f"{head}  ({back}; {answers})"
+    if kind == "stalled_prospect":
+        asks = details.get("asks") or {}
+        each = ", ".join(f"{t} {n}" for t, n in asks.items())
+        return (
+            f"{head}  (stalled: {sum(asks.values())} asks ({each}), no purchase; first "
+            f"{details.get('first_ask_at')}, last {details.get('last_ask_at')})"
+        )
+    return f"{head}  ({value.get('reason')})"
+
+
+def _churn_reason(reason: Any, details: dict[str, Any]) -> str:
+    if reason == "lapse":
+        return f"lapse: silent {details.get('days_silent')} d, usual {details.get('usual_interval_days')} d"
+    if reason == "complaint":
+        c = details.get("complaint") or {}
+        rated = "" if c.get("type") in ("complaint", None) else f": {c.get('type')} rated {c.get('rating')}"
+        return f"complaint{rated}" + _when(c.get("channel"), " via {}", "")
+    if reason == "experience":
+        e = details.get("experience") or {}
+        return (
+            f"experience: score {e.get('score')} (was {e.get('previous_score')}, best {e.get('peak_score')})"
+        )
+    return str(reason)
+
+
+def _when(value: Any, template: str, otherwise: Any = None) -> Any:
+    """``template`` filled with ``value``, or ``otherwise`` when there is no value."""
+    return otherwise if value is None else template.format(value)
 
 
 # --- generate -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -48,6 +48,17 @@ def _key_of(obj: dict[str, Any], fields: tuple[str, ...]) -> str | None:
         if value is not None and value != "":
             return str(value)
     return None
+
+
+def _no_key(obj: dict[str, Any], fields: tuple[str, ...]) -> str:
+    """Why a line has no key, in words: the key field is missing, or there but empty."""
+    empty = [name for name in fields if obj.get(name) == ""]
+    if empty:
+        return (
+            f'no key: {" and ".join(empty)} {"is" if len(empty) == 1 else "are"} empty (""): '
+            f"{' or '.join(fields)} must be a non-empty string"
+        )
+    return f"no key: needs {' or '.join(fields)}"
 
 
 # CSV has no types: cells of these fields are read as the JSON type the contract wants
@@ -106,7 +117,7 @@ def read_lines(path: Path, fmt: str) -> Iterator[tuple[int, bytes, dict[str, Any
                     continue
                 yield n, raw, obj, None
     elif fmt == "csv":
-        with path.open("r", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        with _open_csv(path) as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None:
                 return
@@ -127,6 +138,10 @@ def read_lines(path: Path, fmt: str) -> Iterator[tuple[int, bytes, dict[str, Any
                 yield n, orjson.dumps(obj), obj, None
     else:
         raise ValueError(f"unknown format {fmt!r} (jsonl or csv)")
+
+
+def _open_csv(path: Path) -> TextIO:
+    return path.open("r", newline="", encoding="utf-8", errors="surrogateescape")
 
 
 def detect_format(path: Path, fmt: str | None) -> str:
@@ -219,7 +234,7 @@ async def replay(
             real_topic = settings.topic(topic)
             key = None if obj is None else _key_of(obj, fields)
             if obj is not None and key is None:
-                error = (Reason.NO_KEY, f"line {n}: no key: needs {' or '.join(fields)}")
+                error = (Reason.NO_KEY, f"line {n}: {_no_key(obj, fields)}")
             if error is not None:
                 code, detail = error
                 result.reasons[code.value] = result.reasons.get(code.value, 0) + 1
@@ -267,6 +282,12 @@ async def replay(
     return result
 
 
-def count_lines(path: Path) -> int:
+def count_records(path: Path, fmt: str) -> int:
+    """How many records :func:`read_lines` yields for the file (the progress bar's total):
+    JSONL its non-blank lines; CSV its rows, read as ``read_lines`` reads them (not the
+    header; a quoted cell may span lines; blank lines are skipped)."""
+    if fmt == "csv":
+        with _open_csv(path) as fh:
+            return sum(1 for _ in csv.DictReader(fh))
     with path.open("rb") as fh:
         return sum(1 for line in fh if line.strip())

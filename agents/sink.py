@@ -110,8 +110,8 @@ def _minimal(record: OutRecord) -> OutRecord:
         full = orjson.loads(record.value or b"{}")
     except orjson.JSONDecodeError:
         full = {}
-    keep = ("topic", "partition", "offset", "reason", "stage", "at", "value_bytes", "value_sha256")
-    value: dict[str, Any] = {k: full.get(k) for k in keep}
+    keep = ("topic", "partition", "offset", "via", "reason", "stage", "at", "value_bytes", "value_sha256")
+    value: dict[str, Any] = {k: full.get(k) for k in keep if k != "via" or full.get(k) is not None}
     value.update(key=None, value=None, truncated=True, error=str(full.get("error", ""))[:500])
     key = None if record.key is None else record.key[:200]
     return OutRecord(record.topic, record.partition, key, orjson.dumps(value))

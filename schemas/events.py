@@ -74,20 +74,41 @@ CONTROL_CHARS = re.compile("[\x00-\x1f\x7f]")
 _CONTROL_JSON = "[\\u0000-\\u001f\\u007f]"
 
 
+NAME_MAX_CHARS = 200
+
+
 def _plain_str(value: object) -> object:
-    """Strings only (no number coercion), without control characters."""
-    if type(value) is str and CONTROL_CHARS.search(value):
-        raise PydanticCustomError(Reason.INVALID_FIELD.value, "must not contain control characters")
+    """Strings only (no number coercion) of 1-200 characters, without control characters.
+    The length is checked here, not by pydantic's constraint, to say it plainly: its own
+    words for an empty id are "Value should have at least 1 item after validation"."""
+    if type(value) is str:
+        if not value:
+            raise PydanticCustomError(
+                Reason.INVALID_FIELD.value,
+                f'is empty (""): must be a non-empty string (1 to {NAME_MAX_CHARS} characters)',
+            )
+        if len(value) > NAME_MAX_CHARS:
+            raise PydanticCustomError(
+                Reason.INVALID_FIELD.value,
+                f"is {len(value)} characters long: must be at most {NAME_MAX_CHARS}",
+            )
+        if CONTROL_CHARS.search(value):
+            raise PydanticCustomError(Reason.INVALID_FIELD.value, "must not contain control characters")
     return value
 
 
-_NAME_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 200, "not": {"pattern": _CONTROL_JSON}}
+_NAME_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": NAME_MAX_CHARS,
+    "not": {"pattern": _CONTROL_JSON},
+}
 # Ids are JSON strings: a number is refused (1e20, 1.0 and 12345678901234567890 do not survive
 # every producer's JSON library unchanged). Send numeric ids as their decimal string.
 Id = Annotated[
     str,
     BeforeValidator(_plain_str),
-    Field(min_length=1, max_length=200),
+    Field(min_length=1, max_length=NAME_MAX_CHARS),
     WithJsonSchema(_NAME_SCHEMA),
 ]
 # ISO 8601 / RFC 3339 date-time with a UTC offset (the shape; the calendar is checked by
@@ -190,7 +211,7 @@ Cents = Annotated[
 ShortStr = Annotated[
     str,
     BeforeValidator(_plain_str),
-    Field(min_length=1, max_length=200),
+    Field(min_length=1, max_length=NAME_MAX_CHARS),
     WithJsonSchema(_NAME_SCHEMA),
 ]
 

@@ -42,12 +42,32 @@ class LifecycleChange(BaseModel):
     cause: LifecycleCause
 
 
-class DeadLetter(BaseModel):
-    """``dead-letters``: input that could not be processed, with the reason."""
+class RecordOrigin(BaseModel):
+    """Where a record was read: topic (its real name), partition, offset."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     topic: str
+    partition: int
+    offset: int
+
+
+class DeadLetter(BaseModel):
+    """``dead-letters``: input that could not be processed, with the reason.
+
+    ``topic``/``partition``/``offset`` name the input record as it was sent, also when it
+    failed on the worker it was re-routed to (through the identity topic); ``via`` then
+    names the identity hop that failed."""
+
+    topic: str = Field(description="the input record's topic (a re-routed record's too: see via)")
     partition: int | None
     offset: int | None
+    via: RecordOrigin | None = Field(
+        default=None,
+        description="only for a record re-routed through the identity topic (keyed to another "
+        "partition, or an event for a merged anonymous id): where the hop that failed was read; "
+        "value is then the hop record, the event under its 'event'",
+    )
     key: str | None = Field(description="original key, utf-8 (or base64 in key_b64)")
     key_b64: str | None = None
     value: str | None = Field(description="original value as utf-8 text when it is text")
@@ -82,6 +102,11 @@ class IdentityRecord(BaseModel):
     snapshot: dict[str, Any] | None = None
     topic: str | None = Field(default=None, description="kind=event: original input topic")
     event: dict[str, Any] | None = Field(default=None, description="kind=event: the input event")
+    origin: RecordOrigin | None = Field(
+        default=None,
+        description="the input record behind the hop (kept from hop to hop): a dead letter of "
+        "the hop names it",
+    )
 
     @field_validator("anon", "customer", "event_id", mode="before")
     @classmethod
@@ -212,10 +237,12 @@ def dead_letter_record(
     stage: Stage,
     at: str,
     max_bytes: int = 65_536,
+    via: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The dead-letter record. Key and value are kept up to ``max_bytes`` each (then cut,
     ``truncated: true``), so the record always fits a broker's message limit; the original
-    size and SHA-256 always describe the whole value."""
+    size and SHA-256 always describe the whole value. ``via``: the identity hop a re-routed
+    record failed on (``topic``/``partition``/``offset`` are then the input record's)."""
     truncated = False
     if key is not None and len(key) > max_bytes:
         key, truncated = key[:max_bytes], True
@@ -235,6 +262,8 @@ def dead_letter_record(
         "stage": stage.value,
         "at": at,
     }
+    if via is not None:
+        rec["via"] = via
     if key_b64 is not None:
         rec["key_b64"] = key_b64
     if value_b64 is not None:

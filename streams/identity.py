@@ -10,17 +10,22 @@ keyed by the subject that must handle them); their shape is :class:`IdentityReco
   4. later events for A reach the stub and are forwarded to C as ``event`` records; so are
      input events a producer keyed to the wrong partition (re-routing).
 Every hop is idempotent, so at-least-once delivery of the internal records is enough.
+
+Every hop carries its ``origin``: the input record (topic, partition, offset) behind it,
+kept from hop to hop (the pipeline stamps it), so that a dead letter of a hop names the
+record the user sent, not the internal topic's position.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from schemas.errors import Reason, Rejected, Stage
 from schemas.events import describe_validation_error
-from schemas.outputs import IdentityRecord
+from schemas.outputs import IdentityRecord, RecordOrigin
 from schemas.state import CustomerState
 from schemas.topics import Topic
 from streams import dedupe, storefunnel
@@ -57,6 +62,22 @@ def merge_record(
 def redirect_record(subject: str, topic: Topic, event: dict[str, Any]) -> Emit:
     """An input event carried to the partition that owns ``subject``."""
     return Emit(Topic.IDENTITY, subject, {"kind": "event", "topic": topic.value, "event": event})
+
+
+def origin_of(hop: bytes | None) -> dict[str, Any] | None:
+    """The ``origin`` an identity record carries (None: not an identity record, or one
+    written before hops carried it)."""
+    try:
+        obj = orjson.loads(hop) if hop is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    origin = obj.get("origin") if isinstance(obj, dict) else None
+    if not isinstance(origin, dict):
+        return None
+    try:
+        return RecordOrigin.model_validate(origin).model_dump()
+    except ValidationError:
+        return None
 
 
 def parse(obj: dict[str, Any]) -> IdentityRecord:

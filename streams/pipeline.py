@@ -164,6 +164,7 @@ class _Work:
     newest: dict[str, int] = field(default_factory=dict)  # topic -> newest applied event time
     last: str | None = None  # the subject the record just applied changed
     ingest_ms: int | None = None  # Kafka timestamp of the record being applied
+    record: RecordLike | None = None  # the record being applied (the origin of its hops)
 
 
 class _Ready(NamedTuple):
@@ -268,6 +269,7 @@ class CustomerPipeline:
             Topic.STOCK_BROADCAST: self._stock,
         }
         self._bounds = bounds_for(policy, clock.wall_ms())
+        self._identity_topic = topics.real(Topic.IDENTITY)
 
     # --- entry points ---------------------------------------------------------------------
     def apply(
@@ -379,6 +381,7 @@ class CustomerPipeline:
                 due_at = deadlines.next_deadline(partition)
             work.last = None
             work.ingest_ms = _ingest_ms(record)
+            work.record = record
             try:
                 outcome = prepared.run()
             except Rejected as exc:
@@ -675,7 +678,9 @@ class CustomerPipeline:
             if self.partition_of(subject) != work.partition:
                 # Keyed differently from the customer id: carry it to the customer's partition.
                 def reroute() -> Outcome:
-                    work.batch.emits.append(identity.redirect_record(subject, topic, obj))
+                    hop = identity.redirect_record(subject, topic, obj)
+                    self._stamp_origin((hop,), work)
+                    work.batch.emits.append(hop)
                     return Outcome.REROUTED
 
                 return _Ready(name, _FIRST, reroute)
@@ -860,7 +865,28 @@ class CustomerPipeline:
         if step.emits:
             if step.state is not None and step.outcome is not Outcome.DUPLICATE:
                 self._expose(step.state, step.emits, work.ctx, work.batch)
+            self._stamp_origin(step.emits, work)
             self._route(step.emits, work.batch, work.ingest_ms)
+
+    def _stamp_origin(self, emits: Sequence[Emit], work: _Work) -> None:
+        """Identity hops carry the input record behind them (kept from hop to hop)."""
+        record = work.record
+        if record is None:
+            return
+        origin = None
+        for emit in emits:
+            if emit.topic is Topic.IDENTITY and emit.value is not None:
+                if origin is None:
+                    origin = self._origin_of(record)
+                emit.value["origin"] = origin
+
+    def _origin_of(self, record: RecordLike) -> dict[str, Any]:
+        """The input record behind ``record``: itself, or what the identity hop carries."""
+        if record.topic == self._identity_topic:
+            origin = identity.origin_of(record.value)
+            if origin is not None:
+                return origin
+        return position(record)
 
     def _route(self, emits: list[Emit], batch: Batch, ingest_ms: int | None = None) -> None:
         stats = batch.stats
@@ -905,16 +931,31 @@ class CustomerPipeline:
         return self.partition_of(subject)
 
     def _dead_letter(self, record: RecordLike, exc: Rejected) -> Emit:
-        return dead_letter(record, exc, self.clock.wall_ms(), self.policy.dead_letter_max_bytes)
+        origin = self._origin_of(record) if record.topic == self._identity_topic else None
+        return dead_letter(record, exc, self.clock.wall_ms(), self.policy.dead_letter_max_bytes, origin)
 
 
-def dead_letter(record: RecordLike, exc: Rejected, wall_ms: int, max_bytes: int) -> Emit:
+def position(record: RecordLike) -> dict[str, Any]:
+    """Where a record was read (the dead letter's and an identity hop's ``origin`` shape)."""
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+def dead_letter(
+    record: RecordLike, exc: Rejected, wall_ms: int, max_bytes: int, origin: dict[str, Any] | None = None
+) -> Emit:
     """The dead letter for an input record: where it came from, the original bytes (cut to
-    ``max_bytes``), the reason code and the detail. Keyed by the original key."""
+    ``max_bytes``), the reason code and the detail. Keyed by the original key.
+
+    ``origin``: the input record behind an identity hop (re-routed, or forwarded to a merged
+    id's customer): the dead letter names it, and the hop that failed as ``via``."""
+    where = position(record)
+    via = None
+    if origin is not None and origin != where:
+        where, via = origin, where
     value = dead_letter_record(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
+        topic=where["topic"],
+        partition=where["partition"],
+        offset=where["offset"],
         key=record.key,
         value=record.value,
         reason=exc.reason,
@@ -922,6 +963,7 @@ def dead_letter(record: RecordLike, exc: Rejected, wall_ms: int, max_bytes: int)
         stage=exc.stage,
         at=iso_utc(wall_ms) or "",
         max_bytes=max_bytes,
+        via=via,
     )
     key = "" if record.key is None else record.key[:1000].decode("utf-8", "replace")
     return Emit(Topic.DEAD_LETTERS, key, value)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from agents.cli import _readable_id, _tail_line
+from agents.cli import _readable_id, _tail_line, _tail_record
 from agents.localstack import free_port
 
 BIN = Path(sys.executable).parent / "patronage"
@@ -101,3 +102,153 @@ def test_profile_rows_show_p_alive_and_interests_for_people() -> None:
     assert rows["stores"] == '{"s11": 2}'
     assert rows["rfm"] == "None"
     assert dict(profile_rows({"interests": []}))["interests"] == "none"
+
+
+@pytest.mark.parametrize("name", ["purchases.csv", "purchases.jsonl"])
+def test_replay_progress_reaches_its_total(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """The bar of `patronage replay` ends at N/N (a CSV's header once made it 4/5)."""
+    import re
+
+    from typer.testing import CliRunner
+
+    import agents.cli as cli
+    import agents.replay as replay_mod
+
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        path.write_text(
+            "event_id,customer_id,ts,amount,currency\n"
+            + "".join(f"p{i},c{i},1793523600000,5,EUR\n" for i in range(4))
+            + "p9,,1793523600000,5,EUR\n"  # no key: a dead letter, counted too
+        )
+    else:
+        path.write_text(
+            "".join(f'{{"event_id":"p{i}","customer_id":"c{i}","ts":1793523600000}}\n' for i in range(4))
+            + "\n{oops\n"
+        )
+
+    async def replay_without_a_broker(
+        settings: object, sources: list, *, fmt: str | None, progress: Callable[[int], None], **_: object
+    ) -> replay_mod.ReplayResult:
+        result = replay_mod.ReplayResult()
+        for source, _topic in sources:
+            for _n, _raw, obj, error in replay_mod.read_lines(source, replay_mod.detect_format(source, fmt)):
+                if obj is None or error is not None or not obj.get("customer_id"):
+                    result.dead_letters += 1
+                else:
+                    result.sent += 1
+                progress(result.sent + result.dead_letters)
+        return result
+
+    monkeypatch.setattr(replay_mod, "replay", replay_without_a_broker)
+    monkeypatch.setattr(cli, "ensure_all_topics", lambda settings: {})
+    proc = CliRunner().invoke(cli.app, ["replay", str(path), "--topic", "purchases"])
+    assert proc.exit_code == 0, proc.output
+    assert re.search(r"replay \S+ .* 5/5 ", proc.output), proc.output
+    assert "4/5" not in proc.output and "5/6" not in proc.output
+
+
+CHURN = {
+    "type": "churn_risk", "customer_id": "c000152", "recipient_id": "crm", "recipient_kind": "team",
+    "ts": "2025-02-06T13:39:58.000Z", "reason": "lapse", "episode": 0,
+    "details": {"days_silent": 90.0, "usual_interval_days": 30.0, "purchases": 1, "lifetime_value": 146.94,
+                "currency": "EUR", "tier": "core", "milestone": None, "risk_stage": "at_risk",
+                "p_alive": 0.31, "experiment": "default", "segment": "hibernating"},
+    "deliver": False, "holdout": True,
+}  # fmt: skip
+WON_BACK = {
+    "type": "won_back", "customer_id": "c000024", "recipient_id": "s11", "recipient_kind": "store",
+    "ts": "2025-05-26T14:53:04.000Z", "reason": "came_back", "episode": 0,
+    "details": {"purchase_event_id": "p-1463", "purchase_at": "2025-05-26T14:53:04.000Z",
+                "alerted_at": "2025-03-31T16:04:58.000Z", "alert_reason": "lapse",
+                "alert_trigger_id": "9ff26d38eb6204383efbc9e30dd5907c", "days_silent": 146.0},
+    "deliver": True, "holdout": False,
+}  # fmt: skip
+STALLED = {
+    "type": "stalled_prospect", "customer_id": "c000172", "recipient_id": "s09", "recipient_kind": "store",
+    "ts": "2025-06-06T13:57:02.000Z", "reason": "stalled", "episode": 0,
+    "details": {"asks": {"cart": 1, "inquiry": 2}, "first_ask_at": "2025-05-08T12:12:25.000Z",
+                "last_ask_at": "2025-06-06T13:57:02.000Z", "touchpoints": [], "touchpoints_total": 6},
+}  # fmt: skip
+NEW_STOCK = {
+    "type": "new_stock_for_interest", "customer_id": "c000209", "recipient_id": "c000209",
+    "recipient_kind": "customer", "ts": "2024-12-27T07:26:26.000Z", "reason": "interest", "channel": "email",
+    "deliver": False, "holdout": True,
+    "items": [{"sku": "BAKE-0007", "category": "bakery", "qty": 36}],
+    "interest": {"category": "bakery", "score": 0.8, "spend_share": 0.8036, "occasions_in_window": 4},
+    "details": {"arrivals": 1},
+}  # fmt: skip
+
+
+def test_each_trigger_type_shows_its_own_fields_and_no_none() -> None:
+    held = _tail_line("triggers", CHURN)
+    assert "churn_risk c000152 → team crm HELD OUT (control group: not delivered)" in held
+    assert (
+        "lapse: silent 90.0 d, usual 30.0 d; at_risk, tier core, 1 purchase, 146.94 EUR, P(alive) 0.31"
+        in held
+    )
+    delivered = _tail_line("triggers", {**CHURN, "deliver": True, "holdout": False})
+    assert "HELD OUT" not in delivered and "tier core" in delivered
+
+    won = _tail_line("triggers", WON_BACK)
+    assert "won_back c000024 → store s11  (came back: purchase p-1463 after 146.0 d silent; " in won
+    assert "answers the lapse alert of 2025-03-31T16:04:58.000Z" in won
+    assert "HELD OUT" in _tail_line("triggers", {**WON_BACK, "deliver": False, "holdout": True})
+
+    stalled = _tail_line("triggers", STALLED)
+    assert "stalled: 3 asks (cart 1, inquiry 2), no purchase; first 2025-05-08T12:12:25.000Z" in stalled
+
+    for line in (won, stalled):
+        assert "tier" not in line and "P(alive)" not in line and "purchases" not in line, line
+    for line in (held, delivered, won, stalled):
+        assert "None" not in line, line
+
+    stock = _tail_line("triggers", NEW_STOCK)
+    assert (
+        "new stock → customer c000209 via email HELD OUT (control group: not delivered): BAKE-0007" in stock
+    )
+
+
+def test_a_churn_alerts_line_says_what_the_complaint_or_experience_was() -> None:
+    complaint = {"type": "review", "rating": 2, "channel": "app"}
+    line = _tail_line("triggers", {**CHURN, "reason": "complaint", "details": {"complaint": complaint}})
+    assert "(complaint: review rated 2 via app; P(alive) n/a (no churn model))" in line
+    spoken = {"type": "complaint", "rating": None, "channel": "email"}
+    assert "(complaint via email;" in _tail_line(
+        "triggers", {**CHURN, "reason": "complaint", "details": {"complaint": spoken}}
+    )
+    drop = {"score": 3.1, "previous_score": 3.9, "peak_score": 4.5}
+    line = _tail_line("triggers", {**CHURN, "reason": "experience", "details": {"experience": drop}})
+    assert "(experience: score 3.1 (was 3.9, best 4.5);" in line
+
+
+@pytest.mark.parametrize(
+    ("topic", "value"),
+    [
+        ("triggers", WON_BACK),
+        ("lifecycle-changes", {"ts": "2026-01-01T00:00:00.000Z", "customer_id": "c1", "from_stage": "visitor",
+                               "to_stage": "customer", "cause": {"rule": "first purchase", "type": "purchase",
+                                                                 "event_id": "p1"}}),
+        ("dead-letters", {"reason": "invalid_json", "error": "x", "topic": "purchases", "partition": 0, "offset": 3}),
+        ("purchases", {"event_id": "p1", "customer_id": "c1"}),
+        ("lifecycle-changes", None),
+    ],
+)  # fmt: skip
+def test_every_tailed_record_shows_its_partition_and_offset(topic: str, value: object) -> None:
+    line = _tail_record(topic, 2, 1234, value)
+    assert line.startswith("  p2@1234  "), line
+    assert line == f"  p2@1234  {_tail_line(topic, value)}"
+
+
+def test_a_dead_letter_names_the_record_it_is_about_with_its_partition() -> None:
+    dead = {"reason": "currency_mismatch", "error": "currency: USD", "topic": "purchases", "partition": 0,
+            "offset": 17}  # fmt: skip
+    assert _tail_record("dead-letters", 1, 4, dead).endswith("(purchases p0@17)")
+    hop = {"topic": "patronage-identity", "partition": 1, "offset": 4}
+    line = _tail_record("dead-letters", 1, 5, {**dead, "via": hop})
+    assert line.startswith("  p1@5  currency_mismatch: ")
+    assert line.endswith("(purchases p0@17 via patronage-identity p1@4)")
+    replayed = {**dead, "partition": None, "offset": None}
+    assert _tail_line("dead-letters", replayed).endswith("(purchases, rejected before sending)")

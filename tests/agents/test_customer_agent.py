@@ -172,3 +172,27 @@ async def test_triggers_are_sent_after_the_state_that_decided_them_is_durable() 
     after = [orjson.loads(r.value) for r in sink.records[first_trigger:] if r.topic.endswith("changelog")]
     assert after and "out" not in after[-1]  # then the emptied outbox
     assert await processor.resend_outbox() == 0
+
+
+async def test_a_refused_dead_letter_of_a_hop_still_names_the_record_sent() -> None:
+    """Cut to the minimal record, the dead letter of a re-routed record keeps its origin
+    (topic, partition, offset of the record sent) and the hop it failed on (via)."""
+    from agents.processor import CustomerProcessor
+    from streams.testing import PipelineHarness
+
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    sink = RefusingSink(limit=20_000)
+    processor = CustomerProcessor(
+        pipeline=h.pipeline, sink=sink, topics=h.topics, partition_for=h.partitioner
+    )
+    usd = {"event_id": "p1", "customer_id": "c1", "ts": T0, "amount": 5, "currency": "USD"}
+    origin = {"topic": "purchases", "partition": 3, "offset": 7}
+    hop = {"kind": "event", "topic": "purchases", "event": {**usd, "note": "x" * 30_000}, "origin": origin}
+    p = h.pipeline.partition_of("c1")
+    record = h.record(Topic.IDENTITY, hop, key="c1", partition=p)
+    await processor.handle(p, [record])
+    assert sink.refused >= 1
+    (dead,) = [orjson.loads(r.value) for r in sink.on("dead-letters")]
+    assert dead["reason"] == "currency_mismatch" and dead["truncated"] is True
+    assert {k: dead[k] for k in origin} == origin
+    assert dead["via"] == {"topic": record.topic, "partition": p, "offset": record.offset}

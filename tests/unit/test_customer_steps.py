@@ -198,11 +198,15 @@ def test_anonymous_id_cannot_be_merged_into_two_customers() -> None:
     h = Harness()
     h.send("touchpoints", touch(1, "view", 0, anon="a1"))
     h.send("touchpoints", touch(2, "identify", 1, cid="c1", anon="a1"))
-    h.send("touchpoints", touch(3, "identify", 2, cid="c2", anon="a1"))
+    claim = h.record(Topic.TOUCHPOINTS, touch(3, "identify", 2, cid="c2", anon="a1"))
+    h.deliver([claim])
     assert h.states["a1"].merged_into == "c1"
     (dead,) = h.dead_letters()
     assert dead["reason"] == "identity_conflict" and dead["stage"] == "process"
-    assert "already merged into 'c1'" in dead["error"] and dead["topic"] == "patronage-identity"
+    assert "already merged into 'c1'" in dead["error"]
+    # refused at a1's partition (the link hop), named by the identify the user sent
+    assert (dead["topic"], dead["partition"], dead["offset"]) == (claim.topic, claim.partition, claim.offset)
+    assert dead["via"]["topic"] == "patronage-identity"
 
 
 def test_currency_mismatch_is_rejected_with_reason() -> None:

@@ -73,6 +73,34 @@ def test_bad_input_becomes_a_dead_letter_with_a_stable_reason_code(value: bytes 
     assert h.state("c") is None
 
 
+@pytest.mark.parametrize(
+    ("topic", "value"),
+    [
+        (Topic.PURCHASES, purchase("e", "")),
+        (Topic.TOUCHPOINTS, {"event_id": "e", "customer_id": "", "ts": T0, "type": "view"}),
+        (
+            Topic.TOUCHPOINTS,
+            {"event_id": "e", "customer_id": "", "anonymous_id": "a1", "ts": T0, "type": "view"},
+        ),
+        (Topic.CUSTOMER_UPDATES, {"event_id": "e", "customer_id": "", "ts": T0, "loyalty_member": True}),
+    ],
+)
+def test_an_empty_customer_id_is_named_plainly_in_the_dead_letter(topic: Topic, value: dict) -> None:
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    h.send(topic, value)
+    (dead,) = h.dead_letters()
+    assert dead["reason"] == "invalid_field"
+    assert dead["error"] == 'customer_id: is empty (""): must be a non-empty string (1 to 200 characters)'
+
+
+def test_an_id_too_long_says_how_long_it_is_and_the_limit() -> None:
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    h.send(Topic.PURCHASES, purchase("e", "c" * 201))
+    (dead,) = h.dead_letters()
+    assert dead["reason"] == "invalid_field"
+    assert dead["error"] == "customer_id: is 201 characters long: must be at most 200"
+
+
 @pytest.mark.parametrize("zone", ["Mars/Olympus", "../../etc/passwd", "", "utc+3"])
 def test_an_unknown_time_zone_is_a_dead_letter_not_a_silent_utc(zone: str) -> None:
     h = PipelineHarness(clock="wall", start_ms=T0)
@@ -119,6 +147,64 @@ def test_records_keyed_to_the_wrong_partition_are_rerouted_and_counted_under_the
     first, second = h.batches[0], h.batches[1]
     assert first.partition == wrong and first.stats.outcomes == {("purchases", "rerouted"): 1}
     assert second.partition == home and second.stats.outcomes == {("purchases", "applied"): 1}
+
+
+def test_a_rerouted_records_dead_letter_names_the_record_sent_and_the_hop_as_via() -> None:
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    home = h.pipeline.partition_of("c1")
+    wrong = (home + 1) % h.partitions
+    h.deliver([h.record(Topic.PURCHASES, purchase("p0", "c9"), key="c9", partition=wrong)])  # offset 0
+    sent = h.record(Topic.PURCHASES, {**purchase("p1", "c1"), "currency": "USD"}, key="c1", partition=wrong)
+    h.deliver([sent])  # valid where it lands, refused at c1's partition (the currency)
+    (hop,) = [r for b in h.batches for r in b.emits if r.topic is Topic.IDENTITY and r.key == "c1"]
+    assert hop.value is not None
+    assert hop.value["origin"] == {"topic": "purchases", "partition": wrong, "offset": 1}
+    (dead,) = h.dead_letters()
+    assert dead["reason"] == "currency_mismatch"
+    assert (dead["topic"], dead["partition"], dead["offset"]) == ("purchases", wrong, 1)
+    assert dead["via"] == {"topic": "patronage-identity", "partition": home, "offset": 0}
+    assert orjson.loads(dead["value"])["event"]["event_id"] == "p1"  # the hop's bytes, as read
+    DeadLetter.model_validate(dead)
+
+
+def test_the_origin_is_kept_from_hop_to_hop() -> None:
+    """Keyed to the wrong partition (hop 1, to the anonymous id), forwarded to the customer
+    it was merged into (hop 2), refused there: the dead letter names the record sent."""
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    touch = {"ts": T0, "type": "view"}
+    h.send(Topic.TOUCHPOINTS, {**touch, "event_id": "t0", "anonymous_id": "a1"})
+    h.send(
+        Topic.TOUCHPOINTS,
+        {**touch, "event_id": "t1", "customer_id": "c1", "type": "identify", "alias_of": "a1"},
+    )
+    h.send(Topic.TOUCHPOINTS, {**touch, "event_id": "t2", "customer_id": "c1"})
+    state = h.state("a1")
+    assert state is not None and state.merged_into == "c1"
+    wrong = next(
+        p
+        for p in range(h.partitions)
+        if p not in (h.pipeline.partition_of("a1"), h.pipeline.partition_of("c1"))
+    )
+    sent = h.record(
+        Topic.TOUCHPOINTS, {**touch, "event_id": "t2", "anonymous_id": "a1", "type": "cart"}, partition=wrong
+    )
+    h.deliver([sent])  # same id as c1's t2, other content: a conflict, found two hops later
+    (dead,) = h.dead_letters()
+    assert dead["reason"] == "duplicate_conflict"
+    assert (dead["topic"], dead["partition"], dead["offset"]) == (sent.topic, sent.partition, sent.offset)
+    assert dead["via"]["topic"] == "patronage-identity"
+    assert dead["via"]["partition"] == h.pipeline.partition_of("c1")
+
+
+def test_a_hop_without_an_origin_is_dead_lettered_where_it_was_read() -> None:
+    """Hops written before they carried their origin: the identity topic's position, no via."""
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    hop = {"kind": "event", "topic": "purchases", "event": {**purchase("p1", "c1"), "currency": "USD"}}
+    rec = h.record(Topic.IDENTITY, hop, key="c1", partition=h.pipeline.partition_of("c1"))
+    h.deliver([rec])
+    (dead,) = h.dead_letters()
+    assert (dead["topic"], dead["partition"], dead["offset"]) == (rec.topic, rec.partition, rec.offset)
+    assert "via" not in dead
 
 
 def test_event_clock_is_the_oldest_active_input_per_partition_and_never_goes_back() -> None:

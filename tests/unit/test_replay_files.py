@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agents.replay import KEY_FIELDS, _key_of, detect_format, read_lines
+from agents.replay import KEY_FIELDS, _key_of, _no_key, count_records, detect_format, read_lines
 from schemas.errors import Reason
 
 
@@ -41,9 +41,43 @@ def test_csv_rows_become_events_with_json_cells(tmp_path: Path) -> None:
     assert "more cells than header columns" in rows[1][3][1]
 
 
+CSV_WITH_HEADER_BLANK_AND_MULTILINE = (
+    "event_id,customer_id,ts,amount,currency,items\n"
+    'p1,c1,2026-11-01T10:00:00Z,5,EUR,"[{""sku"":""a"",\n""category"":""b"",""qty"":1,""price"":5}]"\n'
+    "\n"
+    "p2,c1,1793523600000,3,EUR,\n"
+    "p3,,1793523600000,3,EUR,\n"
+    "p4,c2,1793523600000,3,EUR,,too-many\n"
+)
+
+
+def test_the_progress_total_counts_what_is_read_not_the_lines(tmp_path: Path) -> None:
+    """`patronage replay` of a CSV ended at 4/5: the header counted as a record. The total is
+    what read_lines yields (each becomes an event or a dead letter), in both formats."""
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_text(CSV_WITH_HEADER_BLANK_AND_MULTILINE)
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_bytes(b'{"event_id":"p1","customer_id":"c1"}\n\n  \r\n[1]\n{oops\r\n{"event_id":"p2"}')
+    for path, expected in ((csv_file, 4), (jsonl, 4)):
+        fmt = detect_format(path, None)
+        assert count_records(path, fmt) == len(list(read_lines(path, fmt))) == expected, path.name
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("event_id,customer_id\n")
+    assert count_records(tmp_path / "empty.csv", "csv") == count_records(tmp_path / "header.csv", "csv") == 0
+
+
 def test_keys_follow_the_contract() -> None:
     assert _key_of({"customer_id": "c1", "anonymous_id": "a"}, KEY_FIELDS["touchpoints"]) == "c1"
     assert _key_of({"anonymous_id": "a"}, KEY_FIELDS["touchpoints"]) == "a"
     assert _key_of({"category": "beer"}, KEY_FIELDS["stock-arrivals"]) == "beer"
     assert _key_of({"customer_id": 42}, KEY_FIELDS["purchases"]) == "42"
     assert _key_of({}, KEY_FIELDS["purchases"]) is None
+
+
+def test_an_empty_key_field_is_named_as_empty_not_as_missing() -> None:
+    touch = KEY_FIELDS["touchpoints"]
+    assert _key_of({"customer_id": ""}, touch) is None
+    assert _no_key({"customer_id": ""}, touch) == (
+        'no key: customer_id is empty (""): customer_id or anonymous_id must be a non-empty string'
+    )
+    assert _no_key({}, KEY_FIELDS["purchases"]) == "no key: needs customer_id"
