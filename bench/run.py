@@ -6,6 +6,7 @@ Measures, on the same >= 300k purchase events (>= 50k customers) in the same noi
                         lifecycle, encode outputs and changelog values (no I/O)
   3. raw consume        aiokafka getmany + orjson decode, no state (the limit)
   4. patronage worker   one worker process, end to end, state checked exactly afterwards
+                        (and again with the Redis projection off: what the projection costs)
   5. Quix Streams       the same RFM update in Quix's per-key state store
 plus memory per customer (worker RSS growth / customers, and changelog bytes / customer),
 the churn costs (bench/churn.py) and the new-stock costs (bench/stock.py: fan-out to 100,000
@@ -301,18 +302,21 @@ def worker_e2e(
     expected: dict[str, int],
     profile: bool,
     workers: int = 1,
+    name: str = "bench-worker",
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """``workers`` worker processes on the loaded topic, end to end; state checked exactly
-    (summed over the workers' /summary). RSS growth is the first worker's."""
+    (summed over the workers' /summary). RSS growth is the first worker's. ``extra_env``:
+    settings on top (another ``PATRONAGE_APP_ID`` reads the topic again from the start)."""
     ports = [free_port() for _ in range(workers)]
+    stem = name.removeprefix("bench-")  # worker0.log, noproj0.log
     svcs = [
-        Service(f"bench-worker{i}", run_dir / f"worker{i}.pid", run_dir / f"worker{i}.log")
-        for i in range(workers)
+        Service(f"{name}{i}", run_dir / f"{stem}{i}.pid", run_dir / f"{stem}{i}.log") for i in range(workers)
     ]
     procs = [
         svc.start(
             [str(BIN / "patronage"), "worker"],
-            env=worker_env(stack, run_dir, prefix, partitions, port, f"bench-worker{i}"),
+            env={**worker_env(stack, run_dir, prefix, partitions, port, f"{name}{i}"), **(extra_env or {})},
         )
         for i, (svc, port) in enumerate(zip(svcs, ports, strict=True))
     ]
@@ -695,7 +699,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        help="parts to skip: core raw worker restart latency recovery scale quix churn stock",
+        help="parts to skip: core raw worker restart latency noproj recovery scale quix churn stock",
     )
     ap.add_argument("--churn-customers", type=int, default=1_000_000, help="customers in state for the tick")
     ap.add_argument(
@@ -805,6 +809,19 @@ def main() -> None:
                         run=len(results["latency"]),
                     )
                 )
+        if "noproj" not in args.skip and "worker" in results:
+            log("patronage worker end to end, Redis projection off")
+            results["worker_noproj"] = worker_e2e(
+                stack,
+                run_dir,
+                prefix,
+                args.partitions,
+                n,
+                expected,
+                False,
+                name="bench-noproj",
+                extra_env={"PATRONAGE_PROJECTION_ENABLED": "false", "PATRONAGE_APP_ID": f"{prefix}noproj"},
+            )
         if "scale" not in args.skip:
             sp = args.scale_partitions
             log(f"scale-out: the same load on 1 and 2 workers over {sp} partitions")
@@ -862,11 +879,16 @@ def print_table(r: dict[str, Any]) -> None:
             ratio(w["events_per_s"]),
             of_raw(w["events_per_s"]),
             "yes" if w["exact"] else "NO",
-            f"{w['seconds']:.1f}s{extra}; Redis projection: {w['projection_writes']:,.0f} customer writes, caught up "
+            f"{w['seconds']:.1f}s{extra}; "
             + (
-                "never"
-                if w["projection_caught_up_after_s"] is None
-                else f"{w['projection_caught_up_after_s']:.2f}s after the last event"
+                "Redis projection off"
+                if not w["projection_writes"]
+                else f"Redis projection: {w['projection_writes']:,.0f} customer writes, caught up "
+                + (
+                    "never"
+                    if w["projection_caught_up_after_s"] is None
+                    else f"{w['projection_caught_up_after_s']:.2f}s after the last event"
+                )
             ),
         )
 
@@ -889,6 +911,8 @@ def print_table(r: dict[str, Any]) -> None:
         )
     if "worker" in r:
         worker_row("patronage worker, end to end", r["worker"], ", changelog durable before ack")
+    if "worker_noproj" in r:
+        worker_row("patronage worker, end to end, no Redis projection", r["worker_noproj"])
     for workers, w in sorted(r.get("scale", {}).items()):
         worker_row(f"{workers} worker(s), {r['config']['scale_partitions']} partitions", w)
     if "quix" in r:
