@@ -26,7 +26,7 @@ from sortedcontainers import SortedList
 
 from schemas.state import CustomerState
 from schemas.timestamps import DAY_MS
-from streams.rfm import quintile_score, rhythm, segment
+from streams.rfm import quintile_score, recency_score, rhythm, segment
 
 # contribution of one buyer: (last purchase day, frequency, cents, own median gap days or -1, partition)
 Contribution = tuple[int, int, int, int, int]
@@ -210,10 +210,13 @@ class Population:
             return None
         n = len(self._by_subject)
         indexed = self._by_subject.get(state.subject)
+        held = 0  # of the buyers counted in n, those not in the index (this one, if it is not)
         if indexed is None or indexed[:3] != c:
             n += 1  # not (yet) indexed: rank it as if it were
+            held = 1
+        older = self._count_below(0, c[0])
         return RfmScores(
-            r=quintile_score(self._count_below(0, c[0]), n),
+            r=recency_score(older, self._count_below(0, c[0] + 1) + held - older, n),
             f=quintile_score(self._count_below(1, c[1]), n),
             m=quintile_score(self._count_below(2, c[2]), n),
         )
@@ -224,7 +227,7 @@ class Population:
         grid: dict[tuple[int, int], int] = {}
         for (day, freq), count in self._rf.items():
             cell = (
-                quintile_score(self._count_below(0, day), n),
+                recency_score(older := self._count_below(0, day), self._count_below(0, day + 1) - older, n),
                 quintile_score(self._count_below(1, freq), n),
             )
             grid[cell] = grid.get(cell, 0) + count

@@ -146,3 +146,17 @@ def quintile_score(count_below: int, population: int) -> int:
     if population <= 0:
         return 1
     return 1 + (5 * count_below) // population
+
+
+def recency_score(count_older: int, count_same_day: int, population: int) -> int:
+    """R, 1-5, from where the customer's last purchase day ranks among the buyers': the
+    buyers of the newest last-purchase day anyone has score 5; the others by the midpoint
+    of their day's group, 1 + 5 x (older + same day / 2) / buyers.
+
+    F and M give ties the lowest score of their group (one-time buyers, often most of them,
+    are F1), but recency ties pile up at the newest days: every purchase today joins one
+    group, so after a sale day or a short backfill, with more than a fifth of the buyers on
+    one day, customers who bought minutes ago would have scored R1-R4 ("hibernating")."""
+    if count_older + count_same_day >= population:
+        return 5
+    return 1 + (5 * (2 * count_older + count_same_day)) // (2 * population)

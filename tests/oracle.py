@@ -153,8 +153,15 @@ def rfm_scores(expected: dict[str, Expected]) -> dict[str, tuple[int, int, int]]
     n = len(buyers)
     out = {}
     for e in buyers:
+        day = e.last_ms // DAY  # type: ignore[operator]
+        older, same = (
+            bisect.bisect_left(rec, day),
+            bisect.bisect_right(rec, day) - bisect.bisect_left(rec, day),
+        )
+        # R: the newest day anyone bought on is 5; other days by the middle of their group
+        r = 5 if older + same == n else 1 + int(5 * (older + same / 2) / n)
         out[e.customer_id] = (
-            1 + (5 * bisect.bisect_left(rec, e.last_ms // DAY)) // n,  # type: ignore[operator]
+            r,
             1 + (5 * bisect.bisect_left(freq, e.frequency)) // n,
             1 + (5 * bisect.bisect_left(mon, e.monetary_cents)) // n,
         )

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from schemas.state import CustomerState
 from schemas.timestamps import DAY_MS
 from streams.population import Population
-from streams.rfm import quintile_score
+from streams.rfm import quintile_score, segment
 
 SHARES = (0.01, 0.2, 0.5, 1.0)
 
@@ -60,7 +60,14 @@ def test_ranks_scores_and_core_equal_a_count_over_the_buyers(steps: list) -> Non
             ]
             scores = pop.scores(s)
             assert scores is not None
-            assert (scores.r, scores.f, scores.m) == tuple(quintile_score(x, total) for x in below)
+            expected = [quintile_score(x, total) for x in below]
+            day = s.last_purchase_ms // DAY_MS
+            if not any(b.last_purchase_ms // DAY_MS > day for b in buyers):
+                expected[0] = 5  # the newest last-purchase day anyone has: R5, however many share it
+            else:  # the midpoint of the day's group
+                same = sum(b.last_purchase_ms // DAY_MS == day for b in buyers)
+                expected[0] = 1 + int(5 * (below[0] + same / 2) / total)
+            assert (scores.r, scores.f, scores.m) == tuple(expected)
         for share in SHARES:
             limit = max(1.0, share * total)
             core = [s for s in buyers if sum(b.monetary_cents >= s.monetary_cents for b in buyers) <= limit]
@@ -72,3 +79,28 @@ def test_ranks_scores_and_core_equal_a_count_over_the_buyers(steps: list) -> Non
             assert sc is not None
             grid[(sc.r, sc.f)] = grid.get((sc.r, sc.f), 0) + 1
         assert pop.rf_grid() == grid
+
+
+def test_todays_buyers_score_r5_however_many_bought_today() -> None:
+    """Found by an outside run: 16 of 20 buyers bought today, 4 two hundred days ago; ties
+    took the lowest score of their group, so today's buyers scored R2, "hibernating"."""
+    pop = Population()
+    states = [buyer(f"old{i}", 18_000, 1, 500) for i in range(4)]
+    states += [buyer(f"new{i}", 18_200, 1, 500) for i in range(16)]
+    for s in states:
+        pop.update(0, s.subject, s)
+    new, old = pop.scores(states[-1]), pop.scores(states[0])
+    assert new is not None and old is not None
+    assert (new.r, new.f) == (5, 1) and segment(new.r, new.f) == "new"
+    assert old.r == 1 and segment(old.r, old.f) == "hibernating"
+    assert pop.rf_grid() == {(5, 1): 16, (1, 1): 4}
+    # a buyer not indexed yet who buys on a newer day is alone on it: R5; the rest drop
+    fresh = buyer("fresh", 18_201, 2, 900)
+    scores = pop.scores(fresh)
+    assert scores is not None and scores.r == 5
+    assert pop.scores(states[-1]) == new  # unchanged until the newcomer is indexed
+    pop.update(0, "fresh", fresh)
+    later = pop.scores(states[-1])
+    # yesterday's 16 of 21 (4 older): the middle of their group, 12 of 21, is R3 (was R1)
+    assert later is not None and later.r == 3
+    assert pop.scores(states[0]).r == 1  # type: ignore[union-attr]
