@@ -310,6 +310,11 @@ class Touchpoint(_Event):
             if self.customer_id is None:
                 raise ValueError("identify needs customer_id (the known customer)")
             if self.anonymous_alias is None:
+                if (self.alias_of or self.anonymous_id) is not None:
+                    which = "alias_of" if self.alias_of is not None else "anonymous_id"
+                    raise ValueError(
+                        f"identify: {which} equals customer_id; the id to merge must differ from the customer's"
+                    )
                 raise ValueError("identify needs anonymous_id or alias_of (the id to merge)")
         return self
 

@@ -193,6 +193,13 @@ def _horizon(ready: list[tuple[int, int, Any, _Ready]]) -> int | None:
     return min(newest.values()) if len(newest) > 1 else None
 
 
+
+def _money(cents: int) -> str:
+    """Cents as a decimal amount, exactly (a float would round a huge one)."""
+    sign = "-" if cents < 0 else ""
+    whole, rest = divmod(abs(cents), 100)
+    return f"{sign}{whole}.{rest:02d}"
+
 class CustomerPipeline:
     """Owns the rules; the caller owns the store (a Faust table's dict, or a plain dict)."""
 
@@ -648,13 +655,19 @@ class CustomerPipeline:
         ev: PurchaseLike = fast_purchase(obj) or validate_model(Purchase, obj)
         check_ts(self._bounds, ev.ts)
         cap = self.policy.max_amount_cents
-        if ev.amount_cents > cap or any(it.price * 100 > cap for it in ev.items):
+        if ev.amount_cents > cap:
             raise Rejected(
                 Stage.VALIDATE,
                 Reason.AMOUNT_OUT_OF_RANGE,
-                f"amount: {ev.amount_cents / 100:.2f} (or an item price) is above PATRONAGE_MAX_AMOUNT "
-                f"({cap / 100:.0f})",
+                f"amount: {_money(ev.amount_cents)} is above PATRONAGE_MAX_AMOUNT ({_money(cap)})",
             )
+        for i, it in enumerate(ev.items):
+            if it.price * 100 > cap:
+                raise Rejected(
+                    Stage.VALIDATE,
+                    Reason.AMOUNT_OUT_OF_RANGE,
+                    f"items.{i}.price: {it.price:.6g} is above PATRONAGE_MAX_AMOUNT ({_money(cap)})",
+                )
         return ev
 
     def _touchpoint(self, obj: dict[str, Any]) -> Any:

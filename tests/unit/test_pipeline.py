@@ -93,6 +93,30 @@ def test_an_empty_customer_id_is_named_plainly_in_the_dead_letter(topic: Topic, 
     assert dead["error"] == 'customer_id: is empty (""): must be a non-empty string (1 to 200 characters)'
 
 
+def test_an_amount_over_the_cap_names_the_field_that_is_over_it_exactly() -> None:
+    """Found by an outside run: an item price over the cap was reported as the (valid)
+    amount, and a huge integer amount was shown rounded through a float."""
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    item = {"sku": "s1", "category": "tea", "qty": 1, "price": 1e300}
+    h.send(Topic.PURCHASES, purchase("e1", "c", amount="1.00") | {"items": [{**item, "price": 2}, item]})
+    h.send(Topic.PURCHASES, purchase("e2", "c", amount="123456789012345678901234567890"))
+    first, second = h.dead_letters()
+    assert first["reason"] == second["reason"] == "amount_out_of_range"
+    assert first["error"].startswith("items.1.price: 1e+300 is above PATRONAGE_MAX_AMOUNT")
+    assert second["error"].startswith("amount: 123456789012345678901234567890.00 is above")
+
+
+def test_an_identify_merging_a_customer_into_itself_says_so() -> None:
+    h = PipelineHarness(clock="wall", start_ms=T0)
+    h.send(
+        Topic.TOUCHPOINTS,
+        {"event_id": "e", "customer_id": "bad-c", "anonymous_id": "bad-c", "ts": T0, "type": "identify"},
+    )
+    (dead,) = h.dead_letters()
+    assert dead["reason"] == "invalid_field"
+    assert "anonymous_id equals customer_id" in dead["error"], dead["error"]
+
+
 def test_an_id_too_long_says_how_long_it_is_and_the_limit() -> None:
     h = PipelineHarness(clock="wall", start_ms=T0)
     h.send(Topic.PURCHASES, purchase("e", "c" * 201))
