@@ -193,12 +193,12 @@ def _horizon(ready: list[tuple[int, int, Any, _Ready]]) -> int | None:
     return min(newest.values()) if len(newest) > 1 else None
 
 
-
 def _money(cents: int) -> str:
     """Cents as a decimal amount, exactly (a float would round a huge one)."""
     sign = "-" if cents < 0 else ""
     whole, rest = divmod(abs(cents), 100)
     return f"{sign}{whole}.{rest:02d}"
+
 
 class CustomerPipeline:
     """Owns the rules; the caller owns the store (a Faust table's dict, or a plain dict)."""
