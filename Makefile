@@ -36,7 +36,7 @@ test: setup ## lint (ruff, mypy, import layers) + unit + agent + integration tes
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test-unit: setup ## unit and agent tests only (no broker)
 	$(BIN)/pytest -q tests/unit tests/agents

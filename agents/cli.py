@@ -1097,7 +1097,7 @@ def local_up(
 @local_app.command("down")
 def local_down() -> None:
     """Stop everything `patronage local up` started (workers first, then Redis, broker)."""
-    stopped = _stack().down()
+    stopped = _stack().down(say=lambda msg: out.print(f"[dim]{msg}[/dim]"))
     out.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 

@@ -310,14 +310,25 @@ class LocalStack:
         wait_worker_ready(port, timeout_s, proc, svc.log_file)
         return svc
 
-    def down(self) -> list[str]:
+    def down(self, say: Callable[[str], None] = lambda _msg: None) -> list[str]:
+        """Stop workers, Redis, then the broker; ``say`` hears what is being stopped (the
+        broker writes its whole log to disk on the way out: seconds with much data)."""
         stopped = []
         for pid_file in sorted(self.run_dir.glob("worker*.pid")):
             svc = self.service(pid_file.stem)
+            if svc.running():
+                say(f"stopping {svc.name}")
             if svc.stop():
                 stopped.append(svc.name)
         for name in ("redis", "broker"):
-            if self.service(name).stop():
+            svc = self.service(name)
+            if svc.running():
+                say(
+                    "stopping the broker (noida-db writes its data to disk first: up to ~20 s with much data)"
+                    if name == "broker"
+                    else f"stopping {name}"
+                )
+            if svc.stop(timeout_s=60.0 if name == "broker" else 20.0):
                 stopped.append(name)
         return stopped
 
