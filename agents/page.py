@@ -102,11 +102,33 @@ def _field(key: str) -> Cell:
     return lambda row: _e(row.get(key))
 
 
-def _keyed(table_id: str, rows: list[dict[str, Any]] | str, keys: Sequence[str], empty: str) -> str:
-    """A contract's rows (``/store-funnel``, ``/uplift``) as a table of ``keys``, or its note."""
+def _percent(key: str) -> Cell:
+    """A share (0.2397) as a percentage (24.0%), as the CLI shows it; a missing one a dash."""
+
+    def cell(row: dict[str, Any]) -> str:
+        value = row.get(key)
+        return escape(_pct(value)) if value is None or isinstance(value, int | float) else _e(value)
+
+    return cell
+
+
+def _keyed(
+    table_id: str,
+    rows: list[dict[str, Any]] | str,
+    keys: Sequence[str],
+    empty: str,
+    percent: frozenset[str] = frozenset(),
+) -> str:
+    """A contract's rows (``/store-funnel``, ``/uplift``) as a table of ``keys``, or its note;
+    the ``percent`` keys are shares, shown as percentages."""
     if isinstance(rows, str):
         return f'<p class="empty" id="{table_id}-missing">{escape(rows)}</p>'
-    return _table(table_id, [(k.replace("_", " "), _field(k)) for k in keys], rows, empty)
+    return _table(
+        table_id,
+        [(k.replace("_", " "), _percent(k) if k in percent else _field(k)) for k in keys],
+        rows,
+        empty,
+    )
 
 
 _WHEN_WHAT_WHO: tuple[tuple[str, Cell], ...] = (
@@ -207,6 +229,7 @@ def render(doc: dict[str, Any], store: str | None) -> str:
                 "open",
             ),
             "no closed exposures yet",
+            percent=frozenset({"treated_rate", "control_rate", "uplift", "ci_low", "ci_high"}),
         ),
         "</body></html>",
     ]

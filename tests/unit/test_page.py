@@ -221,3 +221,23 @@ def test_awkward_customer_ids_are_linked_and_escaped() -> None:
         assert "/" not in html.unescape(href).removeprefix("/profile/")  # one path segment
         assert html.unescape(re.sub(r"<a [^>]*>|</a>", "", cell)) == cid
         assert "<b>" not in cell
+
+
+def test_the_uplift_table_shows_shares_as_percentages_like_the_cli() -> None:
+    """Found by an outside run: the page showed 0.239669 where the CLI shows 24.0%."""
+    import re
+
+    from agents.page import _keyed
+
+    rows = [{"type": "churn_risk", "treated_rate": 0.239669, "uplift": -0.05, "ci_low": None, "treated": 7}]
+    cells = re.findall(
+        r"<td[^>]*>([^<]*)</td>",
+        _keyed(
+            "uplift",
+            rows,
+            ("type", "treated", "treated_rate", "uplift", "ci_low"),
+            "",
+            frozenset({"treated_rate", "uplift", "ci_low"}),
+        ),
+    )
+    assert cells == ["churn_risk", "7", "24.0%", "-5.0%", "—"]
