@@ -49,6 +49,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 local_app = typer.Typer(help="The embedded local stack (broker, Redis, worker) for demos and tests.")
 topics_app = typer.Typer(
@@ -160,7 +161,7 @@ def replay(
         typer.Argument(
             exists=True,
             readable=True,
-            help="a JSONL or CSV file, or a directory of <topic>.jsonl / <topic>.csv files",
+            help="a JSONL or CSV file, or a directory of `<topic>.jsonl` / `<topic>.csv` files",
         ),
     ],
     topic: Annotated[
