@@ -647,7 +647,9 @@ def tail(
                         done.add(tp)
     finally:
         consumer.close()
-    records.sort(key=lambda r: (r[0], r[1], r[2]))
+    # newest by the records' own time (``ts``: event or clock time) where they have one, not
+    # by when they were written: partitions are written in turns, each at its own event time
+    records.sort(key=lambda r: (_record_ms(r[3], r[0]), r[0], r[1], r[2]))
     shown = records[-limit:] if limit else []
     if as_json:
         for _, _, _, value in shown:
@@ -658,6 +660,19 @@ def tail(
         out.print(f"  {n:>8}  {label}")
     for _, partition, offset, value in shown:
         out.print(_tail_record(topic, partition, offset, value))
+
+
+def _record_ms(value: Any, written_ms: int) -> int:
+    """A record's own time: its ``ts`` (ISO-8601 or epoch ms), else when it was written."""
+    from schemas.timestamps import parse_ts_ms
+
+    ts = value.get("ts") if isinstance(value, dict) else None
+    if ts is None:
+        return written_ms
+    try:
+        return parse_ts_ms(ts)
+    except (TypeError, ValueError):
+        return written_ms
 
 
 def _tail_label(topic: str, value: Any) -> str:

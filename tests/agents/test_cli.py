@@ -252,3 +252,16 @@ def test_a_dead_letter_names_the_record_it_is_about_with_its_partition() -> None
     assert line.endswith("(purchases p0@17 via patronage-identity p1@4)")
     replayed = {**dead, "partition": None, "offset": None}
     assert _tail_line("dead-letters", replayed).endswith("(purchases, rejected before sending)")
+
+
+def test_tail_orders_records_by_their_own_time_then_when_written() -> None:
+    """Found by an outside run: the newest records came out grouped by partition (written in
+    turns, each partition at its own event time), not in time order."""
+    from agents.cli import _record_ms
+
+    written = 1_800_000_000_000
+    assert _record_ms({"ts": "2026-10-29T00:00:00.000Z"}, written) == 1_793_232_000_000
+    assert _record_ms({"ts": 1_700_000_000_000}, written) == 1_700_000_000_000
+    assert _record_ms({"no": "ts"}, written) == written
+    assert _record_ms({"ts": "garbage"}, written) == written
+    assert _record_ms(None, written) == written
