@@ -123,7 +123,13 @@ def decode_object(raw: bytes | None, max_bytes: int = 1 << 20) -> dict[str, Any]
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise Rejected(Stage.DECODE, Reason.INVALID_JSON, f"invalid JSON: {exc}") from None
+        detail = f"invalid JSON: {exc}"
+        if "UTF-8" in str(exc):  # orjson: "str is not valid UTF-8: surrogates not allowed"
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                detail = f"invalid JSON: the value is not UTF-8 text (byte {bad.start}: {raw[bad.start : bad.start + 1]!r})"
+        raise Rejected(Stage.DECODE, Reason.INVALID_JSON, detail) from None
     if not isinstance(obj, dict):
         raise Rejected(
             Stage.DECODE, Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"

@@ -364,3 +364,13 @@ def test_a_partition_is_reprojected_once_its_clock_has_moved_on_and_is_steady() 
     assert clock_moved_on({0: 900 * day}, {0: 900 * day}, {0: 10 * day}, day) == []
     assert clock_moved_on({0: 900 * day}, {0: 10 * day}, {0: 10 * day + 5000}, day) == [0]
     assert clock_moved_on({}, {}, {0: 5}, 0) == [] and clock_moved_on({0: 0}, {0: 0}, {0: 9 * day}, 0) == []
+
+
+def test_a_value_that_is_not_utf8_says_so_and_where() -> None:
+    from schemas.errors import Rejected
+    from streams.pipeline import decode_object
+
+    with pytest.raises(Rejected) as caught:
+        decode_object(b'{"customer_id": "c\xff"}')
+    assert caught.value.reason.value == "invalid_json"
+    assert "not UTF-8 text (byte 18" in str(caught.value)
