@@ -497,7 +497,12 @@ def create_app(
         max_stores=settings.metrics_max_stores, store_hours=settings.metrics_store_hours
     )
     policy = settings.policy()
-    clock = make_clock(settings.clock, settings.allowed_lateness_s, settings.event_clock_idle_s)
+    clock = make_clock(
+        settings.clock,
+        settings.allowed_lateness_s,
+        settings.event_clock_idle_s,
+        settings.event_clock_max_ahead_s,
+    )
     partitioner = KeyPartitioner(
         {name: settings.partitions for name in topics.all()}, kind=settings.key_partitioner
     )

@@ -187,6 +187,13 @@ class Settings(BaseSettings):
         description="event clock: an input topic that sent nothing to a partition for this many wall "
         "seconds stops holding that partition's clock back",
     )
+    event_clock_max_ahead_s: float = Field(
+        0.0,
+        ge=0,
+        description="event clock: how far past the wall clock it may read; an event time ahead of "
+        "real time (a producer's fast clock, accepted up to PATRONAGE_TS_MAX_FUTURE_S) then cannot fire "
+        "deadlines early",
+    )
     tick_interval_s: float = Field(
         0.5, gt=0, le=60, description="how often each partition's deadlines are checked (wall seconds)"
     )

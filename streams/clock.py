@@ -175,3 +175,28 @@ class EventClock:
         self._now.pop(partition, None)
         for key in [k for k in self._backlog if k[0] == partition]:
             del self._backlog[key]
+
+
+class CappedEventClock(EventClock):
+    """An :class:`EventClock` that never reads more than ``max_ahead_ms`` past the wall
+    clock (``PATRONAGE_EVENT_CLOCK_MAX_AHEAD_S``, default 0).
+
+    Event times up to ``PATRONAGE_TS_MAX_FUTURE_S`` (a day) ahead are accepted as clock skew,
+    and an idle partition follows the newest event time seen anywhere: one producer with a
+    clock a day fast would otherwise move every partition's clock a day ahead, for good, and
+    fire that day's churn deadlines at once. Capped, the clock waits for real time to catch
+    up; replays of the past are unaffected. The value kept is the uncapped one, so the cap
+    lifts as real time passes and the clock never goes backwards."""
+
+    def __init__(
+        self,
+        wall: Callable[[], int],
+        allowed_lateness_ms: int = 0,
+        idle_ms: int = 5000,
+        max_ahead_ms: int = 0,
+    ) -> None:
+        super().__init__(wall, allowed_lateness_ms, idle_ms)
+        self.max_ahead_ms = max_ahead_ms
+
+    def now_ms(self, partition: int | None = None) -> int:
+        return min(super().now_ms(partition), self._wall() + self.max_ahead_ms)

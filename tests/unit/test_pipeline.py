@@ -374,3 +374,24 @@ def test_a_value_that_is_not_utf8_says_so_and_where() -> None:
         decode_object(b'{"customer_id": "c\xff"}')
     assert caught.value.reason.value == "invalid_json"
     assert "not UTF-8 text (byte 18" in str(caught.value)
+
+
+def test_an_event_stamped_ahead_of_real_time_does_not_move_the_clock_past_it() -> None:
+    """Found by an outside run: one touchpoint stamped 23 h ahead (a producer's fast clock)
+    moved every idle partition's event clock a day ahead, for good, and churn triggers of
+    that day fired at once."""
+    from streams.clock import CappedEventClock
+
+    wall = [T0]
+    clock = CappedEventClock(lambda: wall[0], idle_ms=1000, max_ahead_ms=0)
+    clock.observe(0, "purchases", T0 - DAY)
+    clock.backlog(0, "purchases", 0)
+    assert clock.now_ms(0) == T0 - DAY
+    clock.observe(1, "touchpoints", T0 + 23 * 3_600_000)  # skewed, in another partition
+    wall[0] += 2000  # everything idle: partition 0 would follow the newest time anywhere
+    assert clock.now_ms(0) == T0 + 2000 and clock.now_ms(1) == T0 + 2000 and clock.now_ms() == T0 + 2000
+    wall[0] = T0 + 24 * 3_600_000  # real time passed it: the cap lifts, never backwards
+    assert clock.now_ms(1) == T0 + 23 * 3_600_000
+    ahead = CappedEventClock(lambda: wall[0], max_ahead_ms=3_600_000)
+    ahead.observe(0, "purchases", wall[0] + 5 * 3_600_000)
+    assert ahead.now_ms(0) == wall[0] + 3_600_000
