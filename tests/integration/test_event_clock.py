@@ -80,3 +80,5 @@ def test_no_alert_is_decided_ahead_of_a_purchase_in_a_paced_replay(cluster: Clus
         and parse_ts_ms(t["details"]["purchase_at"]) < parse_ts_ms(t["details"]["alerted_at"])
     ]
     assert not inverted, f"{len(inverted)} won_back older than their alert: {inverted[:3]}"
+    # a replay has no late records: no alert had to be withdrawn either
+    assert not [t for t in triggers if t["type"] == "churn_risk_withdrawn"]
