@@ -390,10 +390,14 @@ def after_purchase(
         if new < level:
             silent = None if previous_last_ms is None else (ts_ms - previous_last_ms) / DAY_MS
             if new < 0:
+                stage, since = state.risk, state.risk_since_ms
                 state.risk, state.risk_since_ms = None, None
-                rule = "won back" + (
-                    f" after {silent:.0f} days without a purchase" if silent is not None else ""
-                )
+                if since is not None and ts_ms < since:  # applied after the stage began: late
+                    rule = f"a purchase from before the {stage} deadline, applied after it: not {stage} after all"
+                else:
+                    rule = "won back" + (
+                        f" after {silent:.0f} days without a purchase" if silent is not None else ""
+                    )
             else:
                 state.risk, state.risk_since_ms = RISK_STAGES[new], times[new]
                 rule = f"purchase moved the risk back to {RISK_STAGES[new]}"

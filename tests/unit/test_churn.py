@@ -157,6 +157,9 @@ def test_a_purchase_older_than_its_lapse_alert_withdraws_the_alert_instead_of_wi
     state = h.state("c1")
     assert state is not None and state.alert is None and state.risk is None and state.episode == 1
     assert state.last_triggers["churn_risk_withdrawn"][0] == withdrawn["trigger_id"]
+    change = h.lifecycle("c1")[-1]  # the lifecycle record does not call it won back either
+    assert (change["from_stage"], change["to_stage"]) == ("at_risk", "member")
+    assert "not at_risk after all" in change["cause"]["rule"], change["cause"]
     h.wall.ms += 400 * DAY  # the next silence is a new episode with its own alert
     h.tick()
     assert [t["episode"] for t in h.triggers("churn_risk")] == [0, 1]
