@@ -489,8 +489,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self, handler: BatchHandler, partition: int, parts: Parts, acks_enabled_for: Callable, align: bool
     ) -> None:
         read_offset = self._read_offset
-        waiting = self._held.pop(partition, [])
-        records = waiting + [r for _, recs in parts for r in recs]
+        # records held back before are offered first; they stay in ``_held`` until the handler
+        # has applied them, so every backlog report meanwhile (this batch's last tick, the tick
+        # timer while the batch waits for the broker) still counts them as still to be applied
+        records = [*self._held.get(partition, ()), *(r for _, recs in parts for r in recs)]
         markers = [self._to_message(tp, recs[-1]) for tp, recs in parts]
         for marker in markers:  # make rebalances wait for this batch (wait_empty)
             self._unacked_messages.add(marker)
@@ -500,17 +502,15 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         aligned = align and len(records) <= self.hold_max
         try:
             result = await handler(partition, records, align=aligned, waiting=waiting if aligned else ())
-        except BaseException:
-            if waiting:  # not applied: still waiting (a crash re-fetches them anyway)
-                self._held[partition] = waiting + self._held.get(partition, [])
-            raise
-        finally:
+        finally:  # failed: what was held is still held (a crash re-fetches it anyway)
             for marker in markers:
                 self._unacked_messages.discard(marker)
         held = list(getattr(result, "held", ()) or ())
         held_ids = {id(r) for r in held}
         if held:
             self._held[partition] = held
+        else:
+            self._held.pop(partition, None)
         for tp, recs in parts:  # fetch bookkeeping: gaps in the offsets, what was read
             await self._track_gap(tp, read_offset[tp], recs[0].offset, acks_enabled_for)
             await self._fill_gaps(tp, recs, acks_enabled_for)

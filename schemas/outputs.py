@@ -119,8 +119,12 @@ class IdentityRecord(BaseModel):
             raise ValueError(f"identity {self.kind!r} record needs {', '.join(missing)}")
 
 
-TriggerType = Literal["churn_risk", "stalled_prospect", "won_back", "new_stock_for_interest"]
-TriggerReason = Literal["lapse", "complaint", "experience", "stalled", "came_back", "interest", "affinity"]
+TriggerType = Literal[
+    "churn_risk", "stalled_prospect", "won_back", "churn_risk_withdrawn", "new_stock_for_interest"
+]
+TriggerReason = Literal[
+    "lapse", "complaint", "experience", "stalled", "came_back", "premature", "interest", "affinity"
+]
 RecipientKind = Literal["account_owner", "store", "team", "customer", "payer"]
 Channel = Literal["push", "email", "sms", "in_store"]
 
@@ -173,7 +177,9 @@ class Trigger(BaseModel):
         description="churn_risk: days_silent, usual_interval_days, p_alive, expected_purchases_90d, "
         "lifetime_value, currency, tier, purchases, risk_stage, complaint{...}, experience{...}; "
         "stalled_prospect: asks{type: n}, first_ask_at, last_ask_at, touchpoints[...]; "
-        "won_back: purchase_event_id, purchase_at, alerted_at, days_silent; "
+        "won_back: purchase_event_id, purchase_at, alerted_at, alert_reason, alert_trigger_id, days_silent; "
+        "churn_risk_withdrawn (a lapse alert decided ahead of a purchase older than it): purchase_event_id, "
+        "purchase_at, alerted_at, alert_reason, alert_trigger_id, days_before_alert; "
         "new_stock_for_interest: arrivals (coalesced), first_arrival_at, first_arrival_id, experiment "
         "(held out); churn_risk and new_stock_for_interest: segment and tier, the uplift cell the "
         "trigger is measured in"
@@ -183,7 +189,7 @@ class Trigger(BaseModel):
     deliver: bool | None = Field(
         default=None,
         description="false: held out (control group) - record only, do not deliver "
-        "(new_stock_for_interest, churn_risk and the won_back closing a held-out alert)",
+        "(new_stock_for_interest, churn_risk, and the won_back or churn_risk_withdrawn closing a held-out alert)",
     )
     holdout: bool | None = Field(default=None, description="in the type's control group (measures uplift)")
     items: list[StockItem] | None = Field(default=None, description="at most gate_max_items arrivals")

@@ -12,7 +12,10 @@ after that brings the customer back (lifecycle change "won back").
 **Episodes.** The time from a first sign of risk until the customer comes back is one
 episode; at most one churn-risk trigger per episode (``trigger_id`` = hash of type,
 customer, episode). A purchase after the alert closes it (a ``won_back`` trigger to the same
-recipient) and the next episode begins.
+recipient) and the next episode begins. A purchase from *before* a lapse alert that ends the
+silence the alert was about (it reached us after the alert: late, or a clock ahead of it)
+closes it as ``churn_risk_withdrawn`` instead: the alert should not have gone out, and the
+customer was never won back.
 
 **Who matters.** Value tier from the live spend distribution (top ``core_share`` = core)
 and purchase milestones (watch >= 3, care >= 5). Triggers go out for customers in
@@ -387,16 +390,22 @@ def after_purchase(
         if new < level:
             silent = None if previous_last_ms is None else (ts_ms - previous_last_ms) / DAY_MS
             if new < 0:
+                stage, since = state.risk, state.risk_since_ms
                 state.risk, state.risk_since_ms = None, None
-                rule = "won back" + (
-                    f" after {silent:.0f} days without a purchase" if silent is not None else ""
-                )
+                if since is not None and ts_ms < since:  # applied after the stage began: late
+                    rule = f"a purchase from before the {stage} deadline, applied after it: not {stage} after all"
+                else:
+                    rule = "won back" + (
+                        f" after {silent:.0f} days without a purchase" if silent is not None else ""
+                    )
             else:
                 state.risk, state.risk_since_ms = RISK_STAGES[new], times[new]
                 rule = f"purchase moved the risk back to {RISK_STAGES[new]}"
     alert = state.alert
-    if alert is not None and (ts_ms >= alert.ts_ms or (alert.reason == "lapse" and state.risk is None)):
+    if alert is not None and ts_ms >= alert.ts_ms:
         emits.append(_came_back(state, event_id, ts_ms, previous_last_ms, policy))
+    elif alert is not None and alert.reason == "lapse" and state.risk is None:
+        emits.append(_withdrawn(state, event_id, ts_ms, policy))
     elif level >= 0 and state.risk is None:
         state.episode += 1  # came back before anyone was alerted: a new episode all the same
     return emits, rule
@@ -406,21 +415,48 @@ def _came_back(
     state: CustomerState, event_id: str | None, ts_ms: int, previous_last_ms: int | None, policy: ChurnPolicy
 ) -> Emit:
     """Close the open alert's episode with a ``won_back`` trigger to the same recipient."""
+    silent = None if previous_last_ms is None else round((ts_ms - previous_last_ms) / DAY_MS, 1)
+    return _close(state, "won_back", "came_back", ts_ms, event_id, ts_ms, {"days_silent": silent}, policy)
+
+
+def _withdrawn(state: CustomerState, event_id: str, ts_ms: int, policy: ChurnPolicy) -> Emit:
+    """Close the open lapse alert's episode with ``churn_risk_withdrawn``: the purchase that
+    ended the silence is older than the alert (it was applied after it), so the customer was
+    not silent that long - the alert was premature, nobody won them back. Stamped with the
+    alert's own time (it never comes before what it withdraws)."""
+    alert = state.alert
+    assert alert is not None
+    early = {"days_before_alert": round((alert.ts_ms - ts_ms) / DAY_MS, 1)}
+    return _close(state, "churn_risk_withdrawn", "premature", alert.ts_ms, event_id, ts_ms, early, policy)
+
+
+def _close(
+    state: CustomerState,
+    type_: str,
+    reason: str,
+    at_ms: int,
+    event_id: str | None,
+    purchase_ms: int,
+    extra: dict[str, Any],
+    policy: ChurnPolicy,
+) -> Emit:
+    """The trigger that ends the open alert's episode (to the same recipient, in the alert's
+    control group or not), and the next episode."""
     alert = state.alert
     assert alert is not None
     details = {
         "purchase_event_id": event_id,
-        "purchase_at": iso_utc(ts_ms),
+        "purchase_at": iso_utc(purchase_ms),
         "alerted_at": iso_utc(alert.ts_ms),
         "alert_reason": alert.reason,
         "alert_trigger_id": alert.trigger_id,
-        "days_silent": None if previous_last_ms is None else round((ts_ms - previous_last_ms) / DAY_MS, 1),
+        **extra,
     }
     emit = trigger(
         state,
-        "won_back",
-        "came_back",
-        ts_ms,
+        type_,
+        reason,
+        at_ms,
         state.episode,
         recipient(state, policy.default_recipient),
         details,

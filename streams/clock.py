@@ -7,7 +7,9 @@
   (``backlog(...) == 0``, reported by the consumer: lag plus records held back) and nothing
   seen for ``idle_ms`` of wall time. A partition whose inputs are all idle follows the
   newest event time seen anywhere; one that has seen nothing since a restart stays where
-  it was restored. Minus the allowed lateness; it never goes backwards. So a replay of
+  it was restored. It never passes a record the partition was offered but has not applied
+  yet (held back, :meth:`EventClock.pending`): that record is data still to read, whatever
+  the idle rule says. Minus the allowed lateness; it never goes backwards. So a replay of
   history ticks through time as it would have live, a deadline fires only once every input
   with data still to read has passed it, and a busy worker never lets one topic run ahead.
 
@@ -48,6 +50,11 @@ class Clock(Protocol):
         """Records of ``topic`` in ``partition`` still to be applied (event clock only)."""
         ...
 
+    def pending(self, partition: int, oldest_ms: int | None) -> None:
+        """Records of ``partition`` were offered and held back, not applied: the oldest has
+        event time ``oldest_ms`` (None: nothing is held). Event clock only."""
+        ...
+
 
 class WallClock:
     name = "wall"
@@ -73,6 +80,9 @@ class WallClock:
     def backlog(self, partition: int, topic: str, records: int) -> None:
         return None
 
+    def pending(self, partition: int, oldest_ms: int | None) -> None:
+        return None
+
 
 class EventClock:
     name = "event"
@@ -87,6 +97,7 @@ class EventClock:
         self._newest: int | None = None  # newest event time seen in any partition
         self._backlog: dict[tuple[int, str], int] = {}  # (partition, topic) -> records to read
         self._restored_at: dict[int, int] = {}  # partition -> wall ms of the restore
+        self._pending: dict[int, int] = {}  # partition -> oldest event ms held back, not applied
 
     def wall_ms(self) -> int:
         return self._wall()
@@ -111,6 +122,24 @@ class EventClock:
         consumer's lag plus what it holds back). A topic with a backlog is never idle."""
         self._backlog[(partition, topic)] = records
 
+    def pending(self, partition: int, oldest_ms: int | None) -> None:
+        """Records of ``partition`` were offered to the pipeline and held back (beyond the
+        event-time horizon of its batch, or while stock arrivals are on their way): the
+        oldest has event time ``oldest_ms``; None once nothing is held. Until they are
+        applied the partition's clock stays at or before that time, even when its inputs look
+        idle - they are not: the records are in hand. Without this, a partition whose records
+        waited longer than ``idle_ms`` followed the newest event time of the other
+        partitions, and a deadline fired ahead of the purchase that would have cancelled it."""
+        if oldest_ms is None:
+            self._pending.pop(partition, None)
+        else:
+            self._pending[partition] = oldest_ms
+
+    def _held_back(self, partition: int, value: int) -> int:
+        """``value``, but not past the oldest record held back in ``partition``."""
+        oldest = self._pending.get(partition)
+        return value if oldest is None else min(value, oldest - self.allowed_lateness_ms)
+
     def now_ms(self, partition: int | None = None) -> int:
         previous = self._now.get(partition) if partition is not None else None
         marks = self._marks.get(partition) if partition is not None else None
@@ -118,12 +147,14 @@ class EventClock:
             # nothing seen here (since a restart): stay where it was restored until its inputs
             # are known to be read and quiet; never pin a partition to another's time before
             if previous is None:
-                return self._newest - self.allowed_lateness_ms if self._newest is not None else self._wall()
+                if self._newest is None:
+                    return self._wall()
+                return self._held_back(partition, self._newest - self.allowed_lateness_ms)
             reported = [n for (p, _t), n in self._backlog.items() if p == partition]
             quiet = self._wall() - self._restored_at.get(partition, self._wall()) > self.idle_ms
             if not reported or any(reported) or not quiet or self._newest is None:
                 return previous
-            value = max(previous, self._newest - self.allowed_lateness_ms)
+            value = max(previous, self._held_back(partition, self._newest - self.allowed_lateness_ms))
             self._now[partition] = value
             return value
         active: list[int] = []
@@ -137,7 +168,8 @@ class EventClock:
                     # restart): its time is unknown, so the partition's clock must wait
                     if previous is not None:
                         return previous
-                    return min(mark[2] for mark in marks.values()) - self.allowed_lateness_ms
+                    oldest = min(mark[2] for mark in marks.values())
+                    return self._held_back(partition, oldest - self.allowed_lateness_ms)
             active = [
                 mark[0]
                 for topic, mark in marks.items()
@@ -153,6 +185,7 @@ class EventClock:
             return self._wall()  # nothing seen yet: real time
         if partition is None:
             return max(value, *self._now.values()) if self._now else value
+        value = self._held_back(partition, value)
         if previous is not None and value < previous:
             return previous
         self._now[partition] = value
@@ -173,6 +206,7 @@ class EventClock:
         """The partition moved to another worker."""
         self._marks.pop(partition, None)
         self._now.pop(partition, None)
+        self._pending.pop(partition, None)
         for key in [k for k in self._backlog if k[0] == partition]:
             del self._backlog[key]
 

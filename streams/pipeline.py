@@ -366,6 +366,7 @@ class CustomerPipeline:
             first = next((item[0] for item in ready if item[0] != _FIRST), None)
             if first is not None:
                 work.ctx = replace(work.ctx, now_ms=first)
+        oldest_held: int | None = None
         if align:
             horizon = _horizon(ready)
             logical = self.topics.logical
@@ -376,8 +377,13 @@ class CustomerPipeline:
                 horizon = stock_until if horizon is None else min(horizon, stock_until)
             if horizon is not None:
                 cut = bisect_right(ready, horizon, key=_TS)
+                if cut < len(ready):
+                    oldest_held = ready[cut][0]
                 batch.held.extend(item[2] for item in ready[cut:])
                 del ready[cut:]
+        # records in hand but held back are data still to read: the partition's clock (this
+        # batch's last tick, and the timer's until the next batch) stays at or before them
+        self.clock.pending(partition, oldest_held)
         stats.records += len(records) - len(batch.held)
         # As if live: a deadline that falls between two records fires between them (a tick
         # at the later record's time), so how the records were batched changes nothing.

@@ -115,7 +115,9 @@ def test_labelled_churn_complaints_and_stalled_prospects_on_the_event_clock(clus
             if t["type"] == "churn_risk"
             and parse_ts_ms(t["ts"]) <= at
             and not any(
-                w["type"] == "won_back" and w["episode"] == t["episode"] and parse_ts_ms(w["ts"]) <= at
+                w["type"] in ("won_back", "churn_risk_withdrawn")
+                and w["episode"] == t["episode"]
+                and parse_ts_ms(w["ts"]) <= at
                 for w in mine
             )
         ]

@@ -233,3 +233,36 @@ async def test_records_held_beyond_the_event_time_horizon_are_acked_only_once_ap
     await consumer._dispatch(handler, 0, [(tp, later)], lambda topic: True)
     assert calls == [([5, 6, 7], True), ([7, 8], True)]  # offered again, first
     assert consumer._acked[tp] == [5, 6, 7, 8] and consumer._handled[tp] == 8 and not consumer._held
+
+
+async def test_records_held_back_count_as_backlog_until_a_batch_has_applied_them() -> None:
+    """The event clock counts an input with records still to be applied as busy, however long
+    it has been quiet. Records held back used to be taken out of the consumer's count while
+    the batch that offers them again ran: its own last tick (and the tick timer, while the
+    batch waited for the broker) saw a partition with nothing to read, idle for seconds, and
+    its clock followed the newest event of another partition past them."""
+    consumer = bare_consumer(grace_s=1)
+    tp = TP("purchases", 0)
+    consumer.assignment = lambda: {tp}  # type: ignore[method-assign]
+    consumer.highwater = lambda tp: 9  # type: ignore[method-assign]
+    consumer._batch_topics = frozenset({"purchases"})
+    during: list[int] = []
+
+    async def handler(partition: int, recs: Any, align: bool = False, waiting: Any = ()) -> Any:
+        during.append(consumer.report_backlog(0)["purchases"])  # what the clock hears meanwhile
+        return SimpleNamespace(held=[r for r in recs if r.offset == 7] if len(during) == 1 else [])
+
+    first = [SimpleNamespace(topic="purchases", partition=0, offset=o) for o in (5, 6, 7)]
+    await consumer._dispatch(handler, 0, [(tp, first)], lambda topic: True)
+    assert consumer.report_backlog(0) == {"purchases": 2}  # offset 8 unread, 7 held
+    await consumer._dispatch(handler, 0, [], lambda topic: True, align=False)  # the inputs went quiet
+    assert during == [9, 2]  # 7 is still to be applied while the batch that applies it runs
+    assert consumer.report_backlog(0) == {"purchases": 1} and not consumer._held
+
+    async def failing(partition: int, recs: Any, align: bool = False, waiting: Any = ()) -> Any:
+        raise RuntimeError("broker gone")
+
+    consumer._held[0] = [first[2]]
+    with pytest.raises(RuntimeError):
+        await consumer._dispatch(failing, 0, [], lambda topic: True, align=False)
+    assert consumer._held[0] == [first[2]]  # not applied: still held, still counted

@@ -130,6 +130,50 @@ def test_risk_stages_alert_once_per_episode_and_a_purchase_wins_them_back() -> N
     assert again.triggers("churn_risk")[0] == alert
 
 
+def test_a_purchase_older_than_its_lapse_alert_withdraws_the_alert_instead_of_winning_back() -> None:
+    """A purchase can reach the worker after the lapse alert it would have prevented (a late
+    record; a clock that ran ahead of it). The customer was never won back: the alert was
+    premature, and is withdrawn - to the same recipient, in the alert's control group."""
+    h = wall(0)
+    for i in range(8):
+        h.wall.ms = T0 + i * 10 * DAY
+        buy(h, "c1", i * 10, i, store_id="s7")
+    due = h.pipeline.deadlines.deadline("c1")
+    assert due is not None
+    h.wall.ms = due + DAY
+    h.tick()
+    (alert,) = h.triggers("churn_risk")
+    assert parse_ts(alert["ts"]) == due
+    buy(h, "c1", (due - T0) / DAY - 3, 50, store_id="s7")  # bought 3 days before the deadline
+    assert not h.triggers("won_back")
+    (withdrawn,) = h.triggers("churn_risk_withdrawn")
+    assert withdrawn["reason"] == "premature" and withdrawn["ts"] == alert["ts"]  # never before the alert
+    assert withdrawn["episode"] == alert["episode"] and withdrawn["trigger_id"] != alert["trigger_id"]
+    assert (withdrawn["recipient_kind"], withdrawn["recipient_id"]) == ("store", "s7")
+    d = withdrawn["details"]
+    assert d["alert_trigger_id"] == alert["trigger_id"] and d["alert_reason"] == "lapse"
+    assert d["alerted_at"] == alert["ts"] and d["days_before_alert"] == 3.0
+    assert parse_ts(d["purchase_at"]) < due
+    state = h.state("c1")
+    assert state is not None and state.alert is None and state.risk is None and state.episode == 1
+    assert state.last_triggers["churn_risk_withdrawn"][0] == withdrawn["trigger_id"]
+    change = h.lifecycle("c1")[-1]  # the lifecycle record does not call it won back either
+    assert (change["from_stage"], change["to_stage"]) == ("at_risk", "member")
+    assert "not at_risk after all" in change["cause"]["rule"], change["cause"]
+    h.wall.ms += 400 * DAY  # the next silence is a new episode with its own alert
+    h.tick()
+    assert [t["episode"] for t in h.triggers("churn_risk")] == [0, 1]
+    buy(h, "c1", (h.wall.ms - T0) / DAY, 99, store_id="s7")  # after the alert: won back
+    (back,) = h.triggers("won_back")
+    assert back["episode"] == 1 and parse_ts(back["ts"]) >= parse_ts(h.triggers("churn_risk")[1]["ts"])
+
+
+def parse_ts(value: str) -> int:
+    from schemas.timestamps import parse_ts_ms
+
+    return parse_ts_ms(value)
+
+
 def iso(ms: int) -> str:
     from schemas.timestamps import iso_utc
 

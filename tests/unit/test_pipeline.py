@@ -17,6 +17,7 @@ from schemas.topics import Topic, TopicNames
 from streams.clock import EventClock
 from streams.indexes import CountIndex, DeadlineIndex
 from streams.partitioning import murmur2
+from streams.pipeline import Batch
 from streams.testing import T0, ManualWall, PipelineHarness
 
 DAY = 86_400_000
@@ -328,6 +329,69 @@ def test_event_clock_waits_for_an_input_with_records_to_read_but_none_applied_ye
     fresh.observe(2, "touchpoints", T0 - 9 * DAY)
     fresh.observe(2, "touchpoints", T0 - 3 * DAY)
     assert fresh.now_ms(2) == T0 - 9 * DAY  # the oldest it applied: nothing can be due yet
+
+
+def test_event_clock_never_passes_a_record_held_back_in_its_partition() -> None:
+    wall = ManualWall(T0)
+    clock = EventClock(wall, idle_ms=1000)
+    clock.observe(0, "purchases", T0 - 30 * DAY)
+    clock.observe(0, "touchpoints", T0 - 30 * DAY)
+    clock.pending(0, T0 - 25 * DAY)  # a batch held its newer records back
+    clock.observe(1, "purchases", T0)  # another partition runs ahead
+    for topic in ("purchases", "touchpoints"):
+        clock.backlog(0, topic, 0)
+    wall.advance(10_000)  # partition 0's inputs look idle: nothing applied for 10 s ...
+    assert clock.now_ms(0) == T0 - 25 * DAY  # ... but the held records are in hand
+    clock.pending(0, None)  # applied
+    assert clock.now_ms(0) == T0  # now it is idle, and follows the newest event anywhere
+    late = EventClock(wall, allowed_lateness_ms=DAY, idle_ms=1000)
+    late.pending(2, T0 - 5 * DAY)  # held before anything of partition 2 was applied
+    late.observe(3, "purchases", T0)
+    assert late.now_ms(2) == T0 - 6 * DAY
+    late.restore(4, T0 - 20 * DAY)
+    late.pending(4, T0 - 9 * DAY)
+    for topic in ("purchases", "touchpoints"):
+        late.backlog(4, topic, 0)
+    wall.advance(10_000)  # restored, read and quiet: follows the others, not past its held records
+    assert late.now_ms(4) == T0 - 10 * DAY
+
+
+def test_a_partition_whose_records_wait_fires_no_deadline_ahead_of_them() -> None:
+    """Found on a paced replay of the demo data: a partition's records were held back for
+    seconds (stock arrivals on their way), its inputs looked idle meanwhile, its clock
+    followed another partition months ahead, and churn alerts fired for customers whose
+    purchase before the deadline was among the held records - then that purchase closed
+    each one with a won_back older than its alert."""
+    wall = T0 + 400 * DAY
+    h = PipelineHarness(clock="event", start_ms=wall, idle_ms=1000)
+    start = T0
+    p = h.pipeline.partition_of("c1")
+    q = next(x for x in range(h.partitions) if x != p)
+    other = next(f"d{i}" for i in range(1000) if h.pipeline.partition_of(f"d{i}") == q)
+    buys = [h.record(Topic.PURCHASES, purchase(f"p{i}", "c1", start + i * 7 * DAY, 80)) for i in range(10)]
+    h._complete(h.pipeline.apply(p, buys, align=True))
+    last = start + 63 * DAY
+    due = h.pipeline.deadlines.deadline("c1")
+    assert due is not None and last < due < last + 40 * DAY  # a valued customer: an alert at due
+    for topic in ("purchases", "touchpoints", "customer-updates"):
+        h.clock.backlog(p, topic, 0)
+    # c1 bought again before the deadline; the batch holds it back (stock on its way: nothing
+    # newer than what the partition applied goes yet)
+    back = h.record(Topic.PURCHASES, purchase("p10", "c1", due - 5 * DAY, 80))
+    batch = Batch(p)
+    for _ in h.pipeline.apply_steps(p, [back], batch, align=True, stock_until=last):
+        pass
+    h._complete(batch)
+    assert batch.held == [back]
+    h._complete(h.pipeline.apply(q, [h.record(Topic.PURCHASES, purchase("q1", other, due + 10 * DAY))]))
+    h.advance(5_000)  # longer than the idle time: the timer ticks every partition
+    assert h.clock.now_ms(p) <= due - 5 * DAY
+    assert not h.triggers("churn_risk")
+    h._complete(h.pipeline.apply(p, [back]))  # offered again and applied
+    h.advance(5_000)
+    assert not h.triggers("churn_risk") and not h.triggers("won_back")
+    state = h.state("c1")
+    assert state is not None and state.risk is None and state.frequency == 11
 
 
 @pytest.mark.parametrize("kind", ["murmur2", "crc32"])
