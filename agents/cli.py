@@ -749,7 +749,7 @@ HELD_OUT = " HELD OUT (control group: not delivered)"
 def _trigger_line(value: dict[str, Any]) -> str:
     """One trigger for people, with the fields that matter for its type: a churn alert's
     reason, risk stage, tier and P(alive); a come-back's purchase and the alert it answers;
-    a stalled prospect's asks. A trigger in a control group says it is held out."""
+    a withdrawn alert's late purchase; a stalled prospect's asks. A trigger in a control group says it is held out."""
     kind = value.get("type")
     details = value.get("details") or {}
     held = HELD_OUT if value.get("holdout") else ""
@@ -785,6 +785,16 @@ def _trigger_line(value: dict[str, Any]) -> str:
         )
         answers = f"answers the {details.get('alert_reason')} alert of {details.get('alerted_at')}"
         return f"{head}  ({back}; {answers})"
+    if kind == "churn_risk_withdrawn":
+        purchase = details.get("purchase_event_id")
+        early = details.get("days_before_alert")
+        return (
+            f"{head}  (premature: "
+            + (f"purchase {purchase}" if purchase else "a purchase")
+            + f" of {details.get('purchase_at')}"
+            + (f", {early} d before the alert," if early is not None else "")
+            + f" arrived late; withdraws the {details.get('alert_reason')} alert of {details.get('alerted_at')})"
+        )
     if kind == "stalled_prospect":
         asks = details.get("asks") or {}
         each = ", ".join(f"{t} {n}" for t, n in asks.items())

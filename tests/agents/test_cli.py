@@ -200,6 +200,15 @@ def test_each_trigger_type_shows_its_own_fields_and_no_none() -> None:
     stalled = _tail_line("triggers", STALLED)
     assert "stalled: 3 asks (cart 1, inquiry 2), no purchase; first 2025-05-08T12:12:25.000Z" in stalled
 
+    details = {**WON_BACK["details"], "days_before_alert": 2.5}  # type: ignore[dict-item]
+    del details["days_silent"]
+    withdrawn = _tail_line(
+        "triggers", {**WON_BACK, "type": "churn_risk_withdrawn", "reason": "premature", "details": details}
+    )
+    assert "churn_risk_withdrawn c000024 → store s11  (premature: purchase p-1463 of " in withdrawn
+    assert "2.5 d before the alert, arrived late; withdraws the lapse alert of 2025-03-31" in withdrawn
+    assert "None" not in withdrawn
+
     for line in (won, stalled):
         assert "tier" not in line and "P(alive)" not in line and "purchases" not in line, line
     for line in (held, delivered, won, stalled):
