@@ -572,9 +572,8 @@ def latency(
     )
     lat: list[float] = []
     try:
-        meta = c.list_topics(out_topic, timeout=10)
-        tps = [TopicPartition(out_topic, p, starts.get(p, 0)) for p in meta.topics[out_topic].partitions]
-        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+        ends = _end_offsets(bootstrap, out_topic)
+        tps = [TopicPartition(out_topic, p, starts.get(p, 0)) for p in ends]
         c.assign(tps)
         left = {p for p, e in ends.items() if e > starts.get(p, 0)}
         stop = time.monotonic() + 120
