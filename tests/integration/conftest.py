@@ -1,6 +1,6 @@
 """Integration fixtures: a real Kafka-protocol broker (noida-db, or Tansu with
-PATRONAGE_TEST_BROKER=tansu: agents/localstack.py) and Redis on free loopback ports for the
-whole session, and per-test workers (own topics prefix and consumer group).
+PATRONAGE_TEST_BROKER=tansu: agents/localstack.py) and Redis on free loopback ports for each
+test, and its workers (own topics prefix and consumer group).
 
 Workers and CLI commands run as ``patronage`` subprocesses with this checkout first on
 PYTHONPATH, so they run the code under test even when the ``patronage`` script is an
@@ -39,20 +39,28 @@ def code_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    run = tmp_path_factory.mktemp("stack")
-    s = LocalStack(run, kafka_port=free_port(), redis_port=free_port(), web_port=free_port())
-    s.start_broker()
-    s.start_redis()
+def code_checked(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Workers started by these tests import this checkout (see the module docstring)."""
     where = subprocess.run(
         [sys.executable, "-c", "import agents; print(agents.__file__)"],
         env={**os.environ, **code_env()},
-        cwd=run,
+        cwd=tmp_path_factory.mktemp("where"),
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
     assert Path(where).resolve().is_relative_to(ROOT), f"workers would run {where}, not {ROOT}"
+
+
+@pytest.fixture
+def stack(code_checked: None, tmp_path: Path) -> Iterator[LocalStack]:
+    """A broker and Redis of the test's own. Not one for the session: noida-db keeps its whole
+    state in memory and rewrites it to disk every ~10 s, so its CPU grows with everything
+    stored (measured: a full core, continuously, once ~90 MB are stored; ~40 % of the CPU of
+    a serial make test went to one session broker); a broker per test starts in < 1 s."""
+    s = LocalStack(tmp_path / "stack", kafka_port=free_port(), redis_port=free_port(), web_port=free_port())
+    s.start_broker()
+    s.start_redis()
     yield s
     s.down()
 
@@ -68,7 +76,7 @@ class Cluster:
             "PATRONAGE_REDIS_URL": stack.redis_url,
             "PATRONAGE_APP_ID": f"{name}-app",
             "PATRONAGE_TOPIC_PREFIX": f"{name}-",
-            "PATRONAGE_REDIS_PREFIX": name,  # the session's Redis is shared: own keys
+            "PATRONAGE_REDIS_PREFIX": name,  # own keys, should a Redis ever be shared
             "PATRONAGE_PARTITIONS": str(partitions),
             "PATRONAGE_LOG_LEVEL": "info",
             # a finished replay stops holding the event clock back after 1 s (default 5 s)
