@@ -430,6 +430,77 @@ BATCH_STAGES = ("apply", "settle", "outputs", "changelog", "triggers")
 _PROBE_EVERY_S = 5.0  # the feed's "behind" samples (a /metrics scrape each)
 
 
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far (0.0 when it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def broker_floor(bootstrap: str, topic: str, rate: int, seconds: float) -> dict[str, Any]:
+    """What the broker alone adds: a steady ``rate`` of 300-byte records produced (paced as
+    the live feed is, linger 1 ms) and read back by a plain consumer on a topic of their own;
+    produce -> consume latency per record. Any worker's latency on this broker, in its
+    current state, includes at least this."""
+    import threading
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        future.result()
+    lat: list[float] = []
+    done = threading.Event()
+
+    def read() -> None:
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-floor", "fetch.wait.max.ms": 5})
+        c.assign([TopicPartition(topic, 0, 0)])
+        try:
+            while not done.is_set():
+                for m in c.consume(500, timeout=0.002):
+                    if not m.error():
+                        lat.append(time.time() * 1000 - float(m.value()[:16]))
+        finally:
+            c.close()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(1)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    pad = b" " * 284
+    step = max(1, rate // 100)
+    n = int(rate * seconds)
+    started = time.perf_counter()
+    for i in range(0, n, step):
+        pause = started + i / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        for _ in range(step):
+            producer.produce(topic, b"%16.3f" % (time.time() * 1000) + pad)
+        producer.poll(0)
+    producer.flush()
+    deadline = time.monotonic() + 10
+    while len(lat) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    done.set()
+    reader.join(timeout=10)
+    lat.sort()
+
+    def q(x: float) -> float | None:
+        return None if not lat else lat[min(len(lat) - 1, int(x * len(lat)))]
+
+    return {"records": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": q(1.0)}
+
+
 def latency(
     stack: LocalStack,
     run_dir: Path,
@@ -543,10 +614,15 @@ def latency(
         # history's and other runs' changes: reading all of it made noida-db answer fetches
         # above librdkafka's 100 MB receive limit)
         starts = _end_offsets(bootstrap, out_topic)
+        broker_pid = stack.service("broker").pid()
+        broker_data = stack.run_dir / "broker-data"
+        floor = broker_floor(bootstrap, f"{prefix}floor{run}", rate, min(seconds, 10.0))
         feed_from = time.time()
+        broker_cpu = _cpu_s(broker_pid)
         fed, behind = feed(warm, n, True)
         wait_processed(warm + n)
         feed_until = time.time()
+        broker_share = (_cpu_s(broker_pid) - broker_cpu) / (feed_until - feed_from)
         time.sleep(1)
         scrape = metrics_text(port)
         after = histogram_buckets(scrape, hist)
@@ -607,6 +683,12 @@ def latency(
         ],
         "fed_events_per_s": fed,
         "behind": behind,
+        # the broker alone at the same rate just before (see broker_floor), its CPU share
+        # during the measured feed (1.0 = a whole core) and what it stores (noida-db rewrites
+        # all of it every ~10 s: README "Performance")
+        "broker_floor": floor,
+        "broker_cpu_share": broker_share,
+        "broker_stored_mb": _dir_bytes(broker_data) / 1e6 if broker_data.exists() else None,
         "lifecycle": {"count": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": q(1.0)},
         "batch_stages": stages,
         "trigger": {
@@ -952,7 +1034,16 @@ def print_table(r: dict[str, Any]) -> None:
         lt = Table(
             title="latency: live purchases at a steady rate on the warm worker (ms; trigger target p99 < 50 at 5k/s)"
         )
-        for col in ("events/s fed", "lifecycle p50", "lifecycle p99", "trigger p50", "trigger p99", "behind"):
+        for col in (
+            "events/s fed",
+            "lifecycle p50",
+            "lifecycle p99",
+            "trigger p50",
+            "trigger p99",
+            "behind",
+            "broker alone p50 / p99",
+            "broker CPU, stored",
+        ):
             lt.add_column(col, justify="right")
         lt.add_column("batch steps p50 / p99: apply, settle, outputs, changelog, triggers")
 
@@ -969,6 +1060,12 @@ def print_table(r: dict[str, Any]) -> None:
                 ms(tr["p50_ms"]),
                 ms(tr["p99_ms"]),
                 ", ".join(f"{b:,.0f}" for b in lat.get("behind", [])) or "0",
+                f"{ms(floor.get('p50_ms'))} / {ms(floor.get('p99_ms'))}"
+                if (floor := lat.get("broker_floor"))
+                else "-",
+                f"{lat['broker_cpu_share']:.0%} of a core, {lat['broker_stored_mb']:,.0f} MB"
+                if lat.get("broker_stored_mb") is not None
+                else "-",
                 "; ".join(f"{ms(v['p50_ms'])}/{ms(v['p99_ms'])}" for v in steps.values()),
             )
         console.print(lt)
