@@ -277,8 +277,7 @@ def dead_letter_record(
     if value is not None:
         rec["value_bytes"] = len(value)
         rec["value_sha256"] = sha256(value).hexdigest()
-    if truncated:
-        rec["truncated"] = True
+    rec["truncated"] = truncated  # always there, as the contract lists it (false: kept whole)
     return rec
 
 

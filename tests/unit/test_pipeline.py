@@ -69,6 +69,7 @@ def test_bad_input_becomes_a_dead_letter_with_a_stable_reason_code(value: bytes 
     h.deliver([h.record(Topic.PURCHASES, value, key="c", partition=h.pipeline.partition_of("c"))])
     (dead,) = h.dead_letters()
     assert dead["reason"] == reason, dead["error"]
+    assert dead["truncated"] is False  # a field of the contract, there also when nothing was cut
     DeadLetter.model_validate(dead)
     assert h.batches[-1].stats.dead_letters == {("purchases", dead["stage"], reason): 1}
     assert h.state("c") is None
