@@ -286,18 +286,25 @@ class Runtime:
         return self.pipeline.uplift_rows()
 
     async def handle_batch(
-        self, partition: int, records: Sequence[Any], align: bool = False, waiting: Sequence[str] = ()
+        self,
+        partition: int,
+        records: Sequence[Any],
+        align: bool = False,
+        waiting: Sequence[str] = (),
+        bounded: bool = True,
     ) -> Any:
         """The fast path's handler for one partition's records: stock arrivals are broadcast
         first (acked before their offsets are), then the customer records are applied -
         holding back those newer than the newest arrival applied here while arrivals are
-        still on their way (see CustomerPipeline.apply_steps ``stock_pending``)."""
+        still on their way (see CustomerPipeline.apply_steps ``stock_until``); ``bounded``
+        False: not those (the hold overflowed), only the inputs in hand aligned."""
         stock_name = self.topics.real(Topic.STOCK_ARRIVALS)
         stock = [r for r in records if r.topic == stock_name]
         if stock:
             await self.stock.handle(stock)
             records = [r for r in records if r.topic != stock_name]
-        until = self.stock_until(partition, records)
+        # not bounded: the partition's hold overflowed (see BatchingConsumer._handle_and_ack)
+        until = self.stock_until(partition, records) if bounded else None
         return await self.processor.handle(partition, records, align, waiting, stock_until=until)
 
     def stock_until(self, partition: int, records: Sequence[Any]) -> int | None:
@@ -387,6 +394,9 @@ class Runtime:
 class PatronageApp(faust.App):
     runtime: Runtime
     empty_fetch_backoff_ms: float = 0.0
+    hold_max_records: int = 100_000
+    hold_wait_s: float = 10.0
+    pausable_topics: frozenset[str] = frozenset()
     stall_log_ms: float = 0.0
     # changelog records of partitions being recovered, applied per fetch (agents/recovery.py)
     bulk_changelog: BulkChangelog | None = None
@@ -590,6 +600,11 @@ def create_app(
     table.on_recovered = runtime.on_recovered
     app.runtime = runtime
     app.empty_fetch_backoff_ms = settings.empty_fetch_backoff_ms
+    app.hold_max_records = settings.hold_max_records
+    app.hold_wait_s = settings.hold_wait_s
+    # what the hold's backpressure may pause: the customer inputs, never what a hold waits
+    # for (the stock broadcast, identity hops)
+    app.pausable_topics = frozenset(topics.real(t) for t in CUSTOMER_INPUTS)
     app.stall_log_ms = settings.stall_log_ms
 
     customer_topic = app.topic(

@@ -41,6 +41,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -49,7 +50,9 @@ from faust.types import TP
 
 log = logging.getLogger(__name__)
 
-BatchHandler = Callable[..., Awaitable[Any]]  # (partition, records, *, align) -> Batch (.held)
+BatchHandler = Callable[
+    ..., Awaitable[Any]
+]  # (partition, records, *, align, waiting, bounded) -> Batch (.held)
 Parts = list[tuple[TP, list[Any]]]  # one partition's fetched records, per topic
 
 
@@ -202,7 +205,14 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         # records the handler held back (beyond the event-time horizon): fetched, not acked
         self._held: dict[int, list[Any]] = {}
         self._held_generation: int | None = None
-        self.hold_max = 100_000  # more than this waiting in a partition: applied unaligned
+        self.hold_max = 100_000  # more than this in hand in a partition: see _handle_and_ack
+        self._crowded_said: dict[int, float] = {}
+        self._crowded: set[int] = set()  # partitions whose last batch was crowded
+        # backpressure for the hold (see _pace): partition -> its input partitions paused,
+        # and since when (monotonic); after ``hold_wait_s`` its next batch counts as crowded
+        self._paced: dict[int, set[TP]] = {}
+        self._paced_since: dict[int, float] = {}
+        self.hold_wait_s = 10.0
         # The rebalance guard (see _drain_messages): Faust's seeks done, their offsets, and
         # partitions whose fetched records were not handled: (first offset, seeks when fetched).
         self._seeks = 0
@@ -326,9 +336,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 self._drop_held_on_rebalance()
                 if not records:
                     if self._held and self.flow_active and not (self.app.rebalancing or self.should_stop):
-                        # the inputs went quiet: what waited for the other topics goes now
+                        # the inputs went quiet: what waited for the other topics goes now,
+                        # still aligned across the inputs in hand (the rest next time round)
                         for partition in list(self._held):
-                            await self._dispatch(handler, partition, [], acks_enabled_for, align=False)
+                            await self._dispatch(handler, partition, [], acks_enabled_for, crowded=True)
                     continue
                 # The rebalance guard. During a rebalance Faust discards what it fetches and, at
                 # the end, seeks every partition back to its committed offset. Records fetched
@@ -382,6 +393,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
+                for partition in self._overdue():
+                    # paused, and what its hold waits for did not come: applied crowded
+                    if partition not in grouped and self.flow_active and not self.app.rebalancing:
+                        await self._dispatch(handler, partition, [], acks_enabled_for)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 log.info("Broker stopped consumer, shutting down...")
@@ -456,6 +471,51 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             for tp, recs in by_tp.items():
                 self._not_handled(tp, sorted(recs, key=lambda r: r.offset))
         self._held.clear()
+        self._unpace_all()
+
+    def _unpace_all(self) -> None:
+        for tps in self._paced.values():
+            self.resume_partitions(tps)
+        self._paced.clear()
+        self._paced_since.clear()
+
+    def _pace(self, partition: int, held: Sequence[Any]) -> None:
+        """Backpressure for event-time alignment, as Kafka Streams pauses a partition whose
+        buffer is full: while a quarter of ``hold_max`` or more of ``partition``'s records are
+        held back, the inputs they come from are paused - not handed out again, so not
+        fetched again - and the fetches go to what the hold waits for. Without it a sparse
+        input (stock arrivals, customer updates) could be left unread for many fetches while
+        the busy ones filled the hold. Resumed once the hold is smaller again."""
+        paced = self._paced.get(partition, set())
+        if len(held) < max(1, self.hold_max // 4):
+            if paced:
+                self.resume_partitions(paced)
+                del self._paced[partition]
+                self._paced_since.pop(partition, None)
+            return
+        pausable = getattr(self.app, "pausable_topics", frozenset())
+        want = {TP(topic, partition) for topic in {rec.topic for rec in held} if topic in pausable}
+        if want != paced:
+            if paced - want:
+                self.resume_partitions(paced - want)
+            if want - paced:
+                self.pause_partitions(want - paced)
+                if partition not in self._paced_since:
+                    log.info(
+                        "partition %d: %d records held back; pausing %s until what they wait for "
+                        "is read (at most PATRONAGE_HOLD_WAIT_S, %g s)",
+                        partition,
+                        len(held),
+                        ", ".join(sorted(tp.topic for tp in want)),
+                        self.hold_wait_s,
+                    )
+            self._paced[partition] = want
+        self._paced_since.setdefault(partition, time.monotonic())
+
+    def _overdue(self) -> list[int]:
+        """Partitions paced for longer than ``hold_wait_s``: what they wait for did not come."""
+        now = time.monotonic()
+        return [p for p, since in self._paced_since.items() if now - since > self.hold_wait_s]
 
     async def _dispatch(
         self,
@@ -465,6 +525,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         acks_enabled_for: Callable,
         *,
         align: bool = True,
+        crowded: bool = False,
     ) -> None:
         """Hand one partition's fetched records to the handler, then ack their offsets.
 
@@ -477,7 +538,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         commit then includes its offsets.
         """
         batch = asyncio.ensure_future(
-            self._handle_and_ack(handler, partition, parts, acks_enabled_for, align)
+            self._handle_and_ack(handler, partition, parts, acks_enabled_for, align, crowded)
         )
         try:
             await asyncio.shield(batch)
@@ -486,7 +547,13 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             raise
 
     async def _handle_and_ack(
-        self, handler: BatchHandler, partition: int, parts: Parts, acks_enabled_for: Callable, align: bool
+        self,
+        handler: BatchHandler,
+        partition: int,
+        parts: Parts,
+        acks_enabled_for: Callable,
+        align: bool,
+        crowded: bool = False,
     ) -> None:
         read_offset = self._read_offset
         # records held back before are offered first; they stay in ``_held`` until the handler
@@ -497,15 +564,52 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         for marker in markers:  # make rebalances wait for this batch (wait_empty)
             self._unacked_messages.add(marker)
         backlog = self.report_backlog(partition)  # before the batch ticks the partition's clock
-        fetched = {tp.topic for tp, _ in parts}
-        waiting = [topic for topic, n in backlog.items() if n > 0 and topic not in fetched]
-        aligned = align and len(records) <= self.hold_max
+        # a topic with records in hand (fetched now, or held back before) has a known newest
+        # time: the handler's horizon covers it. Only a topic with records still to read and
+        # none in hand is "waiting" (counting held records as waiting clamped every batch to
+        # the partition's clock, held everything back until ``hold_max`` and then applied
+        # 100,000 records unaligned: deadlines fired ahead of the other topic's records)
+        in_hand = {rec.topic for rec in records}
+        waiting = [topic for topic, n in backlog.items() if n > 0 and topic not in in_hand]
+        # Crowded: the hold did not get what it waits for - more than ``hold_max`` records in
+        # hand, or the partition's inputs paused for ``hold_wait_s`` (see _pace), or the inputs
+        # went quiet. The bounds from outside the batch (an input with nothing in hand, stock
+        # arrivals still on their way) are dropped, but the inputs in hand stay aligned with
+        # each other: dropping that too let the batch's ticks run to the newest event of one
+        # input, ahead of the others' records not fetched yet (churn deadlines fired before
+        # the purchases that cancel them). Only when that did not help - the previous batch
+        # was crowded too and over four times the bound is in hand (memory) - is a batch
+        # applied unaligned.
+        self.hold_max = getattr(self.app, "hold_max_records", self.hold_max)
+        self.hold_wait_s = getattr(self.app, "hold_wait_s", self.hold_wait_s)
+        reason = (
+            f"{len(records)} records in hand, more than {self.hold_max}"
+            if len(records) > self.hold_max
+            else f"inputs paused {self.hold_wait_s:g} s"
+            if partition in self._overdue()
+            else None
+        )
+        crowded = crowded or reason is not None
+        aligned = align and not (len(records) > 4 * self.hold_max and partition in self._crowded)
+        if crowded:
+            self._crowded.add(partition)
+        else:
+            self._crowded.discard(partition)
+        if align and reason is not None:
+            self._note_crowded(partition, reason, aligned)
         try:
-            result = await handler(partition, records, align=aligned, waiting=waiting if aligned else ())
+            result = await handler(
+                partition,
+                records,
+                align=aligned,
+                waiting=waiting if aligned and not crowded else (),
+                bounded=not crowded,
+            )
         finally:  # failed: what was held is still held (a crash re-fetches it anyway)
             for marker in markers:
                 self._unacked_messages.discard(marker)
         held = list(getattr(result, "held", ()) or ())
+        self._pace(partition, held)
         held_ids = {id(r) for r in held}
         if held:
             self._held[partition] = held
@@ -544,6 +648,23 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         read = self._read_offset.get(tp)
         last = max(-1 if read is None else read, -1 if seen_offset is None else seen_offset)
         return max(0, high - 1 - last)
+
+    def _note_crowded(self, partition: int, reason: str, aligned: bool) -> None:
+        """Say (at most once a minute per partition) that a partition's hold gave up waiting."""
+        now = time.monotonic()
+        last = self._crowded_said.get(partition)
+        if last is not None and now - last < 60:
+            return
+        self._crowded_said[partition] = now
+        log.warning(
+            "partition %d: %s, held back for inputs or stock arrivals not read yet; applying them %s",
+            partition,
+            reason,
+            "aligned across the inputs in hand only (an arrival not read yet may meet its "
+            "audience as it is later)"
+            if aligned
+            else "unaligned (over four times the bound, after a crowded batch)",
+        )
 
     def report_backlog(self, partition: int) -> dict[str, int]:
         """How much of each of this partition's batch topics is still to be applied (lag to

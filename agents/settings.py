@@ -232,6 +232,20 @@ class Settings(BaseSettings):
         description="max records one fetch hands to the batch processor (only reached under backlog; "
         "bigger batches coalesce more changelog writes)",
     )
+    hold_max_records: int = Field(
+        100_000,
+        ge=1,
+        description="event-time alignment: records a partition may hold back (fetched, waiting for its other "
+        "inputs or for stock arrivals to be read) before the bounds from outside the batch are dropped and "
+        "only the inputs in hand stay aligned; four times this: applied unaligned (memory, ~1 KB a record)",
+    )
+    hold_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="event-time alignment: while a partition holds back a quarter of PATRONAGE_HOLD_MAX_RECORDS "
+        "or more, its inputs are paused so that fetches bring what the hold waits for; after this many "
+        "seconds paused the hold gives up waiting for what is not in hand (as with the bound above)",
+    )
     hot_states: int = Field(
         100_000,
         ge=0,

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -54,7 +55,35 @@ def test_no_alert_is_decided_ahead_of_a_purchase_in_a_paced_replay(cluster: Clus
         timeout=120,
     )
     cluster.wait(timeout=120)
+    assert_no_alert_ahead_of_a_purchase(cluster, data)
 
+
+def test_a_backlog_that_overflows_the_hold_keeps_the_inputs_aligned(cluster: Cluster) -> None:
+    """A whole replay waiting before the worker starts, the hold bound small so that it
+    overflows (as 100,000 records did on a 441k-record replay of 5,000 customers).
+
+    Found there: a partition whose fetch brought only purchases, while its touchpoints were
+    held back from an earlier fetch, counted the touchpoints as "still to read", held
+    everything at the partition's clock, and so on, fetch after fetch, until the hold
+    overflowed and its 100,000 records were applied unaligned: the batch's ticks ran to the
+    newest touchpoint, months past purchases not fetched yet. 642-765 lifecycle changes per
+    run were "a purchase from before the at_risk deadline, applied after it", and 301 lapse
+    alerts were withdrawn as premature."""
+    data = cluster.tmp / "data"
+    cluster.run("generate", "--customers", "800", "--seed", "7", "--out", str(data))
+    cluster.run("replay", str(data), "--quiet")
+    cluster.env["PATRONAGE_HOLD_MAX_RECORDS"] = "20000"  # inputs paused from 5,000 held
+    cluster.start_worker()
+    cluster.wait(timeout=240)
+    log = (cluster.tmp / "worker0.log").read_text()
+    assert "records held back; pausing" in log  # the backpressure was exercised
+    assert_no_alert_ahead_of_a_purchase(cluster, data)
+    changes = cluster.read_topic("lifecycle-changes")
+    late = [c for c in changes if "applied after it" in c["cause"]["rule"]]
+    assert not late, (len(late), late[:2])
+
+
+def assert_no_alert_ahead_of_a_purchase(cluster: Cluster, data: Path) -> None:
     bought: dict[str, list[int]] = defaultdict(list)
     for line in (data / "purchases.jsonl").read_text().splitlines():
         p = json.loads(line)

@@ -146,11 +146,18 @@ def bare_consumer(grace_s: float) -> BatchingConsumer:
         _handled={},
         _held={},
         hold_max=100_000,
+        hold_wait_s=10.0,
+        _crowded=set(),
+        _crowded_said={},
+        _paced={},
+        _paced_since={},
         stop_batch_grace_s=grace_s,
         app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)),
     )
     c._to_message = lambda tp, rec: (tp, rec.offset)  # type: ignore[method-assign]
     c.assignment = lambda: set()  # type: ignore[method-assign]
+    c.pause_partitions = lambda tps: None  # type: ignore[method-assign]
+    c.resume_partitions = lambda tps: None  # type: ignore[method-assign]
     return c
 
 
@@ -161,7 +168,9 @@ async def dispatch_cancelled_mid_batch(grace_s: float, handler_s: float) -> tupl
     records = [SimpleNamespace(topic="purchases", partition=0, offset=o) for o in (5, 6, 7)]
     done = asyncio.Event()
 
-    async def handler(partition: int, recs: Any, align: bool = False, waiting: Any = ()) -> None:
+    async def handler(
+        partition: int, recs: Any, align: bool = False, waiting: Any = (), bounded: bool = True
+    ) -> None:
         await asyncio.sleep(handler_s)
         done.set()
 
@@ -222,7 +231,9 @@ async def test_records_held_beyond_the_event_time_horizon_are_acked_only_once_ap
     first = [SimpleNamespace(topic="purchases", partition=0, offset=o) for o in (5, 6, 7)]
     calls: list[tuple[list[int], bool]] = []
 
-    async def handler(partition: int, recs: Any, align: bool = False, waiting: Any = ()) -> Any:
+    async def handler(
+        partition: int, recs: Any, align: bool = False, waiting: Any = (), bounded: bool = True
+    ) -> Any:
         calls.append(([r.offset for r in recs], align))
         return SimpleNamespace(held=[r for r in recs if r.offset == 7] if len(calls) == 1 else [])
 
@@ -248,7 +259,9 @@ async def test_records_held_back_count_as_backlog_until_a_batch_has_applied_them
     consumer._batch_topics = frozenset({"purchases"})
     during: list[int] = []
 
-    async def handler(partition: int, recs: Any, align: bool = False, waiting: Any = ()) -> Any:
+    async def handler(
+        partition: int, recs: Any, align: bool = False, waiting: Any = (), bounded: bool = True
+    ) -> Any:
         during.append(consumer.report_backlog(0)["purchases"])  # what the clock hears meanwhile
         return SimpleNamespace(held=[r for r in recs if r.offset == 7] if len(during) == 1 else [])
 
@@ -259,10 +272,96 @@ async def test_records_held_back_count_as_backlog_until_a_batch_has_applied_them
     assert during == [9, 2]  # 7 is still to be applied while the batch that applies it runs
     assert consumer.report_backlog(0) == {"purchases": 1} and not consumer._held
 
-    async def failing(partition: int, recs: Any, align: bool = False, waiting: Any = ()) -> Any:
+    async def failing(
+        partition: int, recs: Any, align: bool = False, waiting: Any = (), bounded: bool = True
+    ) -> Any:
         raise RuntimeError("broker gone")
 
     consumer._held[0] = [first[2]]
     with pytest.raises(RuntimeError):
         await consumer._dispatch(failing, 0, [], lambda topic: True, align=False)
     assert consumer._held[0] == [first[2]]  # not applied: still held, still counted
+
+
+async def test_an_input_with_records_held_back_is_in_hand_not_waiting() -> None:
+    """Held touchpoints have a known newest time (the handler's horizon covers them); only an
+    input with records to read and none in hand is waiting. Counting the held ones as waiting
+    clamped every batch to the partition's clock and held everything back until the hold
+    overflowed (then applied unaligned: deadlines ahead of purchases not fetched yet)."""
+    consumer = bare_consumer(grace_s=1)
+    tps = {TP("purchases", 0), TP("touchpoints", 0), TP("customer-updates", 0)}
+    consumer.assignment = lambda: tps  # type: ignore[method-assign]
+    consumer.highwater = lambda tp: 100  # type: ignore[method-assign]
+    consumer._batch_topics = frozenset(tp.topic for tp in tps)
+    consumer._held[0] = [SimpleNamespace(topic="touchpoints", partition=0, offset=3)]
+    seen: list[Any] = []
+
+    async def handler(
+        partition: int, recs: Any, align: bool = False, waiting: Any = (), bounded: bool = True
+    ) -> Any:
+        seen.append((sorted({r.topic for r in recs}), sorted(waiting), bounded))
+        return SimpleNamespace(held=[])
+
+    purchases = [SimpleNamespace(topic="purchases", partition=0, offset=o) for o in (5, 6)]
+    await consumer._dispatch(handler, 0, [(TP("purchases", 0), purchases)], lambda topic: True)
+    assert seen == [(["purchases", "touchpoints"], ["customer-updates"], True)]
+
+
+async def test_a_crowded_hold_keeps_the_inputs_in_hand_aligned_and_pauses_them() -> None:
+    consumer = bare_consumer(grace_s=1)
+    consumer.hold_max = 8  # inputs paused from 2 held back
+    consumer.app.pausable_topics = frozenset({"purchases", "touchpoints"})
+    paused: set[TP] = set()
+    consumer.pause_partitions = paused.update  # type: ignore[method-assign]
+    consumer.resume_partitions = paused.difference_update  # type: ignore[method-assign]
+    calls: list[tuple[int, bool, Any, bool]] = []
+    keep: list[int] = []  # how many of the last records the handler holds back, per call
+
+    async def handler(
+        partition: int, recs: Any, align: bool = False, waiting: Any = (), bounded: bool = True
+    ) -> Any:
+        calls.append((len(recs), align, tuple(waiting), bounded))
+        n = keep.pop(0)
+        return SimpleNamespace(held=list(recs[len(recs) - n :]) if n else [])
+
+    def fetch(topic: str, first: int, n: int) -> Any:
+        return [
+            (
+                TP(topic, 0),
+                [SimpleNamespace(topic=topic, partition=0, offset=o) for o in range(first, first + n)],
+            )
+        ]
+
+    keep.append(1)
+    await consumer._dispatch(handler, 0, fetch("purchases", 0, 3), lambda topic: True)
+    assert calls[-1] == (3, True, (), True) and not paused  # 1 held: fetching goes on
+    keep.append(3)
+    await consumer._dispatch(handler, 0, fetch("touchpoints", 0, 5), lambda topic: True)
+    assert calls[-1] == (6, True, (), True)
+    assert paused == {TP("touchpoints", 0)}  # held back: not handed out (nor fetched) again for now
+    keep.append(2)
+    await consumer._dispatch(handler, 0, fetch("purchases", 3, 6), lambda topic: True)
+    # 9 in hand, more than 8: crowded - the bounds from outside dropped, the inputs in hand aligned
+    assert calls[-1] == (9, True, (), False)
+    assert paused == {TP("purchases", 0)}
+    keep.append(0)
+    await consumer._dispatch(handler, 0, [], lambda topic: True, crowded=True)  # the inputs went quiet
+    assert calls[-1] == (2, True, (), False) and not paused and not consumer._held
+
+
+async def test_a_hold_that_did_not_help_is_applied_unaligned_beyond_four_times_the_bound() -> None:
+    consumer = bare_consumer(grace_s=1)
+    consumer.hold_max = 2
+    calls: list[bool] = []
+
+    async def handler(
+        partition: int, recs: Any, align: bool = False, waiting: Any = (), bounded: bool = True
+    ) -> Any:
+        calls.append(align)
+        return SimpleNamespace(held=list(recs))  # nothing it can apply
+
+    recs = [SimpleNamespace(topic="purchases", partition=0, offset=o) for o in range(9)]
+    await consumer._dispatch(handler, 0, [(TP("purchases", 0), recs)], lambda topic: True)
+    more = [SimpleNamespace(topic="purchases", partition=0, offset=9)]
+    await consumer._dispatch(handler, 0, [(TP("purchases", 0), more)], lambda topic: True)
+    assert calls == [True, False]  # 9 > 8 on a first crowded batch: aligned; still so next: not
