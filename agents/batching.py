@@ -212,6 +212,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         # and since when (monotonic); after ``hold_wait_s`` its next batch counts as crowded
         self._paced: dict[int, set[TP]] = {}
         self._paced_since: dict[int, float] = {}
+        self._offered: dict[int, float] = {}  # partition -> when _overdue last offered it
         self.hold_wait_s = 10.0
         # The rebalance guard (see _drain_messages): Faust's seeks done, their offsets, and
         # partitions whose fetched records were not handled: (first offset, seeks when fetched).
@@ -478,6 +479,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             self.resume_partitions(tps)
         self._paced.clear()
         self._paced_since.clear()
+        self._offered.clear()
 
     def _pace(self, partition: int, held: Sequence[Any]) -> None:
         """Backpressure for event-time alignment, as Kafka Streams pauses a partition whose
@@ -492,6 +494,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 self.resume_partitions(paced)
                 del self._paced[partition]
                 self._paced_since.pop(partition, None)
+                self._offered.pop(partition, None)
             return
         pausable = getattr(self.app, "pausable_topics", frozenset())
         want = {TP(topic, partition) for topic in {rec.topic for rec in held} if topic in pausable}
@@ -512,10 +515,21 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             self._paced[partition] = want
         self._paced_since.setdefault(partition, time.monotonic())
 
+    def _paused_for(self, partition: int) -> float:
+        """Seconds ``partition``'s inputs have been paused by the hold (0: not paused)."""
+        since = self._paced_since.get(partition)
+        return 0.0 if since is None else time.monotonic() - since
+
     def _overdue(self) -> list[int]:
-        """Partitions paced for longer than ``hold_wait_s``: what they wait for did not come."""
+        """Partitions paused for longer than ``hold_wait_s`` and not offered again for a
+        second: what they wait for did not come, so they are offered again without it."""
         now = time.monotonic()
-        return [p for p, since in self._paced_since.items() if now - since > self.hold_wait_s]
+        due = []
+        for p, since in self._paced_since.items():
+            if now - since > self.hold_wait_s and now - self._offered.get(p, 0.0) >= 1.0:
+                self._offered[p] = now
+                due.append(p)
+        return due
 
     async def _dispatch(
         self,
@@ -571,27 +585,31 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         # 100,000 records unaligned: deadlines fired ahead of the other topic's records)
         in_hand = {rec.topic for rec in records}
         waiting = [topic for topic, n in backlog.items() if n > 0 and topic not in in_hand]
-        # Crowded: the hold did not get what it waits for - more than ``hold_max`` records in
-        # hand, or the partition's inputs paused for ``hold_wait_s`` (see _pace), or the inputs
-        # went quiet. The bounds from outside the batch (an input with nothing in hand, stock
-        # arrivals still on their way) are dropped, but the inputs in hand stay aligned with
-        # each other: dropping that too let the batch's ticks run to the newest event of one
-        # input, ahead of the others' records not fetched yet (churn deadlines fired before
-        # the purchases that cancel them). Only when that did not help - the previous batch
-        # was crowded too and over four times the bound is in hand (memory) - is a batch
-        # applied unaligned.
+        # Crowded: the hold did not get what it waits for. The inputs in hand always stay
+        # aligned with each other (dropping that let a batch's ticks run to the newest event
+        # of one input, ahead of the others' records not fetched yet: churn deadlines fired
+        # before the purchases that cancel them); what is dropped are the bounds from outside
+        # the batch, in steps:
+        # - inputs paused ``hold_wait_s`` (see _pace): stock arrivals not read yet no longer
+        #   hold it (an arrival may then meet its audience as it is later);
+        # - paused six times that, more than ``hold_max`` records in hand, or the inputs went
+        #   quiet: neither does an input with records to read and none in hand;
+        # - only when that did not help - the previous batch was crowded too and over four
+        #   times the bound is in hand (memory) - is a batch applied unaligned.
         self.hold_max = getattr(self.app, "hold_max_records", self.hold_max)
         self.hold_wait_s = getattr(self.app, "hold_wait_s", self.hold_wait_s)
-        reason = (
-            f"{len(records)} records in hand, more than {self.hold_max}"
-            if len(records) > self.hold_max
-            else f"inputs paused {self.hold_wait_s:g} s"
-            if partition in self._overdue()
-            else None
-        )
-        crowded = crowded or reason is not None
+        paused_s = self._paused_for(partition)
+        reason = None
+        if len(records) > self.hold_max:
+            reason = f"{len(records)} records in hand, more than {self.hold_max}"
+        elif paused_s > 6 * self.hold_wait_s:
+            reason = f"inputs paused {paused_s:.0f} s"
+        drop_waiting = crowded or reason is not None
+        drop_stock = drop_waiting or paused_s > self.hold_wait_s
+        if reason is None and drop_stock and not crowded:
+            reason = f"inputs paused {paused_s:.0f} s (stock arrivals not read yet left out)"
         aligned = align and not (len(records) > 4 * self.hold_max and partition in self._crowded)
-        if crowded:
+        if drop_waiting:
             self._crowded.add(partition)
         else:
             self._crowded.discard(partition)
@@ -602,8 +620,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 partition,
                 records,
                 align=aligned,
-                waiting=waiting if aligned and not crowded else (),
-                bounded=not crowded,
+                waiting=waiting if aligned and not drop_waiting else (),
+                bounded=not drop_stock,
             )
         finally:  # failed: what was held is still held (a crash re-fetches it anyway)
             for marker in markers:

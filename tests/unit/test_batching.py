@@ -151,6 +151,7 @@ def bare_consumer(grace_s: float) -> BatchingConsumer:
         _crowded_said={},
         _paced={},
         _paced_since={},
+        _offered={},
         stop_batch_grace_s=grace_s,
         app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)),
     )
