@@ -244,7 +244,8 @@ class Settings(BaseSettings):
         gt=0,
         description="event-time alignment: while a partition holds back a quarter of PATRONAGE_HOLD_MAX_RECORDS "
         "or more, its inputs are paused so that fetches bring what the hold waits for; after this many "
-        "seconds paused the hold gives up waiting for what is not in hand (as with the bound above)",
+        "seconds paused, stock arrivals not read yet stop holding it; after six times that, an input with "
+        "nothing in hand too (as with the bound above)",
     )
     hot_states: int = Field(
         100_000,
