@@ -395,7 +395,7 @@ class PatronageApp(faust.App):
     runtime: Runtime
     empty_fetch_backoff_ms: float = 0.0
     hold_max_records: int = 100_000
-    hold_wait_s: float = 10.0
+    hold_wait_s: float = 300.0
     pausable_topics: frozenset[str] = frozenset()
     stall_log_ms: float = 0.0
     # changelog records of partitions being recovered, applied per fetch (agents/recovery.py)

@@ -213,7 +213,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self._paced: dict[int, set[TP]] = {}
         self._paced_since: dict[int, float] = {}
         self._offered: dict[int, float] = {}  # partition -> when _overdue last offered it
-        self.hold_wait_s = 10.0
+        self.hold_wait_s = 300.0
         # The rebalance guard (see _drain_messages): Faust's seeks done, their offsets, and
         # partitions whose fetched records were not handled: (first offset, seeks when fetched).
         self._seeks = 0
@@ -585,36 +585,35 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         # 100,000 records unaligned: deadlines fired ahead of the other topic's records)
         in_hand = {rec.topic for rec in records}
         waiting = [topic for topic, n in backlog.items() if n > 0 and topic not in in_hand]
-        # Crowded: the hold did not get what it waits for. The inputs in hand always stay
-        # aligned with each other (dropping that let a batch's ticks run to the newest event
-        # of one input, ahead of the others' records not fetched yet: churn deadlines fired
-        # before the purchases that cancel them); what is dropped are the bounds from outside
-        # the batch, in steps:
-        # - inputs paused ``hold_wait_s`` (see _pace): stock arrivals not read yet no longer
-        #   hold it (an arrival may then meet its audience as it is later);
-        # - paused six times that, more than ``hold_max`` records in hand, or the inputs went
-        #   quiet: neither does an input with records to read and none in hand;
-        # - only when that did not help - the previous batch was crowded too and over four
-        #   times the bound is in hand (memory) - is a batch applied unaligned.
+        # Crowded: the hold did not get what it waits for - more than ``hold_max`` records in
+        # hand, the partition's inputs paused ``hold_wait_s`` (see _pace), or the inputs went
+        # quiet. The bounds from outside the batch (an input with records to read and none in
+        # hand, stock arrivals not read yet) are dropped, but the inputs in hand stay aligned
+        # with each other (dropping that let a batch's ticks run to the newest event of one
+        # input, ahead of the others' records not fetched yet: churn deadlines fired before
+        # the purchases that cancel them). Giving up early costs correctness (a backlog replay
+        # that gave up after 10 s sent 3,470 stalled-prospect alerts to customers whose
+        # purchase was not read yet, and offered most stock arrivals to nobody), so the wait
+        # is long. Only when that did not help - the previous batch was crowded too and over
+        # four times the bound is in hand (memory) - is a batch applied unaligned.
         self.hold_max = getattr(self.app, "hold_max_records", self.hold_max)
         self.hold_wait_s = getattr(self.app, "hold_wait_s", self.hold_wait_s)
         paused_s = self._paused_for(partition)
         reason = None
         if len(records) > self.hold_max:
             reason = f"{len(records)} records in hand, more than {self.hold_max}"
-        elif paused_s > 6 * self.hold_wait_s:
+        elif paused_s > self.hold_wait_s:
             reason = f"inputs paused {paused_s:.0f} s"
-        drop_waiting = crowded or reason is not None
-        drop_stock = drop_waiting or paused_s > self.hold_wait_s
-        if reason is None and drop_stock and not crowded:
-            reason = f"inputs paused {paused_s:.0f} s (stock arrivals not read yet left out)"
+        drop_waiting = drop_stock = crowded or reason is not None
         aligned = align and not (len(records) > 4 * self.hold_max and partition in self._crowded)
         if drop_waiting:
             self._crowded.add(partition)
         else:
             self._crowded.discard(partition)
         if align and reason is not None:
-            self._note_crowded(partition, reason, aligned)
+            held_by = ", ".join(sorted(waiting)) or "no input"
+            in_hand = ", ".join(sorted({r.topic for r in records}))
+            self._note_crowded(partition, f"{reason}; waiting for {held_by}; in hand: {in_hand}", aligned)
         try:
             result = await handler(
                 partition,

@@ -240,12 +240,13 @@ class Settings(BaseSettings):
         "only the inputs in hand stay aligned; four times this: applied unaligned (memory, ~1 KB a record)",
     )
     hold_wait_s: float = Field(
-        10.0,
+        300.0,
         gt=0,
         description="event-time alignment: while a partition holds back a quarter of PATRONAGE_HOLD_MAX_RECORDS "
-        "or more, its inputs are paused so that fetches bring what the hold waits for; after this many "
-        "seconds paused, stock arrivals not read yet stop holding it; after six times that, an input with "
-        "nothing in hand too (as with the bound above)",
+        "or more, its inputs are paused so that fetches bring what the hold waits for (an input with records "
+        "to read and none in hand, stock arrivals not read yet); after this many seconds paused it stops "
+        "waiting for them (logged; the inputs in hand stay aligned). Giving up early fires deadlines ahead "
+        "of records not read yet",
     )
     hot_states: int = Field(
         100_000,
