@@ -50,9 +50,8 @@ from faust.types import TP
 
 log = logging.getLogger(__name__)
 
-BatchHandler = Callable[
-    ..., Awaitable[Any]
-]  # (partition, records, *, align, waiting, bounded) -> Batch (.held)
+# (partition, records, *, align, waiting, bounded) -> Batch (.held)
+BatchHandler = Callable[..., Awaitable[Any]]
 Parts = list[tuple[TP, list[Any]]]  # one partition's fetched records, per topic
 
 
@@ -208,10 +207,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self.hold_max = 100_000  # more than this in hand in a partition: see _handle_and_ack
         self._crowded_said: dict[int, float] = {}
         self._crowded: set[int] = set()  # partitions whose last batch was crowded
-        # backpressure for the hold (see _pace): partition -> its input partitions paused,
-        # and since when (monotonic); after ``hold_wait_s`` its next batch counts as crowded
-        self._paced: dict[int, set[TP]] = {}
-        self._paced_since: dict[int, float] = {}
+        # backpressure for the hold (see _pace): partition -> (its input partitions paused,
+        # since when, monotonic); after ``hold_wait_s`` its next batch counts as crowded
+        self._paced: dict[int, tuple[set[TP], float]] = {}
         self._offered: dict[int, float] = {}  # partition -> when _overdue last offered it
         self.hold_wait_s = 300.0
         # The rebalance guard (see _drain_messages): Faust's seeks done, their offsets, and
@@ -255,6 +253,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
     async def on_start(self) -> None:
         await super().on_start()
+        self.hold_max = getattr(self.app, "hold_max_records", self.hold_max)
+        self.hold_wait_s = getattr(self.app, "hold_wait_s", self.hold_wait_s)
         # In a worker, whose signal handlers were installed before the app and this consumer.
         if BatchingConsumer.stop_guard is None and getattr(self.app, "in_worker", False):
             guard = StopGuard()
@@ -475,10 +475,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self._unpace_all()
 
     def _unpace_all(self) -> None:
-        for tps in self._paced.values():
+        for tps, _since in self._paced.values():
             self.resume_partitions(tps)
         self._paced.clear()
-        self._paced_since.clear()
         self._offered.clear()
 
     def _pace(self, partition: int, held: Sequence[Any]) -> None:
@@ -488,13 +487,12 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         fetched again - and the fetches go to what the hold waits for. Without it a sparse
         input (stock arrivals, customer updates) could be left unread for many fetches while
         the busy ones filled the hold. Resumed once the hold is smaller again."""
-        paced = self._paced.get(partition, set())
+        paced, since = self._paced.get(partition, (set(), None))
         if len(held) < max(1, self.hold_max // 4):
             if paced:
                 self.resume_partitions(paced)
-                del self._paced[partition]
-                self._paced_since.pop(partition, None)
-                self._offered.pop(partition, None)
+            self._paced.pop(partition, None)
+            self._offered.pop(partition, None)
             return
         pausable = getattr(self.app, "pausable_topics", frozenset())
         want = {TP(topic, partition) for topic in {rec.topic for rec in held} if topic in pausable}
@@ -503,7 +501,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 self.resume_partitions(paced - want)
             if want - paced:
                 self.pause_partitions(want - paced)
-                if partition not in self._paced_since:
+                if since is None:
                     log.info(
                         "partition %d: %d records held back; pausing %s until what they wait for "
                         "is read (at most PATRONAGE_HOLD_WAIT_S, %g s)",
@@ -512,20 +510,19 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                         ", ".join(sorted(tp.topic for tp in want)),
                         self.hold_wait_s,
                     )
-            self._paced[partition] = want
-        self._paced_since.setdefault(partition, time.monotonic())
+        self._paced[partition] = (want, time.monotonic() if since is None else since)
 
     def _paused_for(self, partition: int) -> float:
         """Seconds ``partition``'s inputs have been paused by the hold (0: not paused)."""
-        since = self._paced_since.get(partition)
-        return 0.0 if since is None else time.monotonic() - since
+        paced = self._paced.get(partition)
+        return 0.0 if paced is None else time.monotonic() - paced[1]
 
     def _overdue(self) -> list[int]:
         """Partitions paused for longer than ``hold_wait_s`` and not offered again for a
         second: what they wait for did not come, so they are offered again without it."""
         now = time.monotonic()
         due = []
-        for p, since in self._paced_since.items():
+        for p, (_tps, since) in self._paced.items():
             if now - since > self.hold_wait_s and now - self._offered.get(p, 0.0) >= 1.0:
                 self._offered[p] = now
                 due.append(p)
@@ -596,31 +593,29 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         # purchase was not read yet, and offered most stock arrivals to nobody), so the wait
         # is long. Only when that did not help - the previous batch was crowded too and over
         # four times the bound is in hand (memory) - is a batch applied unaligned.
-        self.hold_max = getattr(self.app, "hold_max_records", self.hold_max)
-        self.hold_wait_s = getattr(self.app, "hold_wait_s", self.hold_wait_s)
         paused_s = self._paused_for(partition)
         reason = None
         if len(records) > self.hold_max:
             reason = f"{len(records)} records in hand, more than {self.hold_max}"
         elif paused_s > self.hold_wait_s:
             reason = f"inputs paused {paused_s:.0f} s"
-        drop_waiting = drop_stock = crowded or reason is not None
+        crowded = crowded or reason is not None
         aligned = align and not (len(records) > 4 * self.hold_max and partition in self._crowded)
-        if drop_waiting:
+        if crowded:
             self._crowded.add(partition)
         else:
             self._crowded.discard(partition)
         if align and reason is not None:
             held_by = ", ".join(sorted(waiting)) or "no input"
-            in_hand = ", ".join(sorted({r.topic for r in records}))
-            self._note_crowded(partition, f"{reason}; waiting for {held_by}; in hand: {in_hand}", aligned)
+            hand = ", ".join(sorted(in_hand))
+            self._note_crowded(partition, f"{reason}; waiting for {held_by}; in hand: {hand}", aligned)
         try:
             result = await handler(
                 partition,
                 records,
                 align=aligned,
-                waiting=waiting if aligned and not drop_waiting else (),
-                bounded=not drop_stock,
+                waiting=waiting if aligned and not crowded else (),
+                bounded=not crowded,
             )
         finally:  # failed: what was held is still held (a crash re-fetches it anyway)
             for marker in markers:

@@ -150,7 +150,6 @@ def bare_consumer(grace_s: float) -> BatchingConsumer:
         _crowded=set(),
         _crowded_said={},
         _paced={},
-        _paced_since={},
         _offered={},
         stop_batch_grace_s=grace_s,
         app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)),
