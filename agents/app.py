@@ -420,6 +420,12 @@ class PatronageApp(faust.App):
         if logical in _CLOCK_TOPICS:  # stock arrivals and their broadcast hold no clock back
             self.runtime.clock.backlog(partition, logical.value, records)
 
+    def forget_held(self) -> None:
+        """The batching consumer dropped every held record (a rebalance): the pipeline
+        forgets them decoded (they are fetched again, as new records)."""
+        if hasattr(self, "runtime"):
+            self.runtime.pipeline.forget_held()
+
     async def on_offset_regression(
         self, topic: str, partition: int, read: int, now: int, high: int | None, batch: bool
     ) -> None:

@@ -203,6 +203,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self._handled: dict[TP, int] = {}  # last offset handled and acked, per partition
         # records the handler held back (beyond the event-time horizon): fetched, not acked
         self._held: dict[int, list[Any]] = {}
+        self._held_count: dict[int, dict[str, int]] = {}  # partition -> topic -> records held
         self._held_generation: int | None = None
         self.hold_max = 100_000  # more than this in hand in a partition: see _handle_and_ack
         self._crowded_said: dict[int, float] = {}
@@ -448,11 +449,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self._unhandled.pop(tp, None)
         held = self._held.get(tp.partition)
         if held:
-            kept = [r for r in held if r.topic != tp.topic]
-            if kept:
-                self._held[tp.partition] = kept
-            else:
-                del self._held[tp.partition]
+            self._keep_held(tp.partition, [r for r in held if r.topic != tp.topic])
         self.regressions[tp] = self.regressions.get(tp, 0) + 1
         hook = getattr(self.app, "on_offset_regression", None)
         if hook is not None:
@@ -472,6 +469,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             for tp, recs in by_tp.items():
                 self._not_handled(tp, sorted(recs, key=lambda r: r.offset))
         self._held.clear()
+        self._held_count.clear()
+        forget = getattr(self.app, "forget_held", None)
+        if forget is not None:
+            forget()
         self._unpace_all()
 
     def _unpace_all(self) -> None:
@@ -495,7 +496,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             self._offered.pop(partition, None)
             return
         pausable = getattr(self.app, "pausable_topics", frozenset())
-        want = {TP(topic, partition) for topic in {rec.topic for rec in held} if topic in pausable}
+        want = {TP(topic, partition) for topic in self._held_count.get(partition, ()) if topic in pausable}
         if want != paced:
             if paced - want:
                 self.resume_partitions(paced - want)
@@ -580,7 +581,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         # none in hand is "waiting" (counting held records as waiting clamped every batch to
         # the partition's clock, held everything back until ``hold_max`` and then applied
         # 100,000 records unaligned: deadlines fired ahead of the other topic's records)
-        in_hand = {rec.topic for rec in records}
+        in_hand = {*self._held_count.get(partition, ()), *(tp.topic for tp, _ in parts)}
         waiting = [topic for topic, n in backlog.items() if n > 0 and topic not in in_hand]
         # Crowded: the hold did not get what it waits for - more than ``hold_max`` records in
         # hand, the partition's inputs paused ``hold_wait_s`` (see _pace), or the inputs went
@@ -621,31 +622,52 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             for marker in markers:
                 self._unacked_messages.discard(marker)
         held = list(getattr(result, "held", ()) or ())
+        first_held = self._keep_held(partition, held)
         self._pace(partition, held)
-        held_ids = {id(r) for r in held}
-        if held:
-            self._held[partition] = held
-        else:
-            self._held.pop(partition, None)
         for tp, recs in parts:  # fetch bookkeeping: gaps in the offsets, what was read
             await self._track_gap(tp, read_offset[tp], recs[0].offset, acks_enabled_for)
             await self._fill_gaps(tp, recs, acks_enabled_for)
             read_offset[tp] = recs[-1].offset
-        applied: dict[TP, list[int]] = {}
-        first_held: dict[TP, int] = {}
-        for rec in records:
-            tp = TP(rec.topic, rec.partition)
-            if id(rec) in held_ids:
-                first_held[tp] = min(first_held.get(tp, rec.offset), rec.offset)
-            else:
-                applied.setdefault(tp, []).append(rec.offset)
-        for tp, offsets in applied.items():
+        # (a backlog's hold is offered again with every fetch: these passes stay cheap - no
+        # per-record objects - as the hold can be 100,000 records)
+        held_ids = set(map(id, held))
+        applied: dict[str, list[int]] = {}
+        for rec in [r for r in records if id(r) not in held_ids] if held else records:
+            offsets = applied.get(rec.topic)
+            if offsets is None:
+                offsets = applied[rec.topic] = []
+            offsets.append(rec.offset)
+        for topic, offsets in applied.items():
             offsets.sort()
-            self._ack_offsets(tp, offsets)
-        for tp in applied.keys() | first_held.keys():
+            self._ack_offsets(TP(topic, partition), offsets)
+        for topic in applied.keys() | first_held.keys():
             # everything before the first record still held is acked: that is what commits
-            self._handled[tp] = read_offset[tp] if tp not in first_held else first_held[tp] - 1
+            tp = TP(topic, partition)
+            self._handled[tp] = read_offset[tp] if topic not in first_held else first_held[topic] - 1
         self.report_backlog(partition)
+
+    def _keep_held(self, partition: int, held: list[Any]) -> dict[str, int]:
+        """Keep ``held`` as ``partition``'s hold (counted per topic); returns the first
+        (lowest) offset held per topic."""
+        first: dict[str, int] = {}
+        count: dict[str, int] = {}
+        for rec in held:
+            topic, offset = rec.topic, rec.offset
+            seen = first.get(topic)
+            if seen is None:
+                first[topic] = offset
+                count[topic] = 1
+            else:
+                count[topic] += 1
+                if offset < seen:
+                    first[topic] = offset
+        if held:
+            self._held[partition] = held
+            self._held_count[partition] = count
+        else:
+            self._held.pop(partition, None)
+            self._held_count.pop(partition, None)
+        return first
 
     def read_position(self, tp: TP) -> int | None:
         """Offset of the last record of ``tp`` handed on (None: none since assignment)."""
@@ -684,9 +706,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         a restart - counts as having some), told to the app's event clock, which never
         counts a topic with a backlog as idle. Returns it per real topic name."""
         hook = getattr(self.app, "observe_backlog", None)
-        held: dict[str, int] = {}
-        for rec in self._held.get(partition, ()):
-            held[rec.topic] = held.get(rec.topic, 0) + 1
+        held = self._held_count.get(partition, {})
         out: dict[str, int] = {}
         for tp in self.assignment():
             if tp.partition != partition or tp.topic not in self._batch_topics:

@@ -145,6 +145,7 @@ def bare_consumer(grace_s: float) -> BatchingConsumer:
         _n_acked=0,
         _handled={},
         _held={},
+        _held_count={},
         hold_max=100_000,
         hold_wait_s=10.0,
         _crowded=set(),
@@ -277,7 +278,7 @@ async def test_records_held_back_count_as_backlog_until_a_batch_has_applied_them
     ) -> Any:
         raise RuntimeError("broker gone")
 
-    consumer._held[0] = [first[2]]
+    consumer._keep_held(0, [first[2]])
     with pytest.raises(RuntimeError):
         await consumer._dispatch(failing, 0, [], lambda topic: True, align=False)
     assert consumer._held[0] == [first[2]]  # not applied: still held, still counted
@@ -293,7 +294,7 @@ async def test_an_input_with_records_held_back_is_in_hand_not_waiting() -> None:
     consumer.assignment = lambda: tps  # type: ignore[method-assign]
     consumer.highwater = lambda tp: 100  # type: ignore[method-assign]
     consumer._batch_topics = frozenset(tp.topic for tp in tps)
-    consumer._held[0] = [SimpleNamespace(topic="touchpoints", partition=0, offset=3)]
+    consumer._keep_held(0, [SimpleNamespace(topic="touchpoints", partition=0, offset=3)])
     seen: list[Any] = []
 
     async def handler(

@@ -460,3 +460,42 @@ def test_an_event_stamped_ahead_of_real_time_does_not_move_the_clock_past_it() -
     ahead = CappedEventClock(lambda: wall[0], max_ahead_ms=3_600_000)
     ahead.observe(0, "purchases", wall[0] + 5 * 3_600_000)
     assert ahead.now_ms(0) == wall[0] + 3_600_000
+
+
+def test_records_held_back_are_not_decoded_again_when_offered_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backlog's hold is offered again with every fetch: decoding and validating all of it
+    each time held the event loop for up to 2.6 s per batch. The same record objects offered
+    again are taken as prepared; new objects (fetched again after a rebalance) are decoded."""
+    import streams.pipeline as pipeline_module
+
+    decoded: list[bytes] = []
+    real = pipeline_module.decode_object
+
+    def counting(raw: bytes | None, max_bytes: int = 1 << 20) -> dict:
+        decoded.append(raw or b"")
+        return real(raw, max_bytes)
+
+    monkeypatch.setattr(pipeline_module, "decode_object", counting)
+    h = PipelineHarness()
+    p = h.pipeline.partition_of("c1")
+    early = [h.record(Topic.PURCHASES, purchase(f"p{i}", "c1", T0 - (30 - i) * DAY)) for i in range(3)]
+    late = [h.record(Topic.PURCHASES, purchase(f"p{i}", "c1", T0 - (10 - i) * DAY)) for i in range(3, 6)]
+    touch = h.record(
+        Topic.TOUCHPOINTS, {"event_id": "t1", "customer_id": "c1", "ts": T0 - 28 * DAY, "type": "view"}
+    )
+    first = h.pipeline.apply(p, [*early, *late, touch], align=True)
+    assert first.held == late  # beyond the touchpoints' newest time
+    assert len(decoded) == 7
+    decoded.clear()
+    touch2 = h.record(
+        Topic.TOUCHPOINTS, {"event_id": "t2", "customer_id": "c1", "ts": T0 - 5 * DAY, "type": "view"}
+    )
+    second = h.pipeline.apply(p, [*first.held, touch2], align=True)
+    assert decoded == [touch2.value]  # the held ones were not decoded again ...
+    assert not second.held
+    assert h.pipeline.store.get("c1").frequency == 6  # ... and were applied, once each
+    h.pipeline.forget_held()
+    again = [h.record(Topic.PURCHASES, purchase("p3", "c1", T0 - 7 * DAY))]
+    decoded.clear()
+    assert h.pipeline.apply(p, again).stats.outcomes  # a new object: decoded
+    assert decoded == [again[0].value]
