@@ -235,8 +235,9 @@ def trigger(
 ) -> Emit:
     """Decide a trigger: the record goes into the customer's outbox (sent after the state is
     durable, re-sent unchanged after a crash) and is remembered as the last of its type.
-    ``held`` (churn risk and its won back): ``deliver``/``holdout`` fields, true when the
-    alert is in the control group (recorded, never delivered)."""
+    ``held`` (churn risk and its won back; False for a stalled prospect, which has no control
+    group): ``deliver``/``holdout`` fields, ``holdout`` true when the alert is in the control
+    group (recorded, never delivered)."""
     trigger_id = deterministic_id("trigger", type_, state.subject, episode)
     kind, who = recipient_of
     record = {
@@ -360,8 +361,10 @@ def _stalled(state: CustomerState, ctx: Context, ts_ms: int) -> Emit:
         "touchpoints_total": sum(state.touch_counts.values()),
     }
     state.stalled_ms = ts_ms
+    # no control group for sales follow-ups: always to be delivered (said, so a consumer that
+    # filters on ``deliver`` keeps them)
     return trigger(
-        state, "stalled_prospect", "stalled", ts_ms, 0, recipient(state, policy.sales_recipient), details
+        state, "stalled_prospect", "stalled", ts_ms, 0, recipient(state, policy.sales_recipient), details, False
     )
 
 

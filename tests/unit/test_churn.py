@@ -276,6 +276,7 @@ def test_stalled_prospect_once_with_the_touchpoints_behind_it() -> None:
     (stalled,) = h.triggers("stalled_prospect")
     assert stalled["customer_id"] == "p1" and stalled["ts"] == iso(T0 + 14 * DAY)
     assert stalled["recipient_kind"] == "store" and stalled["recipient_id"] == "s2"
+    assert stalled["deliver"] is True and stalled["holdout"] is False  # no control group: delivered
     assert stalled["details"]["asks"] == {"cart": 1, "inquiry": 1, "visit": 1}
     assert [t["type"] for t in stalled["details"]["touchpoints"]] == ["visit", "inquiry", "cart"]
     touch(h, "p1", 20, "inquiry", n=2)
