@@ -364,7 +364,14 @@ def _stalled(state: CustomerState, ctx: Context, ts_ms: int) -> Emit:
     # no control group for sales follow-ups: always to be delivered (said, so a consumer that
     # filters on ``deliver`` keeps them)
     return trigger(
-        state, "stalled_prospect", "stalled", ts_ms, 0, recipient(state, policy.sales_recipient), details, False
+        state,
+        "stalled_prospect",
+        "stalled",
+        ts_ms,
+        0,
+        recipient(state, policy.sales_recipient),
+        details,
+        False,
     )
 
 
