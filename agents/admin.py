@@ -212,9 +212,12 @@ def group_progress(settings: Settings, topics: Iterable[str]) -> Progress:
             parts = consumer.partitions_for_topic(topic)
             if parts:
                 tps.extend(TopicPartition(topic, p) for p in sorted(parts))
-        end = end_offsets(consumer, tps)
+        # the commits first, then the ends: read the other way round, records appended and
+        # committed in between (the identity topic the workers write, a replay still running)
+        # made a commit look past the log's end, and ``wait`` said the broker had lost records
         raw = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
         committed = {tp: meta.offset for tp, meta in raw.items() if meta.offset >= 0}
+        end = end_offsets(consumer, tps)
         return Progress(end={tp: off for tp, off in end.items()}, committed=committed)
     finally:
         consumer.close()
