@@ -50,7 +50,7 @@ from streams.core import ChurnModel, Context, Emit, Outcome, Step, log_failure
 from streams.indexes import CountIndex, DeadlineIndex, StateIndex
 from streams.lifecycle import RISK_STAGES, stage_only
 from streams.policy import Policy
-from streams.population import Population
+from streams.population import PartitionedPopulation
 from streams.profile import stage_key
 from streams.store import OUTBOX_MARK, states_with
 
@@ -221,7 +221,7 @@ class CustomerPipeline:
         topics: TopicNames,
         partition_of: Callable[[str], int],
         key_partitions: MutableMapping[str, int] | None = None,
-        population: Population | None = None,
+        population: PartitionedPopulation | None = None,
         extra_indexes: Sequence[StateIndex] = (),
     ) -> None:
         """``partition_of(subject)`` is the partition that owns a subject (murmur2 of the id
@@ -238,7 +238,8 @@ class CustomerPipeline:
         self.topics = topics
         self.partition_of = partition_of
         self.key_partitions = key_partitions
-        self.population = population if population is not None else Population()
+        # customers are ranked against their own partition's buyers (see PartitionedPopulation)
+        self.population = population if population is not None else PartitionedPopulation()
         self.model: ChurnModel | None = None
         self.deadlines = DeadlineIndex(self._next_deadline)
         # customers at risk now, per (risk stage, tier-independent "alerted")
@@ -403,6 +404,7 @@ class CustomerPipeline:
         # As if live: a deadline that falls between two records fires between them (a tick
         # at the later record's time), so how the records were batched changes nothing.
         deadlines = self.deadlines
+        population = self.population
         due_at = deadlines.next_deadline(partition)
         # an arrival must see the audience as of its time: with arrivals in the batch, the
         # stock indexes follow each record (else once, at the end of the batch)
@@ -433,6 +435,11 @@ class CustomerPipeline:
             if work.last is not None:  # its next deadline counts from now on
                 last_state = self.store.get(work.last)
                 deadlines.update(partition, work.last, last_state)
+                # and it counts among the buyers now: a deadline firing later in this batch
+                # ranks its customer against the population as of that moment (indexed only
+                # at the batch's end, a batch spanning months ranked against too few buyers:
+                # most "core" tiers of a backlog's alerts were wrong against a batch count)
+                population.update(partition, work.last, last_state)
                 due_at = deadlines.next_deadline(partition)
                 for index in stock_indexes:
                     index.update(partition, work.last, last_state)
@@ -557,7 +564,7 @@ class CustomerPipeline:
         return Context(
             policy=self.policy,
             now_ms=self.clock.now_ms(partition) if now_ms is None else now_ms,
-            population=self.population,
+            population=self.population.of(partition),
             model=self.model,
             prior_days=self._prior_days,
         )

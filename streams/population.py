@@ -92,7 +92,16 @@ class _Ranks:
 class Population:
     """Rank index over the buyers this process holds (keyed by subject id); a StateIndex."""
 
-    __slots__ = ("_below", "_by_subject", "_hists", "_prior", "_rf", "_spend", "_spend_added")
+    __slots__ = (
+        "_below",
+        "_by_subject",
+        "_gaps_changed",
+        "_hists",
+        "_prior",
+        "_rf",
+        "_spend",
+        "_spend_added",
+    )
 
     def __init__(self) -> None:
         self._by_subject: dict[str, Contribution] = {}
@@ -108,6 +117,7 @@ class Population:
         # dropped when one of those changes
         self._below: list[_Ranks | None] = [None, None, None]
         self._prior: tuple[int, float | None] | None = None
+        self._gaps_changed = 0  # counts changes of the gap histogram (a merged median's cache key)
         # (last purchase day, frequency) -> buyers: the R x F grid at a scrape costs the
         # distinct pairs (days x frequencies), not the buyers
         self._rf: dict[tuple[int, int], int] = {}
@@ -133,6 +143,7 @@ class Population:
             if old[3] >= 0:
                 _dec(hists[3], old[3])
                 self._prior = None
+                self._gaps_changed += 1
             del self._by_subject[subject]
         else:
             self._below = [None, None, None]
@@ -145,6 +156,7 @@ class Population:
             if new[3] >= 0:
                 hists[3][new[3]] = hists[3].get(new[3], 0) + 1
                 self._prior = None
+                self._gaps_changed += 1
             self._by_subject[subject] = new
 
     def clear(self, partition: int | None = None) -> None:
@@ -249,3 +261,100 @@ class Population:
         value = spend[first]
         below = spend.bisect_left(value)
         return n - below if below >= threshold else n - spend.bisect_right(value)
+
+
+class PartitionedPopulation:
+    """One :class:`Population` per partition; a StateIndex.
+
+    A customer is ranked (R/F/M scores, value tier) against the buyers of its own partition.
+    Ranked against every partition a worker holds, a score depended on how far the other
+    partitions had got - which differs between runs of the same data (a backlog, a restart,
+    a second worker taking half the partitions): a run and its ``kill -9`` twin sent churn
+    alerts to ~10 % different customers. A partition applies its records in event-time
+    order, so its own population at a record's time is the same in every run. Partitions
+    are hash samples of the customers, so each ranks like the whole (with a few hundred
+    buyers or more). The churn prior (a median over the customers' own rhythms) stays one
+    for the worker; the worker-wide views (R x F grid, core count, buyers) add the
+    partitions up."""
+
+    __slots__ = ("_parts", "_prior")
+
+    def __init__(self) -> None:
+        self._parts: dict[int, Population] = {}
+        self._prior: tuple[tuple[tuple[int, int, int], ...], int, float | None] | None = None
+
+    def of(self, partition: int) -> Population:
+        """The population customers of ``partition`` are ranked against."""
+        part = self._parts.get(partition)
+        if part is None:
+            part = self._parts[partition] = Population()
+        return part
+
+    def partition_holding(self, subject: str) -> Population | None:
+        for part in self._parts.values():
+            if subject in part._by_subject:
+                return part
+        return None
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self._parts.values())
+
+    def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
+        part = self._parts.get(partition)
+        if part is None:
+            if state is None:
+                return
+            part = self.of(partition)
+        part.update(partition, subject, state)
+
+    def clear(self, partition: int | None = None) -> None:
+        if partition is None:
+            self._parts.clear()
+        else:
+            self._parts.pop(partition, None)
+
+    def median_interval_days(self, min_customers: int) -> float | None:
+        """Median of the buyers' own usual intervals over every partition (see Population)."""
+        parts = list(self._parts.values())
+        if len(parts) == 1:
+            return parts[0].median_interval_days(min_customers)
+        key = tuple((p, id(part), part._gaps_changed) for p, part in self._parts.items())
+        cached = self._prior
+        if cached is not None and cached[0] == key and cached[1] == min_customers:
+            return cached[2]
+        value = self._merged_median(parts, min_customers)
+        self._prior = (key, min_customers, value)
+        return value
+
+    @staticmethod
+    def _merged_median(parts: list[Population], min_customers: int) -> float | None:
+        hist: dict[int, int] = {}
+        for part in parts:
+            for gap, n in part._hists[3].items():
+                hist[gap] = hist.get(gap, 0) + n
+        n = sum(hist.values())
+        if n < max(1, min_customers):
+            return None
+        half = (n - 1) // 2
+        seen = 0
+        for gap in sorted(hist):
+            seen += hist[gap]
+            if seen > half:
+                return float(gap)
+        return None  # pragma: no cover - n > 0 reaches the median
+
+    def scores(self, state: CustomerState) -> RfmScores | None:
+        """Scores within the partition holding the customer (None: not a buyer, or no
+        partition holds it yet)."""
+        part = self.partition_holding(state.subject)
+        return None if part is None else part.scores(state)
+
+    def rf_grid(self) -> dict[tuple[int, int], int]:
+        grid: dict[tuple[int, int], int] = {}
+        for part in self._parts.values():
+            for cell, n in part.rf_grid().items():
+                grid[cell] = grid.get(cell, 0) + n
+        return grid
+
+    def core_count(self, share: float) -> int:
+        return sum(part.core_count(share) for part in self._parts.values())

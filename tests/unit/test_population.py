@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from schemas.state import CustomerState
 from schemas.timestamps import DAY_MS
-from streams.population import Population
+from streams.population import PartitionedPopulation, Population
 from streams.rfm import quintile_score, segment
 
 SHARES = (0.01, 0.2, 0.5, 1.0)
@@ -104,3 +104,43 @@ def test_todays_buyers_score_r5_however_many_bought_today() -> None:
     # yesterday's 16 of 21 (4 older): the middle of their group, 12 of 21, is R3 (was R1)
     assert later is not None and later.r == 3
     assert pop.scores(states[0]).r == 1  # type: ignore[union-attr]
+
+
+@settings(max_examples=100, deadline=None)
+@given(updates, st.lists(st.integers(0, 20), min_size=1, max_size=40))
+def test_a_customer_ranks_against_its_own_partition_only(steps: list, gaps: list) -> None:
+    """Scores and tiers depend on the customer's partition alone (however far the others
+    got), and the worker-wide views add the partitions up; the churn prior is one median."""
+    parts = PartitionedPopulation()
+    alone: dict[int, Population] = {0: Population(), 1: Population(), 2: Population()}
+    everyone = Population()
+    held: dict[str, tuple[int, CustomerState]] = {}
+    for who, values in steps:
+        subject, partition = f"c{who}", who % 3
+        state = None if values is None else buyer(subject, *values)
+        parts.update(partition, subject, state)
+        alone[partition].update(partition, subject, state)
+        everyone.update(partition, subject, state)
+        if state is None:
+            held.pop(subject, None)
+        else:
+            held[subject] = (partition, state)
+    for partition, state in held.values():
+        assert parts.of(partition).scores(state) == alone[partition].scores(state) == parts.scores(state)
+        assert parts.of(partition).is_core(state, 0.2) == alone[partition].is_core(state, 0.2)
+    assert len(parts) == len(held) == len(everyone)
+    assert parts.core_count(0.2) == sum(p.core_count(0.2) for p in alone.values())
+    grid: dict[tuple[int, int], int] = {}
+    for p in alone.values():
+        for cell, n in p.rf_grid().items():
+            grid[cell] = grid.get(cell, 0) + n
+    assert parts.rf_grid() == grid
+    # the churn prior: the median of the customers' own intervals over every partition
+    for n, gap in enumerate(gaps):
+        s = buyer(f"g{n}", 18_000, 4, 100)
+        s.days = {d: [1, 25] for d in (18_000 - 3 * gap, 18_000 - 2 * gap, 18_000 - gap, 18_000)}
+        parts.update(n % 3, s.subject, s)
+        everyone.update(n % 3, s.subject, s)
+        assert parts.median_interval_days(1) == everyone.median_interval_days(1)
+    parts.clear(1)
+    assert all(c[4] != 1 for part in parts._parts.values() for c in part._by_subject.values())

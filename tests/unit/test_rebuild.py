@@ -22,7 +22,7 @@ def snapshot(p: CustomerPipeline, indexes: view.PageIndexes) -> dict[str, Any]:
     return {
         "deadlines": dict(p.deadlines._due),
         "heaps": {k: sorted(v) for k, v in p.deadlines._heaps.items() if v},
-        "population": dict(p.population._by_subject),
+        "population": {p: dict(part._by_subject) for p, part in p.population._parts.items() if len(part)},
         "prior": p._prior_days,
         "risk": p.risk.counts(),
         "stages": p.stages.counts(),
