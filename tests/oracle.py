@@ -140,8 +140,22 @@ def rank_score(values: list[int], mine: int) -> int:
     return 1 + (5 * below) // len(values)
 
 
-def rfm_scores(expected: dict[str, Expected]) -> dict[str, tuple[int, int, int]]:
-    buyers = [e for e in expected.values() if e.frequency]
+def rfm_scores(expected: dict[str, Expected], partitions: int) -> dict[str, tuple[int, int, int]]:
+    """R, F, M scores (1-5) of every buyer, ranked against the buyers of its own partition
+    (``partitions``: the co-partitioned inputs' count; murmur2 of the id, as a worker)."""
+    from streams.partitioning import key_hash
+
+    groups: dict[int, list[Expected]] = defaultdict(list)
+    for e in expected.values():
+        if e.frequency:
+            groups[key_hash(e.customer_id.encode()) % partitions].append(e)
+    out: dict[str, tuple[int, int, int]] = {}
+    for buyers in groups.values():
+        out.update(_ranked(buyers))
+    return out
+
+
+def _ranked(buyers: list[Expected]) -> dict[str, tuple[int, int, int]]:
     rec = [e.last_ms // DAY for e in buyers]  # type: ignore[operator]
     freq = [e.frequency for e in buyers]
     mon = [e.monetary_cents for e in buyers]

@@ -96,7 +96,7 @@ def test_replay_with_duplicates_shuffle_and_garbage_gives_exact_state(
         {"event_id": "x2", "customer_id": "csv-1", "ts": 1793000000000, "amount": 5, "currency": "EUR"},
     ]
     expected = oracle.compute([*data.purchases, *csv_rows], data.touchpoints, data.customer_updates)
-    scores = oracle.rfm_scores(expected)
+    scores = oracle.rfm_scores(expected, int(cluster.env["PATRONAGE_PARTITIONS"]))
     assert len(expected) >= 250
     final_stage = {}
     for cid, e in expected.items():

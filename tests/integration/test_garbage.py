@@ -142,7 +142,7 @@ def test_adversarial_corpus_through_the_broker(cluster: Cluster) -> None:
     exp = oracle.compute(
         corpus.valid[Topic.PURCHASES], corpus.valid[Topic.TOUCHPOINTS], corpus.valid[Topic.CUSTOMER_UPDATES]
     )
-    scores = oracle.rfm_scores(exp)
+    scores = oracle.rfm_scores(exp, int(cluster.env["PATRONAGE_PARTITIONS"]))
     for cid, e in exp.items():
         doc = cluster.profile(cid)
         assert doc is not None, cid

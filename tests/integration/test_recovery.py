@@ -70,7 +70,7 @@ def test_restart_recovers_tables_and_replaying_everything_again_changes_nothing(
         cluster.replay(path, topic)
     cluster.wait()
     assert_same(profiles(cluster, ids), before)
-    scores = oracle.rfm_scores(expected)
+    scores = oracle.rfm_scores(expected, int(cluster.env["PATRONAGE_PARTITIONS"]))
     for cid, e in expected.items():
         doc = cluster.profile(cid)
         assert doc is not None
@@ -110,7 +110,7 @@ def test_kill_9_mid_stream_loses_nothing_and_double_counts_nothing(cluster: Clus
     cluster.wait()
 
     expected = oracle.compute(data.purchases, data.touchpoints, data.customer_updates[:0])
-    scores = oracle.rfm_scores(expected)
+    scores = oracle.rfm_scores(expected, int(cluster.env["PATRONAGE_PARTITIONS"]))
     for cid, e in expected.items():
         doc = cluster.profile(cid)
         assert doc is not None, cid
@@ -317,7 +317,7 @@ def test_sigterm_stops_a_worker_within_seconds_idle_mid_stream_and_right_after_s
     cluster.wait()
     assert duplicates(cluster) == 0, "records handled before were handled again"
     expected = oracle.compute(data.purchases, data.touchpoints)
-    scores = oracle.rfm_scores(expected)
+    scores = oracle.rfm_scores(expected, int(cluster.env["PATRONAGE_PARTITIONS"]))
     for cid, e in expected.items():
         doc = cluster.profile(cid)
         assert doc is not None, cid
