@@ -67,6 +67,21 @@ def _dec(hist: dict[int, int], value: int) -> None:
         del hist[value]
 
 
+def _median(hist: dict[int, int], min_customers: int) -> float | None:
+    """The median value of a value -> count histogram, or None with fewer than
+    ``min_customers`` counted."""
+    n = sum(hist.values())
+    if n < max(1, min_customers):
+        return None
+    half = (n - 1) // 2
+    seen = 0
+    for value in sorted(hist):
+        seen += hist[value]
+        if seen > half:
+            return float(value)
+    return None  # pragma: no cover - n > 0 reaches the median
+
+
 class _Ranks:
     """Counts below each held value (a dict lookup), and for a value nobody holds (a customer
     changed in the batch, not re-indexed yet) a bisection of the sorted values."""
@@ -173,17 +188,7 @@ class Population:
         cached = self._prior
         if cached is not None and cached[0] == min_customers:
             return cached[1]
-        hist = self._hists[3]
-        n = sum(hist.values())
-        value: float | None = None
-        if n >= max(1, min_customers):
-            half = (n - 1) // 2
-            seen = 0
-            for gap in sorted(hist):
-                seen += hist[gap]
-                if seen > half:
-                    value = float(gap)
-                    break
+        value = _median(self._hists[3], min_customers)
         self._prior = (min_customers, value)
         return value
 
@@ -332,16 +337,7 @@ class PartitionedPopulation:
         for part in parts:
             for gap, n in part._hists[3].items():
                 hist[gap] = hist.get(gap, 0) + n
-        n = sum(hist.values())
-        if n < max(1, min_customers):
-            return None
-        half = (n - 1) // 2
-        seen = 0
-        for gap in sorted(hist):
-            seen += hist[gap]
-            if seen > half:
-                return float(gap)
-        return None  # pragma: no cover - n > 0 reaches the median
+        return _median(hist, min_customers)
 
     def scores(self, state: CustomerState) -> RfmScores | None:
         """Scores within the partition holding the customer (None: not a buyer, or no
