@@ -355,6 +355,7 @@ def worker_e2e(
                 break
             time.sleep(0.05)
         writes = sum(metric_total(p, "patronage_projection_writes_total") for p in ports)
+        due = sum(metric_total(p, "patronage_deadlines_due_total") for p in ports)
         if spy is not None:
             spy.send_signal(2)
             spy.wait(timeout=60)
@@ -381,6 +382,7 @@ def worker_e2e(
             "rss_growth_bytes_per_customer": (rss_after - rss_before) * 1024 / customers_first,
             "rss_mb": rss_after / 1024,
             "projection_writes": writes,
+            "deadlines_due": due,
             "projection_caught_up_after_s": None if caught_up is None else caught_up - last,
         }
     finally:

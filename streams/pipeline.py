@@ -376,6 +376,8 @@ class CustomerPipeline:
                 self._crashed(record, label, exc, batch)
             stats.outcomes[(label, Outcome.DEAD_LETTER.value)] += 1
         ready.sort(key=_ORDER)
+        if work.ctx.prior_days != self._prior_days:  # moved while the decoding yielded
+            work.ctx = replace(work.ctx, prior_days=self._prior_days)
         if not self.clock.started(partition):
             # an event clock before its first event: its now is real time, a placeholder
             # (a replay of history would look years late); the batch starts at its oldest record
@@ -413,6 +415,10 @@ class CustomerPipeline:
         for n, (ts, _seq, record, prepared) in enumerate(ready):
             if n and not n % chunk:
                 yield
+                # another partition's batch or tick may have moved the worker's churn prior
+                # meanwhile (the deadlines index with the current one): judge with it too
+                if work.ctx.prior_days != self._prior_days:
+                    work.ctx = replace(work.ctx, prior_days=self._prior_days)
             if due_at is not None and ts >= due_at and ts != _FIRST:
                 self.tick(partition, now_ms=ts, batch=batch, base=work.ctx)
                 due_at = deadlines.next_deadline(partition)
@@ -498,11 +504,14 @@ class CustomerPipeline:
             if self._trim is not None:  # a tick of its own, not inside a batch: nothing held
                 self._trim()
         now = self.clock.now_ms(partition) if now_ms is None else now_ms
-        # inside a batch: the batch's context at this time (the prior is refreshed per batch)
+        # inside a batch: the batch's context at this time (the prior is refreshed per batch).
+        # A due customer is judged with the prior its deadline was indexed with, the current
+        # one: judged with an older, longer one it is "not due yet", goes back into the index
+        # at the same past time and is popped again at every later record of the batch
         ctx = (
             self.context(partition, now)
             if base is None
-            else Context(base.policy, now, base.population, base.model, base.prior_days)
+            else Context(base.policy, now, base.population, base.model, self._prior_days)
         )
         due = self.deadlines.pop_due(partition, now)
         batch.stats.due += len(due)
