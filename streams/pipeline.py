@@ -389,7 +389,8 @@ class CustomerPipeline:
             horizon = _horizon(ready)
             logical = self.topics.logical
             if any((t := logical(name)) is not None and t.value in _ALIGNED for name in waiting):
-                now = self.clock.now_ms(partition)
+                # a partition with no time of its own starts at its oldest record (work.ctx)
+                now = self.clock.now_ms(partition) if self.clock.started(partition) else work.ctx.now_ms
                 horizon = now if horizon is None else min(horizon, now)
             if stock_until is not None:
                 horizon = stock_until if horizon is None else min(horizon, stock_until)

@@ -499,3 +499,33 @@ def test_records_held_back_are_not_decoded_again_when_offered_again(monkeypatch:
     decoded.clear()
     assert h.pipeline.apply(p, again).stats.outcomes  # a new object: decoded
     assert decoded == [again[0].value]
+
+
+def test_a_partition_never_read_does_not_take_another_partitions_time_while_an_input_is_unread() -> None:
+    """After a restart with some partitions at the end of a backlog, a partition never read
+    before took their time as its clock: the hold's clamp for an input with records still
+    to read (none in hand) let its purchases run far ahead of its unread touchpoints (a
+    SIGTERM under load reordered 483 customers' stages). Its own time starts at its oldest
+    record."""
+    h = PipelineHarness(start_ms=T0 + 400 * DAY)
+    done, fresh = (
+        "c1",
+        next(
+            c
+            for c in (f"c{i}" for i in range(2, 200))
+            if h.pipeline.partition_of(c) != h.pipeline.partition_of("c1")
+        ),
+    )
+    p_done, p_fresh = h.pipeline.partition_of(done), h.pipeline.partition_of(fresh)
+    # one partition is at the end of the data
+    h._complete(h.pipeline.apply(p_done, [h.record(Topic.PURCHASES, purchase("d1", done, T0 + 300 * DAY))]))
+    assert not h.pipeline.clock.started(p_fresh)
+    buys = [h.record(Topic.PURCHASES, purchase(f"f{i}", fresh, T0 + i * 10 * DAY)) for i in range(5)]
+    touchpoints = h.topics.real(Topic.TOUCHPOINTS)
+    batch = Batch(p_fresh)
+    for _ in h.pipeline.apply_steps(p_fresh, buys, batch, align=True, waiting=[touchpoints]):
+        pass
+    h._complete(batch)
+    # only what is not beyond its own oldest record went; the rest waits for the touchpoints
+    assert batch.held == buys[1:]
+    assert h.state(fresh).frequency == 1  # type: ignore[union-attr]
