@@ -253,10 +253,12 @@ class RedisProjection:
         todo = sorted(p for p in self.assigned if p not in self.resync)
         if not todo:
             return
-        pipe = self.client.pipeline(transaction=False)
-        for p in todo:
-            pipe.exists(self.keys.synced(p))
-        found = await pipe.execute()
+        # as a context manager: a pipeline cancelled on stop gives its connection back
+        # (else redis-py reports "Unclosed Pipeline client" at exit)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for p in todo:
+                pipe.exists(self.keys.synced(p))
+            found = await pipe.execute()
         now = time.monotonic()
         for p, there in zip(todo, found, strict=True):
             if not there and p in self.assigned:
@@ -325,20 +327,20 @@ class RedisProjection:
         if not subjects:
             return
         contexts: dict[int, Context] = {}
-        pipe = self.client.pipeline(transaction=False)
         keys = self.keys
         base = keys.base
         max_aud = self.settings.projection_max_audiences
-        for n, subject in enumerate(subjects, 1):
-            if not n % _YIELD_EVERY:
-                await asyncio.sleep(0)  # processing goes first: never hold the loop long
-            partition = self._partition(subject)
-            ctx = contexts.get(partition)
-            if ctx is None:
-                ctx = contexts[partition] = self.context(partition)
-            proj = project(subject, self.store.get(subject), ctx, self.clock_name, max_aud)
-            await self._script(keys=[keys.profile(subject)], args=_args(base, proj), client=pipe)
-        await pipe.execute()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for n, subject in enumerate(subjects, 1):
+                if not n % _YIELD_EVERY:
+                    await asyncio.sleep(0)  # processing goes first: never hold the loop long
+                partition = self._partition(subject)
+                ctx = contexts.get(partition)
+                if ctx is None:
+                    ctx = contexts[partition] = self.context(partition)
+                proj = project(subject, self.store.get(subject), ctx, self.clock_name, max_aud)
+                await self._script(keys=[keys.profile(subject)], args=_args(base, proj), client=pipe)
+            await pipe.execute()
         self.written += len(subjects)
         if self.metrics is not None:
             self.metrics.projection_writes.inc(len(subjects))
