@@ -37,6 +37,7 @@ from schemas.timestamps import iso_utc
 from schemas.topics import CUSTOMER_INPUTS, CUSTOMER_PROCESSOR_INPUTS, INPUTS, Topic, TopicNames
 from streams.clock import Clock
 from streams.core import log_failure
+from streams.lifecycle import RISK_STAGES
 from streams.page import PageIndexes
 from streams.partitioning import KeyPartitioner, faust_partitioner
 from streams.pipeline import CustomerPipeline
@@ -369,7 +370,8 @@ class Runtime:
                     overdue += p["due"] <= now
         out["notifications"] = {"pending": pending, "overdue": overdue}
         out["at_risk"] = {
-            f"{k[0]}{' (alerted)' if k[1] else ''}": n for k, n in self.pipeline.risk_counts().items()
+            f"{k[0]}{' (alerted)' if k[1] else ''}": n
+            for k, n in sorted(self.pipeline.risk_counts().items(), key=lambda kv: _risk_order(kv[0]))
         }
         app = self.extra.get("app")
         # every count above is of this worker's partitions only
@@ -393,7 +395,7 @@ class Runtime:
 
 class PatronageApp(faust.App):
     runtime: Runtime
-    empty_fetch_backoff_ms: float = 0.0
+    empty_fetch_backoff_ms: float = 5.0
     hold_max_records: int = 100_000
     hold_wait_s: float = 300.0
     pausable_topics: frozenset[str] = frozenset()
@@ -846,3 +848,11 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
             except ValueError as exc:
                 return self.json({"error": str(exc)}, status=400)
             return self.json({"unit": unit, "until": until, "rows": rows})
+
+
+def _risk_order(key: Any) -> tuple[int, bool]:
+    """Summary rows of churn risk in a fixed order: none, at_risk, lapsed, lost; each
+    without an open alert first."""
+    order = ("none", *RISK_STAGES)
+    stage, alerted = key
+    return (order.index(stage) if stage in order else len(order), bool(alerted))

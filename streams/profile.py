@@ -10,7 +10,7 @@ from schemas.timestamps import DAY_MS, iso_utc
 from streams import bgnbd, churn, gate
 from streams import interest as interests
 from streams.core import Context
-from streams.lifecycle import stage_only
+from streams.lifecycle import STAGES, stage_only
 from streams.population import Population
 from streams.rfm import mean_interpurchase_days, recency_days, trailing_windows
 
@@ -188,9 +188,18 @@ def summarize(states: Any, population: Population) -> dict[str, Any]:
         "merged_anonymous_ids": merged,
         "buyers": len(population),
         "totals": {"purchases": purchases, "monetary_cents": monetary},
-        "stages": dict(sorted(stages.items())),
-        "segments": dict(sorted(segments.items(), key=lambda kv: -kv[1])),
+        "stages": dict(sorted(stages.items(), key=lambda kv: _stage_order(kv[0]))),
+        # most customers first, ties by name: the same counts always print in the same order
+        "segments": dict(sorted(segments.items(), key=lambda kv: (-kv[1], kv[0]))),
     }
+
+
+def _stage_order(key: str) -> tuple[int, int, str]:
+    """Lifecycle order (stranger … advocate, then at_risk, lapsed, lost), known ids before
+    anonymous ones of the same stage."""
+    stage, anonymous = key.removesuffix(" (anonymous)"), key.endswith(" (anonymous)")
+    rank = STAGES.index(stage) if stage in STAGES else len(STAGES)
+    return (rank, int(anonymous), key)
 
 
 def why(state: CustomerState | None, subject: str, category: str, ctx: Context) -> dict[str, Any]:

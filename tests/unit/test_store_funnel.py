@@ -273,3 +273,26 @@ def test_population_gauges_equal_a_full_scan() -> None:
         "regular"
     )
     assert registry.get_sample_value("patronage_customers", {"kind": "known"}) == summary["customers"]
+
+
+def test_the_summary_lists_stages_in_lifecycle_order_and_segments_in_a_fixed_order() -> None:
+    """Found by an outside run: the same counts printed their rows in a different order
+    from one call to the next (segments tied on count kept the order customers were met)."""
+    from streams.lifecycle import STAGES
+    from streams.profile import summarize
+
+    touches, purchases, _ = random_day(7, customers=300)
+    h = PipelineHarness()
+    feed(h, touches, purchases)
+    states = list(h.store.values())
+    first = summarize(states, h.pipeline.population)
+    again = summarize(list(reversed(states)), h.pipeline.population)
+    assert list(first["stages"]) == list(again["stages"]) and list(first["segments"]) == list(
+        again["segments"]
+    )
+    ranks = [
+        (STAGES.index(k.removesuffix(" (anonymous)")), k.endswith("(anonymous)")) for k in first["stages"]
+    ]
+    assert ranks == sorted(ranks) and len(ranks) >= 3
+    counts = [(-n, name) for name, n in first["segments"].items()]
+    assert counts == sorted(counts) and len(counts) >= 3
