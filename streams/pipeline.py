@@ -127,7 +127,12 @@ def decode_object(raw: bytes | None, max_bytes: int = 1 << 20) -> dict[str, Any]
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         detail = f"invalid JSON: {exc}"
-        if "UTF-8" in str(exc):  # orjson: "str is not valid UTF-8: surrogates not allowed"
+        if "infinity when parsed" in str(exc):  # orjson on 1e999: valid grammar, no double holds it
+            detail = (
+                f"invalid JSON: a number beyond a 64-bit float's range (about ±1.8e308) at char "
+                f"{exc.pos}; NaN and Infinity are not accepted either"
+            )
+        elif "UTF-8" in str(exc):  # orjson: "str is not valid UTF-8: surrogates not allowed"
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as bad:

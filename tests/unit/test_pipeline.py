@@ -441,6 +441,18 @@ def test_a_value_that_is_not_utf8_says_so_and_where() -> None:
     assert "not UTF-8 text (byte 18" in str(caught.value)
 
 
+def test_a_number_no_double_holds_says_so_and_where() -> None:
+    """Found by an outside run: ``1e999`` is JSON by the grammar but overflows a double;
+    the dead letter says that, not only "invalid JSON"."""
+    from schemas.errors import Rejected
+    from streams.pipeline import decode_object
+
+    with pytest.raises(Rejected) as caught:
+        decode_object(b'{"amount": 1e999}')
+    assert caught.value.reason.value == "invalid_json"
+    assert "beyond a 64-bit float's range" in str(caught.value) and "char 11" in str(caught.value)
+
+
 def test_an_event_stamped_ahead_of_real_time_does_not_move_the_clock_past_it() -> None:
     """Found by an outside run: one touchpoint stamped 23 h ahead (a producer's fast clock)
     moved every idle partition's event clock a day ahead, for good, and churn triggers of
