@@ -172,6 +172,22 @@ def valued(state: CustomerState, ctx: Context) -> bool:
     return tier(state, ctx) in policy.alert_tiers
 
 
+def at_risk_since(state: CustomerState, ctx: Context) -> int | None:
+    """Since when (epoch ms) ``state`` belongs on a store's "at risk now" list, or None.
+
+    One rule for the staff page and Redis' ``at_risk:<store>`` sets: a buyer with an open
+    churn alert (a complaint alert too, without any cadence stage: since the alert), or a
+    valued buyer in a risk stage (since the stage began). A risk stage without
+    ``risk_since_ms`` dates from the last purchase."""
+    if state.frequency <= 0:
+        return None
+    if state.alert is not None:
+        return state.alert.ts_ms
+    if state.risk is None or not valued(state, ctx):
+        return None
+    return state.risk_since_ms if state.risk_since_ms is not None else state.last_purchase_ms or 0
+
+
 def recipient(state: CustomerState, team: str) -> tuple[str, str]:
     """(kind, id) of who should act: the account owner, else the most frequent store, else a team."""
     owner = state.fact("owner_id")

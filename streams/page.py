@@ -256,17 +256,17 @@ def at_risk(
     stores: Counter[str] = Counter()
     for subject, _ in members:
         state = states.get(subject)
-        if state is None or state.frequency <= 0:
+        if state is None:
             continue
-        if state.alert is None and (state.risk is None or not churn.valued(state, context_of(subject))):
+        since = churn.at_risk_since(state, context_of(subject))  # Redis' at_risk sets: the same rule
+        if since is None:
             continue
         home = churn.home_store(state)
         if home is not None:
             stores[home] += 1
         if store is not None and home != store:
             continue
-        since = state.alert.ts_ms if state.alert is not None else state.risk_since_ms
-        found.append((since if since is not None else -(2**62), subject))
+        found.append((since, subject))
     rows = []
     for _, subject in heapq.nlargest(limit, found):
         state = states[subject]

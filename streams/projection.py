@@ -4,8 +4,9 @@ change of layout is a new prefix next to the old one, never a silent change:
 
 ``<prefix>:v1:profile:<customer id>``   hash, the customer's profile (fields below)
 ``<prefix>:v1:audience:<category>``     sorted set, customer id -> interest score (0..1)
-``<prefix>:v1:at_risk:<store>``         sorted set, valued customers at risk now, customer id ->
-                                        epoch ms since when (newest first: ZREVRANGE)
+``<prefix>:v1:at_risk:<store>``         sorted set, customers at risk now (as on the staff page:
+                                        an open churn alert, or valued and in a risk stage),
+                                        customer id -> epoch ms since when (newest first: ZREVRANGE)
 ``<prefix>:v1:synced:<partition>``      string, set when a partition was fully projected
                                         (expires after the refresh interval: then projected again)
 
@@ -105,9 +106,8 @@ def project(
     view = doc["churn"]
     rfm = doc["rfm"]
     store = home_store(state)
-    at_risk = None
-    if state.risk is not None and churn.valued(state, ctx):
-        at_risk = (store or NO_STORE, state.risk_since_ms or state.last_purchase_ms or 0)
+    since = churn.at_risk_since(state, ctx)  # the staff page's rule (streams/page.py)
+    at_risk = None if since is None else (store or NO_STORE, since)
     fields = {
         "doc": orjson.dumps(doc).decode(),
         "stage": _s(state.stage),

@@ -183,6 +183,43 @@ def test_at_risk_rows_are_the_profiles_churn_state_newest_first_and_filter_by_st
     ][:3]
 
 
+def test_redis_at_risk_sets_hold_exactly_the_pages_at_risk_rows(
+    fed: tuple[PipelineHarness, view.PageIndexes],
+) -> None:
+    """Found by an outside run: a customer alerted after a complaint, without a cadence risk
+    stage, was on the page's at-risk list but not in Redis' ``at_risk:<store>`` set."""
+    from streams.projection import NO_STORE, project
+
+    h, _ = fed
+    p = h.pipeline
+
+    def ctx(subject: str) -> Any:
+        return p.context(p.home_partition(subject))
+
+    doc = view.at_risk(p.risk.members(), h.store, ctx, store=None, limit=10**6)
+    page = {r["customer_id"]: (r["home_store"] or NO_STORE) for r in doc["rows"]}
+    redis = {}
+    for subject, state in h.store.items():
+        proj = project(subject, state, ctx(subject), "event", 5)
+        if proj.at_risk is not None:
+            redis[subject] = proj.at_risk[0]
+    assert redis == page and len(page) > 5
+
+    # a valued customer's complaint: an alert, no cadence risk stage; on both lists
+    from tests.unit.test_churn import regular, touch, wall
+
+    h = wall(60, partitions=1)
+    regular(h, "c1", 10, 6)
+    touch(h, "c1", 60, "complaint", channel="phone", store_id="s3")
+    state = h.state("c1")
+    assert state is not None and state.risk is None and state.alert is not None
+    c = h.pipeline.context(0)
+    rows = view.at_risk([("c1", None)], h.store, lambda _: c, store=None, limit=10)["rows"]
+    assert [(r["customer_id"], r["reason"]) for r in rows] == [("c1", "complaint")]
+    proj = project("c1", state, c, "wall", 5)
+    assert proj.at_risk == (rows[0]["home_store"] or NO_STORE, state.alert.ts_ms)
+
+
 def test_an_erased_customer_leaves_the_recent_triggers_and_the_funnel() -> None:
     indexes = view.PageIndexes(RECENT)
     h = PipelineHarness(clock="wall", start_ms=T0, extra_indexes=indexes.all())
