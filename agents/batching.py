@@ -269,7 +269,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         immediately, so an idle partition makes aiokafka spin thousands of fetches per
         second in the consumer thread, competing with the processing thread for the GIL.
         With PATRONAGE_EMPTY_FETCH_BACKOFF_MS > 0 a fetch that returned no data waits that
-        long before the next one to the same broker (off by default: real Kafka needs none).
+        long before the next one to the same broker (5 ms by default; real Kafka parks an
+        empty fetch itself, so it adds nothing there).
         """
         if self._fetch_shim_installed:
             return

@@ -281,11 +281,13 @@ class Settings(BaseSettings):
         "machine's hostname when web_host is 0.0.0.0); set to the pod IP on Kubernetes",
     )
     empty_fetch_backoff_ms: float = Field(
-        0.0,
+        5.0,
         ge=0,
         le=1000,
-        description="wait after an empty fetch; for brokers without long poll (noida-db: the local "
-        "stack sets 5). Real Kafka: leave 0",
+        description="wait after a fetch that returned nothing, before the next one to that broker: "
+        "brokers without long poll (noida-db) answer an empty fetch at once, and an idle worker "
+        "then spins most of a core. Real Kafka already waits fetch.max.wait.ms for data, so the "
+        "5 ms default adds nothing there; 0: off",
     )
     stall_log_ms: float = Field(
         0.0,
