@@ -381,8 +381,7 @@ class CustomerPipeline:
                 self._crashed(record, label, exc, batch)
             stats.outcomes[(label, Outcome.DEAD_LETTER.value)] += 1
         ready.sort(key=_ORDER)
-        if work.ctx.prior_days != self._prior_days:  # moved while the decoding yielded
-            work.ctx = replace(work.ctx, prior_days=self._prior_days)
+        self._take_current_prior(work)  # it may have moved while the decoding yielded
         if not self.clock.started(partition):
             # an event clock before its first event: its now is real time, a placeholder
             # (a replay of history would look years late); the batch starts at its oldest record
@@ -421,10 +420,7 @@ class CustomerPipeline:
         for n, (ts, _seq, record, prepared) in enumerate(ready):
             if n and not n % chunk:
                 yield
-                # another partition's batch or tick may have moved the worker's churn prior
-                # meanwhile (the deadlines index with the current one): judge with it too
-                if work.ctx.prior_days != self._prior_days:
-                    work.ctx = replace(work.ctx, prior_days=self._prior_days)
+                self._take_current_prior(work)
             if due_at is not None and ts >= due_at and ts != _FIRST:
                 self.tick(partition, now_ms=ts, batch=batch, base=work.ctx)
                 due_at = deadlines.next_deadline(partition)
@@ -494,6 +490,15 @@ class CustomerPipeline:
         self._reject(
             record, label, Rejected(Stage.PROCESS, Reason.INTERNAL_ERROR, f"internal error: {exc!r}"), batch
         )
+
+    def _take_current_prior(self, work: _Work) -> None:
+        """A batch's context takes the worker's current churn prior. Another partition's
+        batch or tick may move it while this batch yields; the deadline index always uses
+        the current one, so a batch judging with an older prior found due customers "not
+        due yet" and put them back at the same past time: 5.9M pops per 100k purchases
+        (2026-12-07)."""
+        if work.ctx.prior_days != self._prior_days:
+            work.ctx = replace(work.ctx, prior_days=self._prior_days)
 
     def tick(
         self,
