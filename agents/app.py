@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import logging
@@ -158,6 +159,9 @@ class Runtime:
     offset_regressions: dict[str, int] = field(default_factory=dict)
     last_offset_regression: dict[str, Any] | None = None
     broker_lost_since: float | None = None
+    # a rebalance in progress: since when the worker waits for the group to hand out the
+    # partitions (monotonic; None: it has them); set by GroupWatch
+    joining_since: float | None = None
     broker_was_lost: bool = False  # since the last recovery (see rewrite_changelogs)
     _grids_set_at: float = -1e9  # monotonic time the grid gauges were last set
 
@@ -181,7 +185,12 @@ class Runtime:
         503 with a reason otherwise. Offset regressions are reported (processing goes on)."""
         doc: dict[str, Any] = {"ready": self.ready, "subjects": len(self.store)}
         reasons = []
-        if not self.ready:
+        joining = self.joining_since
+        if joining is not None:
+            waited = time.monotonic() - joining
+            doc["joining_group_s"] = round(waited, 1)
+            reasons.append(joining_reason(waited, self.settings))
+        elif not self.ready:
             reasons.append("tables not recovered yet")
         lost = self.broker_lost_since
         doc["broker"] = "up" if lost is None else "unreachable"
@@ -705,6 +714,24 @@ def create_app(
         metrics.broker_up.set(0 if lost_since is not None else 1)
         metrics.broker_unreachable_seconds.set(away_s)
 
+    app.sensors.add(GroupWatch(runtime))
+
+    @app.task
+    async def report_a_long_join() -> None:
+        """A join that does not end (noida-db never evicts a member that died without
+        PATRONAGE_INSTANCE_ID): one warning a minute saying so, never silence."""
+        warned = 0.0
+        while not app.should_stop:
+            await asyncio.sleep(5.0)
+            joining = runtime.joining_since
+            if joining is None:
+                warned = 0.0
+                continue
+            waited = time.monotonic() - joining
+            if waited >= join_warn_after_s(settings) and time.monotonic() - warned >= 60.0:
+                warned = time.monotonic()
+                log.warning("%s", joining_reason(waited, settings))
+
     quiet_aiokafka_repeats()
     watch = BrokerWatch(settings.bootstrap_servers, settings.broker_loss_grace_s, on_change=broker_state)
     runtime.extra["broker_watch"] = watch
@@ -856,3 +883,41 @@ def _risk_order(key: Any) -> tuple[int, bool]:
     order = ("none", *RISK_STAGES)
     stage, alerted = key
     return (order.index(stage) if stage in order else len(order), bool(alerted))
+
+
+class GroupWatch(faust.Sensor):
+    """Marks the time a worker waits for the consumer group's assignment (Faust's rebalance
+    start to the assignment's return), for /healthz and a warning when it does not end."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
+        self.runtime = runtime
+
+    def on_rebalance_start(self, app: Any) -> dict[str, Any]:
+        if self.runtime.joining_since is None:
+            self.runtime.joining_since = time.monotonic()
+        return super().on_rebalance_start(app)
+
+    def on_rebalance_return(self, app: Any, state: dict[str, Any]) -> None:
+        self.runtime.joining_since = None
+
+    def on_rebalance_end(self, app: Any, state: dict[str, Any]) -> None:
+        self.runtime.joining_since = None
+
+
+def join_warn_after_s(settings: Settings) -> float:
+    """A join longer than the rebalance timeout (twice the session timeout, at least 20 s)
+    plus a session timeout is not a normal rebalance any more."""
+    return max(20.0, settings.session_timeout_s * 2) + settings.session_timeout_s
+
+
+def joining_reason(waited_s: float, settings: Settings) -> str:
+    """/healthz's and the log's words for a worker still waiting for its partitions."""
+    reason = f"joining the consumer group: no partitions assigned yet ({waited_s:.0f} s)"
+    if waited_s >= join_warn_after_s(settings) and not settings.instance_id:
+        reason += (
+            "; a worker that was killed (kill -9) without PATRONAGE_INSTANCE_ID may still be a "
+            "member: real Kafka drops it after PATRONAGE_SESSION_TIMEOUT_S, noida-db never does "
+            "(restart the broker, or give each worker a PATRONAGE_INSTANCE_ID; see README Faults)"
+        )
+    return reason
