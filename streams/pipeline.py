@@ -667,6 +667,7 @@ class CustomerPipeline:
             if fixed is not None or terms is not None:
                 pending.append((p, subject, fixed, terms))
         self._outboxes = outboxes  # what pending_outbox needs, until something is applied
+        self.population.settle()  # the ranks sorted now, not in the first tick after a restart
         for subject in unreadable:
             del store[subject]
             if self.key_partitions is not None:

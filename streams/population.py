@@ -165,6 +165,12 @@ class Population:
         at_or_above = n - below
         return at_or_above <= max(1.0, share * n)
 
+    def settle(self) -> None:
+        """Sort in what was added since the last read (a rebuild adds every buyer unsorted:
+        sorted here, the first tick after a restart does not pay for it)."""
+        for which in (0, 1, 2):
+            self._values(which)
+
     def _values(self, which: int) -> SortedList:
         """Every buyer's recency day (0), frequency (1) or spend (2), ascending."""
         values = self._sorted[which]
@@ -268,6 +274,10 @@ class PartitionedPopulation:
                 return
             part = self.of(partition)
         part.update(partition, subject, state)
+
+    def settle(self) -> None:
+        for part in self._parts.values():
+            part.settle()
 
     def clear(self, partition: int | None = None) -> None:
         if partition is None:
