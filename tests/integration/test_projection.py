@@ -78,7 +78,12 @@ def check(cluster: Cluster, r: redis.Redis, ids: list[str], prefix: str, exact: 
             assert stored["rfm"] == doc["rfm"]
             for row in doc["interests"]:
                 assert r.zscore(base + "audience:" + row["category"], cid) is not None
-            if churn and churn["risk_stage"] and churn["valued"]:
+            # the staff page's rule (churn.at_risk_since): an open alert, or valued in a risk stage
+            if (
+                churn
+                and doc["frequency"] > 0
+                and (churn["alert"] or (churn["risk_stage"] and churn["valued"]))
+            ):
                 stores = doc["stores"]
                 at_risk_expected[cid] = next(iter(stores)) if stores else "-"
     if exact:
