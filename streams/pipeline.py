@@ -252,7 +252,7 @@ class CustomerPipeline:
         # subjects per (known | anonymous, lifecycle stage), for the metrics
         self.stages = CountIndex(lambda state: _stage_class(state, policy))
         # store funnel: per (store, hour) sums of the customers' recent visits and purchases
-        self.funnel = storefunnel.StoreFunnelIndex(policy.funnel.buy_window_ms)
+        self.funnel = storefunnel.StoreFunnelIndex(policy.funnel.buy_window_ms, policy.funnel.retention_ms)
         # uplift tallies (treated vs control, per trigger type x segment x tier)
         self.uplift = uplift.UpliftIndex()
         # stock fan-out: category -> candidates, co-purchase counts, store -> region
@@ -524,6 +524,8 @@ class CustomerPipeline:
             if base is None
             else Context(base.policy, now, base.population, base.model, self._prior_days)
         )
+        if base is None:  # a batch's end or the timer's tick, not one between two records
+            self.funnel.advance(self.clock.now_ms())  # the hours reports read: from the clock's now
         due = self.deadlines.pop_due(partition, now)
         batch.stats.due += len(due)
         touched: dict[str, CustomerState | None] = {}
@@ -634,12 +636,15 @@ class CustomerPipeline:
             for index in (
                 self.risk,
                 self.stages,
-                self.funnel,
                 self.uplift,
                 *self._stock_indexes,
                 *self._extra_indexes,
             )
         )
+        # the store funnel keeps only hours from the clock's now minus the retention: known
+        # once every partition's newest time is, so its contributions are added after the pass
+        funnel_of = self.funnel.contribution_of
+        funnels: list[tuple[int, str, tuple[Any, ...]]] = []
         terms_of = self._deadline_terms
         floors: dict[int, int] = {}
         pending: list[tuple[int, str, int | None, churn.DeadlineTerms | None]] = []
@@ -661,6 +666,8 @@ class CustomerPipeline:
                 floors[p] = last
             for update in others:
                 update(p, subject, state)
+            if state.funnel is not None:
+                funnels.append((p, subject, funnel_of(state)))
             if state.outbox:
                 outboxes.append(subject)
             fixed, terms = terms_of(state)
@@ -684,6 +691,10 @@ class CustomerPipeline:
             self.clock.restore(p, ms)
             if ms > self._restored_newest.get(p, _FIRST):
                 self._restored_newest[p] = ms
+        self.funnel.advance(self.clock.now_ms())
+        load = self.funnel.load
+        for p, subject, flat in funnels:
+            load(p, subject, flat)
         return unreadable
 
     def applied_until(self, partition: int) -> int:

@@ -128,27 +128,96 @@ def _cells_of(state: CustomerState, buy_window_ms: int) -> dict[Cell, list[int]]
 _FLAT = 7  # store, hour, visits, visitor, buyer, orders, cents
 
 
-def _flat(contrib: dict[Cell, list[int]]) -> tuple[Any, ...]:
-    """A contribution as one flat tuple, ``_FLAT`` items a cell: what the index remembers
-    per customer to take it out again (a dict of tuples took ~700 B a customer, this ~200)."""
-    return tuple(x for (store, hour), values in contrib.items() for x in (store, hour, *values))
+def _flat(contrib: dict[Cell, list[int]], floor: int) -> tuple[Any, ...]:
+    """A contribution as one flat tuple, ``_FLAT`` items a cell, hours before ``floor`` left
+    out: what the index remembers per customer to take it out again (a dict of tuples took
+    ~700 B a customer, this ~200)."""
+    return tuple(
+        x for (store, hour), values in contrib.items() if hour >= floor for x in (store, hour, *values)
+    )
+
+
+# customers' remembered contributions checked per advance (tick or batch) while a sweep for
+# contributions wholly before the floor runs: ~1.5 us each
+SWEEP_SLICE = 2000
 
 
 class StoreFunnelIndex(PartitionedIndex):
     """Sums of the customers' contributions per (store, hour); a StateIndex.
 
     Kept as hour -> store -> sums, so a window of recent hours (the scrape's gauges, the
-    page) reads only its own hours, never the years of history before it."""
+    page) reads only its own hours, never the years of history before it.
 
-    __slots__ = ("_hours", "buy_window_ms")
+    Only hours from ``retention_ms`` before the clock's now on are kept (``advance``): no
+    report reads older ones (``CustomerPipeline._funnel_since``), and over years of history
+    nearly every (hour, store) cell was one customer's - ~370 B per customer in memory for
+    numbers never shown. Contributions wholly before that floor are forgotten by a sweep, a
+    slice per advance; cells before it in a remembered contribution are skipped when it is
+    taken out (their hour is gone). ``retention_ms`` None: every hour is kept."""
 
-    def __init__(self, buy_window_ms: int) -> None:
+    __slots__ = ("_floor", "_hours", "_sweep", "buy_window_ms", "retention_ms")
+
+    def __init__(self, buy_window_ms: int, retention_ms: int | None = None) -> None:
         super().__init__()
         self.buy_window_ms = buy_window_ms
+        self.retention_ms = retention_ms
         self._hours: dict[int, dict[str, list[int]]] = {}
+        self._floor = -(2**62)  # hours before it are not kept
+        self._sweep: Iterator[str] | None = None
+
+    @property
+    def floor_ms(self) -> int:
+        return self._floor
+
+    def advance(self, now_ms: int) -> None:
+        """The clock's now is ``now_ms``: drop the hours before ``now - retention`` (the
+        floor only rises) and sweep a slice of the remembered contributions."""
+        if self.retention_ms is None:
+            return
+        floor = hour_of(now_ms - self.retention_ms)
+        if floor > self._floor:
+            self._floor = floor
+            hours = self._hours
+            for hour in [h for h in hours if h < floor]:
+                del hours[hour]
+            if self._sweep is None:
+                self._sweep = iter(list(self._of))
+        sweep = self._sweep
+        if sweep is None:
+            return
+        of = self._of
+        floor = self._floor
+        for _ in range(SWEEP_SLICE):
+            subject = next(sweep, None)
+            if subject is None:
+                self._sweep = None
+                return
+            entry = of.get(subject)
+            if entry is not None and max(entry[1][1::_FLAT]) < floor:
+                del of[subject]  # every hour of it is gone already
+
+    def load(self, partition: int, subject: str, flat: tuple[Any, ...]) -> None:
+        """A contribution taken before the floor was known (a rebuild), hours before it
+        left out."""
+        floor = self._floor
+        if any(flat[at + 1] < floor for at in range(0, len(flat), _FLAT)):
+            flat = tuple(
+                x for at in range(0, len(flat), _FLAT) if flat[at + 1] >= floor for x in flat[at : at + _FLAT]
+            )
+        if flat:
+            self._add(flat, 1)
+            self._of[subject] = (partition, flat)
+
+    def contribution_of(self, state: CustomerState) -> tuple[Any, ...]:
+        """Every cell of ``state`` (no floor): for ``load``."""
+        return () if state.funnel is None else _flat(_cells_of(state, self.buy_window_ms), -(2**62))
 
     def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
-        new = () if state is None or state.funnel is None else _flat(_cells_of(state, self.buy_window_ms))
+        new = (
+            ()
+            if state is None or state.funnel is None
+            else _flat(_cells_of(state, self.buy_window_ms), self._floor)
+        )
         old = self._of.get(subject)
         if old is None and not new:
             return
@@ -163,8 +232,11 @@ class StoreFunnelIndex(PartitionedIndex):
 
     def _add(self, flat: tuple[Any, ...], sign: int) -> None:
         hours = self._hours
+        floor = self._floor
         for at in range(0, len(flat), _FLAT):
             store, hour = flat[at], flat[at + 1]
+            if hour < floor:
+                continue  # an hour dropped since this was remembered (never added after)
             stores = hours.get(hour)
             if stores is None:
                 stores = hours[hour] = {}
@@ -180,6 +252,8 @@ class StoreFunnelIndex(PartitionedIndex):
 
     def _clear_all(self) -> None:
         self._hours.clear()
+        self._floor = -(2**62)
+        self._sweep = None
 
     def _window(self, since_ms: int) -> Iterator[tuple[int, dict[str, list[int]]]]:
         start = hour_of(since_ms)

@@ -296,3 +296,43 @@ def test_the_summary_lists_stages_in_lifecycle_order_and_segments_in_a_fixed_ord
     assert ranks == sorted(ranks) and len(ranks) >= 3
     counts = [(-n, name) for name, n in first["segments"].items()]
     assert counts == sorted(counts) and len(counts) >= 3
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_hours_before_the_retention_are_dropped_from_the_index_and_reports_stay_exact(seed: int) -> None:
+    """The index keeps only hours from the clock's now minus the retention (nothing reads
+    older ones): over years of history nearly every (hour, store) cell was one customer's."""
+    from streams.storefunnel import StoreFunnelIndex, hour_of
+
+    retention = 4 * HOUR_MS
+    policy = Policy(funnel=FunnelPolicy(buy_window_ms=WINDOW_MS, retention_ms=retention))
+    touches, purchases, (visits, bought) = random_day(seed, customers=200)
+    h = PipelineHarness(policy)
+    half = T0 + 9 * HOUR_MS  # customers remembered before the floor moves, changed after it
+    feed(h, [t for t in touches if t["ts"] < half], [p for p in purchases if p["ts"] < half])
+    feed(h, [t for t in touches if t["ts"] >= half], [p for p in purchases if p["ts"] >= half])
+    assert not h.dead_letters()
+    funnel = h.pipeline.funnel
+    for _ in range(10):  # ticks: the sweep goes through the remembered contributions
+        h.advance(1000)
+    now = h.clock.now_ms()
+    floor = hour_of(now - retention)
+    assert funnel.floor_ms == floor > T0
+    assert funnel._hours and min(funnel._hours) >= floor
+    # every report is the definition computed from the raw events
+    since = now - now % HOUR_MS - 3 * HOUR_MS
+    truth = as_rows(funnel_truth(visits, bought, WINDOW_MS), since)
+    assert h.pipeline.store_funnel(4) == truth and len(truth) > 5
+    # the same sums as an index that keeps every hour, fed the same states
+    whole = StoreFunnelIndex(WINDOW_MS)
+    for subject, state in h.store.items():
+        whole.update(0, subject, state)
+    assert funnel.cells(floor) == whole.cells(floor)
+    # contributions wholly before the floor are forgotten, the others kept
+    live = {s for s, (_, flat) in whole._of.items() if max(flat[1::7]) >= floor}
+    assert set(funnel._of) == live and len(live) < len(whole._of)
+    # a restart loads only the hours kept
+    h.pipeline.rebuild()
+    assert funnel.floor_ms == floor and set(funnel._of) == live
+    assert funnel.cells(floor) == whole.cells(floor) and min(funnel._hours) >= floor
+    assert h.pipeline.store_funnel(4) == truth
