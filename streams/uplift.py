@@ -31,6 +31,7 @@ and keeps its coverage for small groups and rates near 0 or 1.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from math import sqrt
 from typing import Any
@@ -157,6 +158,19 @@ def next_end(state: CustomerState) -> int | None:
 Counts = dict[Key, list[int]]  # key -> [closed exposures, conversions, open exposures]
 
 
+@functools.lru_cache(maxsize=4096)
+def _shared_key(t: str, s: str, tr: str, g: str) -> Key:
+    """One tuple (and one copy of its strings) per distinct key: the index remembers every
+    customer's contribution, and each decoded state brings its own copies (~70 B a customer)."""
+    return (t, s, tr, g)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_key(key: str) -> Key:
+    t, s, tr, g = key.split("|")
+    return _shared_key(t, s, tr, g)
+
+
 def contribution(state: CustomerState) -> Counts | None:
     """One customer's part of the aggregates."""
     u = state.uplift
@@ -164,10 +178,9 @@ def contribution(state: CustomerState) -> Counts | None:
         return None
     out: Counts = {}
     for key, (n, conv) in u["done"].items():
-        t, s, tr, g = key.split("|")
-        out[(t, s, tr, g)] = [n, conv, 0]
+        out[_split_key(key)] = [n, conv, 0]
     for exp in u["open"]:
-        k = (exp[_TYPE], exp[_SEG], exp[_TIER], exp[_GROUP])
+        k = _shared_key(exp[_TYPE], exp[_SEG], exp[_TIER], exp[_GROUP])
         entry = out.setdefault(k, [0, 0, 0])
         entry[2] += 1
     return out

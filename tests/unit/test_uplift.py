@@ -296,3 +296,20 @@ def test_settings_name_the_churn_holdout_and_refuse_it_in_the_gate() -> None:
         Settings(gate_holdout="churn_risk=0.1")
     with pytest.raises(ValueError):
         Settings(uplift_window_days=0)
+
+
+def test_customers_with_the_same_key_share_it_in_the_index() -> None:
+    """The index remembers every customer's contribution; decoded states bring their own
+    copies of each key's strings, which the index shares (one tuple per distinct key)."""
+    import orjson
+
+    raw = {"open": [[T0, T0 + DAY_MS, "churn_risk", "loyal", "core", "treated", [], 0]],
+           "done": {"won_back|loyal|core|treated": [2, 1]}}  # fmt: skip
+    index = uplift.UpliftIndex()
+    for subject in ("a", "b"):
+        state = CustomerState(subject)
+        state.uplift = orjson.loads(orjson.dumps(raw))  # fresh strings, as from the changelog
+        index.update(0, subject, state)
+    a, b = (list(index._of[s][1]) for s in ("a", "b"))
+    assert a == b and len(a) == 2 and all(x is y for x, y in zip(a, b, strict=True))
+    assert index.totals() == {k: [2 * n for n in v] for k, v in uplift.contribution(state).items()}  # type: ignore[union-attr]
