@@ -74,6 +74,9 @@ class WallClock:
     def now_ms(self, partition: int | None = None) -> int:
         return self._wall()
 
+    def least_now_after_restore(self, event_ms: int) -> int:
+        return self._wall()  # real time: what it reads now, at least, later
+
     def restore(self, partition: int, event_ms: int) -> None:
         return None
 
@@ -191,6 +194,11 @@ class EventClock:
         self._now[partition] = value
         return value
 
+    def least_now_after_restore(self, event_ms: int) -> int:
+        """The least the worker-wide ``now_ms()`` reads once a partition was restored at
+        ``event_ms`` (a rebuild bounds what it keeps with it before the clock is restored)."""
+        return event_ms - self.allowed_lateness_ms
+
     def started(self, partition: int) -> bool:
         # a time of its own: restored, or events seen here. Not another partition's time:
         # after a restart with some partitions at the end of a backlog, one never read
@@ -238,3 +246,6 @@ class CappedEventClock(EventClock):
 
     def now_ms(self, partition: int | None = None) -> int:
         return min(super().now_ms(partition), self._wall() + self.max_ahead_ms)
+
+    def least_now_after_restore(self, event_ms: int) -> int:
+        return min(super().least_now_after_restore(event_ms), self._wall() + self.max_ahead_ms)

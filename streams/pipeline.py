@@ -643,8 +643,15 @@ class CustomerPipeline:
         )
         # the store funnel keeps only hours from the clock's now minus the retention: known
         # once every partition's newest time is, so its contributions are added after the pass
+        # the store funnel keeps only hours from the clock's now minus the retention; that now
+        # is known after the pass, but a lower bound of it along the way (the clock's
+        # least_now_after_restore of the newest event seen), so what lies before that is left
+        # out at once (holding it all until the end kept the restart's peak memory as it was)
         funnel_of = self.funnel.contribution_of
         funnels: list[tuple[int, str, tuple[Any, ...]]] = []
+        least_now = getattr(self.clock, "least_now_after_restore", None)
+        now_bound = -(2**62)
+        keep = self.policy.funnel.retention_ms
         terms_of = self._deadline_terms
         floors: dict[int, int] = {}
         pending: list[tuple[int, str, int | None, churn.DeadlineTerms | None]] = []
@@ -666,8 +673,12 @@ class CustomerPipeline:
                 floors[p] = last
             for update in others:
                 update(p, subject, state)
+            if least_now is not None and last is not None and (bound := least_now(last)) > now_bound:
+                now_bound = bound
             if state.funnel is not None:
-                funnels.append((p, subject, funnel_of(state)))
+                flat = funnel_of(state, now_bound - keep)
+                if flat:
+                    funnels.append((p, subject, flat))
             if state.outbox:
                 outboxes.append(subject)
             fixed, terms = terms_of(state)

@@ -208,9 +208,12 @@ class StoreFunnelIndex(PartitionedIndex):
             self._add(flat, 1)
             self._of[subject] = (partition, flat)
 
-    def contribution_of(self, state: CustomerState) -> tuple[Any, ...]:
-        """Every cell of ``state`` (no floor): for ``load``."""
-        return () if state.funnel is None else _flat(_cells_of(state, self.buy_window_ms), -(2**62))
+    def contribution_of(self, state: CustomerState, floor_ms: int) -> tuple[Any, ...]:
+        """The cells of ``state`` from the hour of ``floor_ms`` on (a bound of the floor
+        ``load`` will use): for ``load``."""
+        if state.funnel is None:
+            return ()
+        return _flat(_cells_of(state, self.buy_window_ms), hour_of(floor_ms))
 
     def update(self, partition: int, subject: str, state: CustomerState | None) -> None:
         new = (

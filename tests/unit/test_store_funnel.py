@@ -336,3 +336,27 @@ def test_hours_before_the_retention_are_dropped_from_the_index_and_reports_stay_
     assert funnel.floor_ms == floor and set(funnel._of) == live
     assert funnel.cells(floor) == whole.cells(floor) and min(funnel._hours) >= floor
     assert h.pipeline.store_funnel(4) == truth
+
+
+@pytest.mark.parametrize("kind", ["event", "capped", "capped-historic", "wall"])
+def test_a_rebuild_bounds_the_clock_from_below_only(kind: str) -> None:
+    """What a rebuild leaves out of the store funnel along the way uses
+    ``least_now_after_restore``: never above what the clock reads once restored (else it
+    would drop hours a report still reads)."""
+    from streams.clock import CappedEventClock, EventClock, WallClock
+
+    wall = [T0]
+    event = T0 + 5 * HOUR_MS if kind != "capped-historic" else T0 - 400 * 24 * HOUR_MS
+    clock = {
+        "event": lambda: EventClock(lambda: wall[0], allowed_lateness_ms=60_000),
+        "capped": lambda: CappedEventClock(lambda: wall[0], 60_000, 5000, max_ahead_ms=HOUR_MS),
+        "capped-historic": lambda: CappedEventClock(lambda: wall[0], 60_000, 5000, 0),
+        "wall": lambda: WallClock(lambda: wall[0]),
+    }[kind]()
+    bound = clock.least_now_after_restore(event)  # type: ignore[attr-defined]
+    clock.restore(0, event)
+    assert bound <= clock.now_ms()
+    if kind == "capped":
+        assert bound == T0 + HOUR_MS  # the cap: an hour past the wall clock
+    elif kind != "wall":
+        assert bound == event - 60_000
