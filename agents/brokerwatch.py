@@ -53,15 +53,26 @@ def _connects(servers: list[str], timeout_s: float) -> bool:
     return False
 
 
-def exit_now(line: str, code: int) -> None:
-    """Write one line to stderr and end the process (logging handlers flushed first)."""
+def _flush_output() -> None:
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):
             handler.flush()
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def exit_now(line: str, code: int) -> None:
+    """Write one line to stderr and end the process (logging handlers flushed first)."""
+    _flush_output()
     os.write(2, (line.rstrip("\n") + "\n").encode())
+    os._exit(code)
+
+
+def exit_fast(code: int) -> None:
+    """End a worker that has stopped: output flushed, no interpreter teardown (freeing every
+    customer state object by object took seconds)."""
+    _flush_output()
     os._exit(code)
 
 

@@ -137,6 +137,7 @@ def worker() -> None:
     from faust import Worker
 
     from agents.app import create_app
+    from agents.brokerwatch import exit_fast
 
     settings = load_settings()
     ensure_all_topics(settings)
@@ -150,7 +151,18 @@ def worker() -> None:
     # changelog record in recovery: ~10 % of a restart's main thread, py-spy) became a
     # LogRecord written to our log file as cursor codes. A service has no terminal.
     w.spinner = None
-    w.execute_from_commandline()
+    try:
+        w.execute_from_commandline()
+    except SystemExit as done:
+        # Stopped: offsets committed, changelog and triggers flushed, the loop closed. What
+        # is left is the interpreter freeing every customer state one object at a time:
+        # 2.4-7 s after the last log line with ~10,000 customers (py-spy: no Python frames;
+        # a fresh-eyes run timed SIGTERM stops of 3-13.5 s). Nothing of it needs doing.
+        code = done.code
+        if isinstance(code, str):
+            print(code, file=sys.stderr)
+            code = 1
+        exit_fast(0 if code is None else int(code))
 
 
 # --- replay -------------------------------------------------------------------------------
@@ -473,14 +485,20 @@ def print_summary(doc: dict[str, Any]) -> None:
     risk = doc.get("at_risk") or {}
     if risk:
         table = Table(
-            title="churn risk now (valued customers; '(alerted)': an alert is open; 'none (alerted)': "
-            "not silent too long, but an alert is open, e.g. after a complaint)"
+            title="churn risk now (every buyer in a risk stage, valued or not; '(alerted)': an "
+            "alert is open - alerts go to valued customers only; 'none (alerted)': not silent too "
+            "long, but an alert is open, e.g. after a complaint)"
         )
         table.add_column("risk stage")
         table.add_column("count", justify="right")
         for key, n in risk.items():
             table.add_row(key, str(n))
         out.print(table)
+        listed = doc.get("at_risk_listed")
+        if listed is not None:
+            out.print(
+                f"on the page's and Redis' at-risk lists (valued and in a risk stage, or alerted): {listed}"
+            )
     notes = doc.get("notifications")
     if notes is not None:
         out.print(f"notifications pending: {notes['pending']}  overdue: {notes['overdue']}")
