@@ -40,6 +40,7 @@ from streams.clock import Clock
 from streams.core import log_failure
 from streams.lifecycle import RISK_STAGES
 from streams.page import PageIndexes
+from streams.page import at_risk as at_risk_rows
 from streams.partitioning import KeyPartitioner, faust_partitioner
 from streams.pipeline import CustomerPipeline
 from streams.policy import Policy
@@ -382,6 +383,20 @@ class Runtime:
             f"{k[0]}{' (alerted)' if k[1] else ''}": n
             for k, n in sorted(self.pipeline.risk_counts().items(), key=lambda kv: _risk_order(kv[0]))
         }
+        # who the page and Redis' at_risk:<store> sets list (valued in a risk stage, or an
+        # open alert): the rows above count every customer in a risk stage, valued or not
+        contexts: dict[int, Any] = {}
+
+        def context_of(subject: str) -> Any:
+            p = self.partition_of(subject)
+            ctx = contexts.get(p)
+            if ctx is None:
+                ctx = contexts[p] = self.pipeline.context(p)
+            return ctx
+
+        out["at_risk_listed"] = at_risk_rows(
+            self.pipeline.risk.members(), self.store, context_of, store=None, limit=0
+        )["matched"]
         app = self.extra.get("app")
         # every count above is of this worker's partitions only
         out["partitions"] = self.assigned_partitions(app) if app is not None else []

@@ -34,6 +34,7 @@ from streams.core import Context
 from streams.gate import SUPPRESSIONS
 from streams.lifecycle import BASE_STAGES, RISK_STAGES
 from streams.profile import churn_view
+from streams.projection import NO_STORE
 from streams.rfm import segment
 
 _SUPPRESSED = frozenset(d.value for d in SUPPRESSIONS)
@@ -262,9 +263,9 @@ def at_risk(
         if since is None:
             continue
         home = churn.home_store(state)
-        if home is not None:
-            stores[home] += 1
-        if store is not None and home != store:
+        where = NO_STORE if home is None else home  # "-": online only, as Redis' at_risk:- set
+        stores[where] += 1
+        if store is not None and where != store:
             continue
         found.append((since, subject))
     rows = []

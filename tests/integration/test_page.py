@@ -232,6 +232,9 @@ def test_the_page_shows_what_the_worker_knows(cluster: Cluster) -> None:
     count = dom.ids["at-risk-count"]
     matched = int(count.split()[0])
     assert len(at_risk) == ROWS < matched and f"showing {ROWS} (at most {ROWS}" in count
+    # the summary says how many the lists hold (found by an outside run: its risk rows, every
+    # buyer in a risk stage, were read as "valued customers" and did not match the page)
+    assert summary["at_risk_listed"] == matched
     times = [parse_ts_ms(r["alerted at"]) for r in at_risk if r["alerted at"] != "—"]
     assert times == sorted(times, reverse=True)
     for row, href in zip(at_risk, links, strict=True):

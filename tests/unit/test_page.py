@@ -162,6 +162,14 @@ def test_at_risk_rows_are_the_profiles_churn_state_newest_first_and_filter_by_st
         and (s.alert is not None or (s.risk is not None and churn.valued(s, ctx(s.subject))))
     }
     assert doc["matched"] == len(expected) > 5 and {r["customer_id"] for r in doc["rows"]} == expected
+    # every listed customer is under one store choice, "-" for those without a store (found
+    # by an outside run: the page's store choices summed to fewer than it listed)
+    assert sum(doc["stores"].values()) == doc["matched"]
+    storeless = {s for s in expected if churn.home_store(h.store[s]) is None}
+    assert storeless, "the fixture has no at-risk customer without a store"
+    assert doc["stores"].get("-", 0) == len(storeless)
+    none = view.at_risk(p.risk.members(), h.store, ctx, store="-", limit=1000)
+    assert {r["customer_id"] for r in none["rows"]} == storeless
     times = [parse_ts_ms(r["alert_at"] or r["risk_since"]) for r in doc["rows"]]
     assert times == sorted(times, reverse=True)
     for row in doc["rows"]:
