@@ -324,7 +324,7 @@ class LocalStack:
             svc = self.service(name)
             if svc.running():
                 say(
-                    "stopping the broker (noida-db writes its data to disk first: up to ~20 s with much data)"
+                    "stopping the broker (noida-db writes its data to disk first: up to ~30 s with much data)"
                     if name == "broker"
                     else f"stopping {name}"
                 )
