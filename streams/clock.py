@@ -77,6 +77,10 @@ class WallClock:
     def least_now_after_restore(self, event_ms: int) -> int:
         return self._wall()  # real time: what it reads now, at least, later
 
+    def least_now(self) -> int:
+        """A lower bound of every later ``now_ms()``."""
+        return self._wall()
+
     def restore(self, partition: int, event_ms: int) -> None:
         return None
 
@@ -199,6 +203,13 @@ class EventClock:
         ``event_ms`` (a rebuild bounds what it keeps with it before the clock is restored)."""
         return event_ms - self.allowed_lateness_ms
 
+    def least_now(self) -> int:
+        """A lower bound of every later ``now_ms()`` (while the partitions stay assigned):
+        the newest time a partition has settled at. ``now_ms()`` itself can fall back (it
+        reads the newest event anywhere while every input is idle, the oldest active input
+        otherwise), so what is kept for the reports it dates must not follow it."""
+        return max(self._now.values(), default=-(2**62))
+
     def started(self, partition: int) -> bool:
         # a time of its own: restored, or events seen here. Not another partition's time:
         # after a restart with some partitions at the end of a backlog, one never read
@@ -249,3 +260,6 @@ class CappedEventClock(EventClock):
 
     def least_now_after_restore(self, event_ms: int) -> int:
         return min(super().least_now_after_restore(event_ms), self._wall() + self.max_ahead_ms)
+
+    def least_now(self) -> int:
+        return min(super().least_now(), self._wall() + self.max_ahead_ms)

@@ -491,6 +491,14 @@ class CustomerPipeline:
             record, label, Rejected(Stage.PROCESS, Reason.INTERNAL_ERROR, f"internal error: {exc!r}"), batch
         )
 
+    def _advance_funnel(self) -> None:
+        """The store funnel keeps the hours from the retention before a lower bound of the
+        clock's now on: reports date their hours from ``now_ms()``, which can fall back (a
+        test found the 24-hour store gauges empty when the floor followed it)."""
+        least = getattr(self.clock, "least_now", None)
+        if least is not None:
+            self.funnel.advance(least())
+
     def _take_current_prior(self, work: _Work) -> None:
         """A batch's context takes the worker's current churn prior. Another partition's
         batch or tick may move it while this batch yields; the deadline index always uses
@@ -525,7 +533,7 @@ class CustomerPipeline:
             else Context(base.policy, now, base.population, base.model, self._prior_days)
         )
         if base is None:  # a batch's end or the timer's tick, not one between two records
-            self.funnel.advance(self.clock.now_ms())  # the hours reports read: from the clock's now
+            self._advance_funnel()
         due = self.deadlines.pop_due(partition, now)
         batch.stats.due += len(due)
         touched: dict[str, CustomerState | None] = {}
@@ -702,7 +710,7 @@ class CustomerPipeline:
             self.clock.restore(p, ms)
             if ms > self._restored_newest.get(p, _FIRST):
                 self._restored_newest[p] = ms
-        self.funnel.advance(self.clock.now_ms())
+        self._advance_funnel()
         load = self.funnel.load
         for p, subject, flat in funnels:
             load(p, subject, flat)
