@@ -41,6 +41,14 @@ class Clock(Protocol):
         """After recovery: the clock of ``partition`` is at least ``event_ms``."""
         ...
 
+    def least_now(self) -> int:
+        """A lower bound of every later ``now_ms()`` (which may fall back)."""
+        ...
+
+    def least_now_after_restore(self, event_ms: int) -> int:
+        """The least ``now_ms()`` reads once a partition was restored at ``event_ms``."""
+        ...
+
     def started(self, partition: int) -> bool:
         """False while the clock knows no time for ``partition`` (an event clock that has
         seen and restored nothing): ``now_ms`` is then only real time, a placeholder."""

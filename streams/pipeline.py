@@ -495,9 +495,7 @@ class CustomerPipeline:
         """The store funnel keeps the hours from the retention before a lower bound of the
         clock's now on: reports date their hours from ``now_ms()``, which can fall back (a
         test found the 24-hour store gauges empty when the floor followed it)."""
-        least = getattr(self.clock, "least_now", None)
-        if least is not None:
-            self.funnel.advance(least())
+        self.funnel.advance(self.clock.least_now())
 
     def _take_current_prior(self, work: _Work) -> None:
         """A batch's context takes the worker's current churn prior. Another partition's
@@ -649,15 +647,13 @@ class CustomerPipeline:
                 *self._extra_indexes,
             )
         )
-        # the store funnel keeps only hours from the clock's now minus the retention: known
-        # once every partition's newest time is, so its contributions are added after the pass
         # the store funnel keeps only hours from the clock's now minus the retention; that now
         # is known after the pass, but a lower bound of it along the way (the clock's
         # least_now_after_restore of the newest event seen), so what lies before that is left
         # out at once (holding it all until the end kept the restart's peak memory as it was)
         funnel_of = self.funnel.contribution_of
         funnels: list[tuple[int, str, tuple[Any, ...]]] = []
-        least_now = getattr(self.clock, "least_now_after_restore", None)
+        least_now = self.clock.least_now_after_restore
         now_bound = -(2**62)
         keep = self.policy.funnel.retention_ms
         terms_of = self._deadline_terms
@@ -681,7 +677,7 @@ class CustomerPipeline:
                 floors[p] = last
             for update in others:
                 update(p, subject, state)
-            if least_now is not None and last is not None and (bound := least_now(last)) > now_bound:
+            if last is not None and (bound := least_now(last)) > now_bound:
                 now_bound = bound
             if state.funnel is not None:
                 flat = funnel_of(state, now_bound - keep)
