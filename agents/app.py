@@ -9,7 +9,7 @@ import gc
 import logging
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from schemas.state import CustomerState
 from schemas.timestamps import iso_utc
 from schemas.topics import CUSTOMER_INPUTS, CUSTOMER_PROCESSOR_INPUTS, INPUTS, Topic, TopicNames
 from streams.clock import Clock
-from streams.core import log_failure
+from streams.core import Context, log_failure
 from streams.lifecycle import RISK_STAGES
 from streams.page import PageIndexes
 from streams.page import at_risk as at_risk_rows
@@ -355,6 +355,20 @@ class Runtime:
     def partition_of(self, customer_id: str) -> int:
         return self.pipeline.home_partition(customer_id)
 
+    def contexts(self) -> Callable[[str], Context]:
+        """subject -> its partition's context, each partition's built once (for one read of
+        many customers: the page, the summary)."""
+        built: dict[int, Context] = {}
+
+        def context_of(subject: str) -> Context:
+            p = self.partition_of(subject)
+            ctx = built.get(p)
+            if ctx is None:
+                ctx = built[p] = self.pipeline.context(p)
+            return ctx
+
+        return context_of
+
     def profile(self, customer_id: str) -> dict[str, Any] | None:
         state = self.store.get(customer_id)
         if state is None or (state.erased_ms is not None and not state.frequency and not state.touch_counts):
@@ -385,17 +399,8 @@ class Runtime:
         }
         # who the page and Redis' at_risk:<store> sets list (valued in a risk stage, or an
         # open alert): the rows above count every customer in a risk stage, valued or not
-        contexts: dict[int, Any] = {}
-
-        def context_of(subject: str) -> Any:
-            p = self.partition_of(subject)
-            ctx = contexts.get(p)
-            if ctx is None:
-                ctx = contexts[p] = self.pipeline.context(p)
-            return ctx
-
         out["at_risk_listed"] = at_risk_rows(
-            self.pipeline.risk.members(), self.store, context_of, store=None, limit=0
+            self.pipeline.risk.members(), self.store, self.contexts(), store=None, limit=0
         )["matched"]
         app = self.extra.get("app")
         # every count above is of this worker's partitions only

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from schemas.timestamps import iso_utc
 from streams import page
-from streams.core import Context, log_failure
+from streams.core import log_failure
 from streams.rfm import segment
 
 if TYPE_CHECKING:
@@ -28,15 +28,7 @@ def view(runtime: Runtime, partitions: Sequence[int], store: str | None) -> dict
     streams/page.py)."""
     pipeline, settings = runtime.pipeline, runtime.settings
     indexes = runtime.page
-    contexts: dict[int, Context] = {}
-
-    def context_of(subject: str) -> Context:
-        p = runtime.partition_of(subject)
-        ctx = contexts.get(p)
-        if ctx is None:
-            ctx = contexts[p] = pipeline.context(p)
-        return ctx
-
+    context_of = runtime.contexts()
     risk = pipeline.risk_counts()
     return {
         "as_of": iso_utc(runtime.clock.now_ms()),
