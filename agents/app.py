@@ -38,13 +38,12 @@ from schemas.timestamps import iso_utc
 from schemas.topics import CUSTOMER_INPUTS, CUSTOMER_PROCESSOR_INPUTS, INPUTS, Topic, TopicNames
 from streams.clock import Clock
 from streams.core import Context, log_failure
-from streams.lifecycle import RISK_STAGES
 from streams.page import PageIndexes
 from streams.page import at_risk as at_risk_rows
 from streams.partitioning import KeyPartitioner, faust_partitioner
 from streams.pipeline import CustomerPipeline
 from streams.policy import Policy
-from streams.profile import build_profile, churn_summary_rows, summarize
+from streams.profile import build_profile, churn_summary_rows, risk_rows, summarize
 from streams.profile import why as why_document
 from streams.rfm import segment
 from streams.store import StateStore
@@ -393,10 +392,7 @@ class Runtime:
                     pending += 1
                     overdue += p["due"] <= now
         out["notifications"] = {"pending": pending, "overdue": overdue}
-        out["at_risk"] = {
-            f"{k[0]}{' (alerted)' if k[1] else ''}": n
-            for k, n in sorted(self.pipeline.risk_counts().items(), key=lambda kv: _risk_order(kv[0]))
-        }
+        out["at_risk"] = risk_rows(self.pipeline.risk_counts())
         # who the page and Redis' at_risk:<store> sets list (valued in a risk stage, or an
         # open alert): the rows above count every customer in a risk stage, valued or not
         out["at_risk_listed"] = at_risk_rows(
@@ -895,14 +891,6 @@ def _register_web(app: PatronageApp, runtime: Runtime, table: CustomerTable) -> 
             except ValueError as exc:
                 return self.json({"error": str(exc)}, status=400)
             return self.json({"unit": unit, "until": until, "rows": rows})
-
-
-def _risk_order(key: Any) -> tuple[int, bool]:
-    """Summary rows of churn risk in a fixed order: none, at_risk, lapsed, lost; each
-    without an open alert first."""
-    order = ("none", *RISK_STAGES)
-    stage, alerted = key
-    return (order.index(stage) if stage in order else len(order), bool(alerted))
 
 
 class GroupWatch(faust.Sensor):

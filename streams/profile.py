@@ -10,7 +10,7 @@ from schemas.timestamps import DAY_MS, iso_utc
 from streams import bgnbd, churn, gate
 from streams import interest as interests
 from streams.core import Context
-from streams.lifecycle import STAGES, stage_only
+from streams.lifecycle import RISK_STAGES, STAGES, stage_only
 from streams.population import Population
 from streams.rfm import mean_interpurchase_days, recency_days, trailing_windows
 
@@ -200,6 +200,21 @@ def _stage_order(key: str) -> tuple[int, int, str]:
     stage, anonymous = key.removesuffix(" (anonymous)"), key.endswith(" (anonymous)")
     rank = STAGES.index(stage) if stage in STAGES else len(STAGES)
     return (rank, int(anonymous), key)
+
+
+def risk_rows(counts: dict[tuple[str, bool], int]) -> dict[str, int]:
+    """The summary's churn-risk rows ((risk stage or "none", open alert) -> customers) in a
+    fixed order: none, at_risk, lapsed, lost; each without an open alert first."""
+    order = ("none", *RISK_STAGES)
+
+    def rank(key: tuple[str, bool]) -> tuple[int, bool]:
+        stage, alerted = key
+        return (order.index(stage) if stage in order else len(order), bool(alerted))
+
+    return {
+        f"{stage}{' (alerted)' if alerted else ''}": n
+        for (stage, alerted), n in sorted(counts.items(), key=lambda kv: rank(kv[0]))
+    }
 
 
 def why(state: CustomerState | None, subject: str, category: str, ctx: Context) -> dict[str, Any]:

@@ -365,3 +365,19 @@ def test_a_rebuild_bounds_the_clock_from_below_only(kind: str) -> None:
         assert bound == T0 + HOUR_MS  # the cap: an hour past the wall clock
     elif kind != "wall":
         assert bound == event - 60_000
+
+
+def test_the_summary_lists_churn_risk_rows_in_a_fixed_order_whatever_order_they_are_counted_in() -> None:
+    from streams.profile import risk_rows
+
+    counts = {
+        ("lost", True): 1,
+        ("none", False): 9,
+        ("at_risk", True): 3,
+        ("lapsed", False): 2,
+        ("at_risk", False): 4,
+    }
+    expected = ["none", "at_risk", "at_risk (alerted)", "lapsed", "lost (alerted)"]
+    assert list(risk_rows(counts)) == expected
+    assert list(risk_rows(dict(reversed(list(counts.items()))))) == expected
+    assert risk_rows(counts)["at_risk (alerted)"] == 3
