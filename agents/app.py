@@ -32,7 +32,7 @@ from agents.recovery import BulkChangelog
 from agents.settings import Settings
 from agents.sink import KafkaSink, Sink
 from agents.stallwatch import StallWatch
-from agents.stock import StockProcessor
+from agents.stock import StockProcessor, load_store_regions
 from schemas.state import CustomerState
 from schemas.timestamps import iso_utc
 from schemas.topics import CUSTOMER_INPUTS, CUSTOMER_PROCESSOR_INPUTS, INPUTS, Topic, TopicNames
@@ -46,6 +46,7 @@ from streams.policy import Policy
 from streams.profile import build_profile, churn_summary_rows, risk_rows, summarize
 from streams.profile import why as why_document
 from streams.rfm import segment
+from streams.stock import learn_regions
 from streams.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,7 @@ class Runtime:
                 len(unreadable),
             )
         self.recoveries += 1
+        await self.load_store_regions()
         try:
             await self.processor.resend_outbox()
         except Exception as exc:  # the next recovery tries again; never block readiness on it
@@ -251,6 +253,16 @@ class Runtime:
             len(self.pipeline.population),
             len(self.pipeline.deadlines),
         )
+
+    async def load_store_regions(self) -> None:
+        """The store -> region pairs kept on the store-regions topic into the pipeline's map,
+        before any record is applied (agents/stock.py)."""
+        loaded = await load_store_regions(self.settings, self.topics.real(Topic.STORE_REGIONS))
+        if loaded is None:
+            return
+        self.stock.regions_sent.update(loaded)
+        added = learn_regions(self.pipeline.regions, loaded)
+        log.info("store regions: %d on the topic, %d new to this worker", len(loaded), added)
 
     def set_gauges_at_most_every(self, seconds: float) -> None:
         """``set_gauges`` for a scrape; the population and store-funnel grids only if they

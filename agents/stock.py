@@ -5,16 +5,28 @@ streams/gate.py). Invalid records go to dead-letters like every other input.
 
 The broadcast is sent (and acknowledged) before the input offsets are committed: a crash
 re-broadcasts, and the per-customer memory of handled arrivals makes that a no-op.
+
+An arrival naming both a store and a region teaches every partition that store's region
+(for arrivals naming only a region). The first one per store also goes, with the broadcast,
+to the compacted ``<app_id>-store-regions`` topic, which a worker reads whole after every
+recovery, before it applies a record (``load_store_regions``): the map learned in memory
+alone was gone after a restart, and region-only arrivals read again then reached nobody
+(5-9 of 2,145 new-stock triggers lost to one SIGTERM in a backlog, 2026-12-08).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from agents.kafkaauth import aiokafka_options
 from agents.metrics import Metrics
+from agents.settings import Settings
 from agents.sink import OutRecord, Sink, encode, send_dead_letters
 from schemas.errors import Rejected
 from schemas.events import StockArrival
@@ -22,7 +34,9 @@ from schemas.topics import Topic, TopicNames
 from streams.clock import Clock
 from streams.pipeline import bounds_for, check_ts, dead_letter, decode_object, validate_model
 from streams.policy import Policy
-from streams.stock import Arrival
+from streams.stock import Arrival, parse_region_record, region_record
+
+log = logging.getLogger(__name__)
 
 
 class StockProcessor:
@@ -50,6 +64,9 @@ class StockProcessor:
         self.newest: dict[int, int] = {}
         # broadcast partition -> offset of the last record this process wrote there
         self.sent_offsets: dict[int, int] = {}
+        self._regions_topic = topics.real(Topic.STORE_REGIONS)
+        # stores whose region is on the store-regions topic (written, or loaded at start)
+        self.regions_sent: set[str] = set()
 
     def validate(self, record: Any) -> StockArrival:
         event = validate_model(StockArrival, decode_object(record.value, self.policy.max_value_bytes))
@@ -73,9 +90,17 @@ class StockProcessor:
         key = event.category.encode()
         return [OutRecord(self._broadcast, p, key, value) for p in range(self.partitions)]
 
+    def region_record(self, store: str, region: str, event: StockArrival) -> OutRecord:
+        """``store``'s region as the arrival named it, for the compacted store-regions topic."""
+        value = orjson.dumps(region_record(store, region, event.event_id, event.ts))
+        return OutRecord(
+            self._regions_topic, self.partition_for(self._regions_topic, store), store.encode(), value
+        )
+
     async def handle(self, records: Sequence[Any]) -> None:
         dead: list[OutRecord] = []
         out: list[OutRecord] = []
+        regions: dict[str, OutRecord] = {}  # store -> its region record, new in these records
         newest: dict[int, int] = {}  # stock partition -> newest arrival time in these records
         topic = Topic.STOCK_ARRIVALS.value
         for record in records:
@@ -89,6 +114,9 @@ class StockProcessor:
                     self.metrics.events.labels(topic, "dead_letter").inc()
             else:
                 out.extend(self.broadcast(event))
+                store, region = event.store_id, event.region
+                if store is not None and region is not None and store not in self.regions_sent:
+                    regions.setdefault(store, self.region_record(store, region, event))
                 partition = getattr(record, "partition", 0)
                 if event.ts > newest.get(partition, -(2**62)):
                     newest[partition] = event.ts
@@ -96,7 +124,9 @@ class StockProcessor:
                 if self.metrics is not None:
                     self.metrics.events.labels(topic, "broadcast").inc()
         if out:
-            await self.sink.send(out)
+            # the store regions go with the broadcast, acked before the input offsets are
+            await self.sink.send([*regions.values(), *out])
+            self.regions_sent.update(regions)
             offsets = getattr(self.sink, "last_offsets", {})
             for p in range(self.partitions):
                 last = offsets.get((self._broadcast, p))
@@ -110,3 +140,56 @@ class StockProcessor:
                 self.newest[partition] = ts
         if dead:
             await send_dead_letters(self.sink, dead, self.metrics)
+
+
+async def load_store_regions(
+    settings: Settings, topic: str, timeout_s: float = 30.0
+) -> dict[str, str] | None:
+    """Every store -> region on the compacted store-regions topic (the last record of a store
+    wins), read to the end offsets it had when the read began. None when it could not be read
+    (logged): the worker then goes on with the configured and learned regions only."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=",".join(settings.bootstrap_servers),
+        **aiokafka_options(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        client_id=f"{settings.app_id}-store-regions-reader",
+        request_timeout_ms=10_000,
+    )
+    regions: dict[str, str] = {}
+    try:
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return regions
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        todo = {tp for tp in tps if ends[tp] > 0}
+        for tp in tps:
+            consumer.seek(tp, 0)
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"store regions not read to the end in {timeout_s:.0f} s")
+            batches = await consumer.getmany(*todo, timeout_ms=1000)
+            for tp, recs in batches.items():
+                for rec in recs:
+                    if rec.offset >= ends[tp]:
+                        break
+                    pair = parse_region_record(rec.key, rec.value)
+                    if pair is not None:
+                        regions[pair[0]] = pair[1]
+            for tp in list(todo):
+                if await consumer.position(tp) >= ends[tp]:
+                    todo.discard(tp)
+        return regions
+    except Exception as exc:  # never stop the worker for it
+        log.warning(
+            "could not read the store regions from %s (%r): region-only stock arrivals reach customers "
+            "of the configured regions and of those learned from arrivals from now on",
+            topic,
+            exc,
+        )
+        return None
+    finally:
+        await consumer.stop()

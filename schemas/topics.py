@@ -23,6 +23,7 @@ class Topic(StrEnum):
     IDENTITY = "identity"
     CHURN_MODEL = "churn-model"
     STOCK_BROADCAST = "stock-broadcast"  # every stock arrival, to every customer partition
+    STORE_REGIONS = "store-regions"  # store -> region learned from arrivals naming both
     CHANGELOG = "customers-changelog"
 
 
@@ -34,14 +35,20 @@ INPUTS: tuple[Topic, ...] = (
 )
 CUSTOMER_INPUTS: tuple[Topic, ...] = (Topic.PURCHASES, Topic.TOUCHPOINTS, Topic.CUSTOMER_UPDATES)
 OUTPUTS: tuple[Topic, ...] = (Topic.TRIGGERS, Topic.LIFECYCLE_CHANGES, Topic.DEAD_LETTERS)
-INTERNAL: tuple[Topic, ...] = (Topic.IDENTITY, Topic.CHURN_MODEL, Topic.STOCK_BROADCAST, Topic.CHANGELOG)
+INTERNAL: tuple[Topic, ...] = (
+    Topic.IDENTITY,
+    Topic.CHURN_MODEL,
+    Topic.STOCK_BROADCAST,
+    Topic.STORE_REGIONS,
+    Topic.CHANGELOG,
+)
 # keyed by customer id with the same partition count: one worker owns a customer everywhere
 # (the stock broadcast too: partition p of it is read with the customers of partition p)
 CO_PARTITIONED: tuple[Topic, ...] = (*CUSTOMER_INPUTS, Topic.IDENTITY, Topic.STOCK_BROADCAST, Topic.CHANGELOG)
 # the customer processor reads these (in one consumer, batched per partition)
 CUSTOMER_PROCESSOR_INPUTS: tuple[Topic, ...] = (*CUSTOMER_INPUTS, Topic.IDENTITY, Topic.STOCK_BROADCAST)
-# latest value per key is what matters (table changelog, model parameters)
-COMPACTED: tuple[Topic, ...] = (Topic.CHANGELOG, Topic.CHURN_MODEL)
+# latest value per key is what matters (table changelog, model parameters, store regions)
+COMPACTED: tuple[Topic, ...] = (Topic.CHANGELOG, Topic.CHURN_MODEL, Topic.STORE_REGIONS)
 # topics whose records carry an event time that drives the event clock
 EVENT_TIME_INPUTS: tuple[Topic, ...] = CUSTOMER_INPUTS
 

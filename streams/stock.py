@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
+import orjson
+
 from schemas.events import StockArrival
 from schemas.state import CustomerState
 from streams import interest as interests
@@ -69,6 +71,41 @@ def broadcast_value(obj: dict[str, Any]) -> dict[str, Any]:
     return Arrival(
         ev.event_id, ev.ts, ev.sku, ev.category, ev.qty, ev.store_id, ev.region, tuple(ev.tags)
     ).to_json()
+
+
+def region_record(store_id: str, region: str, arrival_id: str, ts_ms: int) -> dict[str, Any]:
+    """The value kept on the compacted ``store-regions`` topic (keyed by store id) for a store
+    whose region an arrival named: a restart loads these before it applies any record, so a
+    region-only arrival read after it reaches the same customers as before it."""
+    return {"store_id": store_id, "region": region, "arrival_id": arrival_id, "ts": ts_ms}
+
+
+def parse_region_record(key: bytes | None, value: bytes | None) -> tuple[str, str] | None:
+    """(store id, region) of a ``store-regions`` record; None for a tombstone or a record that
+    is not one (never raises: the topic is read at every start)."""
+    if key is None or value is None:
+        return None
+    try:
+        obj = orjson.loads(value)
+        store = key.decode()
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        return None
+    region = obj.get("region") if isinstance(obj, dict) else None
+    if not isinstance(region, str) or not region or not store:
+        return None
+    return store, region
+
+
+def learn_regions(regions: dict[str, str], learned: dict[str, str]) -> int:
+    """Add ``learned`` store -> region pairs to ``regions`` where the store has none yet (the
+    configured ``PATRONAGE_STORE_REGIONS`` and the first region learned win); returns how
+    many were added."""
+    added = 0
+    for store, region in learned.items():
+        if store not in regions:
+            regions[store] = region
+            added += 1
+    return added
 
 
 class InterestIndex:

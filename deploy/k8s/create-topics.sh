@@ -30,9 +30,10 @@ BOOTSTRAP="$(printf '%s' "${PATRONAGE_BROKER:?PATRONAGE_BROKER must be set}" | s
 IDENTITY="${PREFIX}${APP_ID}-identity"
 MODEL="${PREFIX}${APP_ID}-churn-model"
 BROADCAST="${PREFIX}${APP_ID}-stock-broadcast"
+REGIONS="${PREFIX}${APP_ID}-store-regions"
 CHANGELOG="${PREFIX}${APP_ID}-customers-changelog"
 TOPICS="${PREFIX}purchases ${PREFIX}touchpoints ${PREFIX}customer-updates ${PREFIX}stock-arrivals"
-TOPICS="$TOPICS ${PREFIX}triggers ${PREFIX}lifecycle-changes ${PREFIX}dead-letters $IDENTITY $MODEL $BROADCAST $CHANGELOG"
+TOPICS="$TOPICS ${PREFIX}triggers ${PREFIX}lifecycle-changes ${PREFIX}dead-letters $IDENTITY $MODEL $BROADCAST $REGIONS $CHANGELOG"
 CO_PARTITIONED="${PREFIX}purchases ${PREFIX}touchpoints ${PREFIX}customer-updates $IDENTITY $BROADCAST $CHANGELOG"
 
 kt() {
@@ -55,8 +56,8 @@ done
 
 failed=0
 for topic in $TOPICS; do
-    if [ "$topic" = "$CHANGELOG" ] || [ "$topic" = "$MODEL" ]; then
-        # customer state / model parameters: keep the latest record per key forever
+    if [ "$topic" = "$CHANGELOG" ] || [ "$topic" = "$MODEL" ] || [ "$topic" = "$REGIONS" ]; then
+        # customer state / model parameters / store regions: keep the latest record per key forever
         kt --create --if-not-exists --topic "$topic" \
             --partitions "$PARTITIONS" --replication-factor "$REPLICATION" --config cleanup.policy=compact
     else

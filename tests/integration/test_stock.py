@@ -208,3 +208,42 @@ def test_a_worker_killed_mid_fan_out_notifies_nobody_twice(cluster: Cluster) -> 
     assert all(len(ids) == 1 for ids in by_customer.values()), "somebody was told twice"
     # and not even the same record twice: the restart read the topic back before re-sending
     assert len(raw) == customers, f"{len(raw) - customers} trigger records sent twice"
+
+
+def test_a_region_learned_before_a_restart_still_reaches_its_customers_after_it(cluster: Cluster) -> None:
+    """A fresh-eyes backlog run lost the new-stock triggers of region-only arrivals read after
+    a SIGTERM: the store -> region map learned from arrivals was in memory only. It is kept
+    on the compacted store-regions topic and read at every recovery."""
+    now = int(time.time() * 1000)
+    purchases = [
+        {"event_id": f"p-{c}-{k}", "customer_id": c, "ts": now - (40 - 10 * k) * DAY_MS, "store_id": store,
+         "amount": 20, "currency": "EUR", "items": [{"sku": "tea-1", "category": "tea", "qty": 1, "price": 20}]}
+        for c, store in (("c-north", "s-n"), ("c-south", "s-s"), ("c-none", "s-x")) for k in range(2)
+    ]  # fmt: skip
+    cluster.env.update(PERMISSIVE)
+    cluster.start_worker()
+    cluster.replay(cluster.write("p.jsonl", purchases), "purchases")
+    teach = [  # stores named with their regions, in a category nobody buys
+        {"event_id": "s-teach-n", "ts": now - 20 * DAY_MS, "sku": "x", "category": "garden", "qty": 1,
+         "store_id": "s-n", "region": "north"},
+        {"event_id": "s-teach-s", "ts": now - 20 * DAY_MS, "sku": "x", "category": "garden", "qty": 1,
+         "store_id": "s-s", "region": "south"},
+    ]  # fmt: skip
+    cluster.replay(cluster.write("teach.jsonl", teach), "stock-arrivals")
+    cluster.wait(timeout=120, settle_s=2)
+    assert stock_triggers(cluster) == []
+    kept = {r["store_id"]: r["region"] for r in cluster.read_topic("store-regions")}
+    assert kept == {"s-n": "north", "s-s": "south"}, kept
+    cluster.signal_worker()
+    assert cluster.wait_exit(timeout=30) == 0
+    cluster.start_worker()  # reads from the committed offsets: the teaching arrivals are behind them
+    north = {"event_id": "s-north-tea", "ts": now - 5 * DAY_MS, "sku": "tea-9", "category": "tea", "qty": 5,
+             "region": "north"}  # fmt: skip
+    cluster.replay(cluster.write("north.jsonl", [north]), "stock-arrivals")
+    cluster.wait(timeout=120, settle_s=2)
+    told = {t["customer_id"] for t in stock_triggers(cluster)}
+    assert told == {"c-north"}, told
+    log = (cluster.tmp / "worker0.log").read_text()
+    assert "store regions: 2 on the topic, 2 new to this worker" in log
+    # the restarted worker wrote nothing again: it knew both stores from the topic
+    assert len(cluster.read_topic("store-regions")) == 2

@@ -345,7 +345,7 @@ def test_topics_script_creates_every_topic_the_worker_needs(
         assert opts["--bootstrap-server"] == "kafka:9092"
         assert "--if-not-exists" in opts, topic  # idempotent: compose re-runs it on every `up`
     compacted = set(all_topics(settings)[2])
-    assert compacted == {settings.topic("customers-changelog"), settings.topic("churn-model")}
+    assert compacted == {settings.topic(t) for t in ("customers-changelog", "churn-model", "store-regions")}
     for topic in compacted:
         assert created[topic]["--config"] == "cleanup.policy=compact"
     assert all("--config" not in opts for topic, opts in created.items() if topic not in compacted)

@@ -501,3 +501,19 @@ def test_an_arrival_read_again_after_a_restart_is_judged_against_the_records_rea
     h2.pipeline.rebuild()
     old = arrive(h2, "fish", ts=h2.wall.ms - 29 * DAY_MS)
     assert told(h2) == [] and old in [i for b in h2.batches for i in b.stats.stale]
+
+
+def test_store_region_records_round_trip_and_the_configured_and_first_learned_regions_win() -> None:
+    import orjson
+
+    from streams.stock import learn_regions, parse_region_record, region_record
+
+    value = orjson.dumps(region_record("s 1/ä", "north", "s-9", 1_000))
+    assert parse_region_record("s 1/ä".encode(), value) == ("s 1/ä", "north")
+    for key, raw in ((None, value), (b"s1", None), (b"s1", b"{"), (b"s1", b"[]"), (b"s1", b'{"region": 3}'),
+                     (b"\xff", value), (b"", value), (b"s1", b'{"region": ""}')):  # fmt: skip
+        assert parse_region_record(key, raw) is None
+    regions = {"s1": "configured"}
+    assert learn_regions(regions, {"s1": "loaded", "s2": "south"}) == 1
+    assert regions == {"s1": "configured", "s2": "south"}
+    assert learn_regions(regions, {"s2": "north"}) == 0 and regions["s2"] == "south"
