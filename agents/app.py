@@ -391,7 +391,7 @@ class Runtime:
     def why(self, customer_id: str, category: str) -> dict[str, Any]:
         state = self.store.get(customer_id)
         ctx = self.pipeline.context(self.partition_of(customer_id))
-        return why_document(state, customer_id, category, ctx)
+        return why_document(state, customer_id, category, ctx, self.pipeline.regions)
 
     def summary(self) -> dict[str, Any]:
         out = summarize(self.store.values(), self.pipeline.population)

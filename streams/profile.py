@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from schemas.state import CustomerState
@@ -217,10 +217,18 @@ def risk_rows(counts: dict[tuple[str, bool], int]) -> dict[str, int]:
     }
 
 
-def why(state: CustomerState | None, subject: str, category: str, ctx: Context) -> dict[str, Any]:
+def why(
+    state: CustomerState | None,
+    subject: str,
+    category: str,
+    ctx: Context,
+    regions: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Why did (or would) ``subject`` hear about new stock in ``category``? The interest
-    definition checked as of the clock's now, the gate's standing checks, and every decision
-    the gate remembers for that category (newest first)."""
+    definition checked as of the clock's now, the gate's standing checks (where they shop:
+    with ``regions``, each store's region as the worker knows it), and every decision the
+    gate remembers for that category (newest first). An arrival that skipped the customer
+    (another store or region) leaves no decision: the stores and regions say why."""
     policy = ctx.policy
     ip, gp = policy.interest, policy.gate
     now = ctx.now_ms
@@ -267,7 +275,17 @@ def why(state: CustomerState | None, subject: str, category: str, ctx: Context) 
     if interests.bought_within(state, category, now - int(gp.just_bought_days * DAY_MS), now):
         reasons.append(f"just bought: an order with {category!r} in the last {gp.just_bought_days:g} days")
     if state.stores:
-        reasons.append("shops at: " + ", ".join(sorted(state.stores)))
+        if regions is None:
+            reasons.append("shops at: " + ", ".join(sorted(state.stores)))
+        else:
+            named = [f"{s} ({regions[s]})" if s in regions else s for s in sorted(state.stores)]
+            unknown = [s for s in state.stores if s not in regions]
+            reasons.append(
+                "shops at: "
+                + ", ".join(named)
+                + "; only arrivals at these stores, in these regions or online reach this customer"
+                + (f" ({len(unknown)} store(s) of no known region)" if unknown else "")
+            )
     else:
         reasons.append("shops at no known store: store/region arrivals do not reach this customer")
     doc.update(

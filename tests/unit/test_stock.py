@@ -517,3 +517,33 @@ def test_store_region_records_round_trip_and_the_configured_and_first_learned_re
     assert learn_regions(regions, {"s1": "loaded", "s2": "south"}) == 1
     assert regions == {"s1": "configured", "s2": "south"}
     assert learn_regions(regions, {"s2": "north"}) == 0 and regions["s2"] == "south"
+
+
+def test_why_names_the_regions_of_the_customers_stores_so_a_skipped_region_arrival_is_explained() -> None:
+    """An arrival for another store or region leaves no gate decision behind: ``why`` was
+    silent about it (fresh-eyes). It now names each store's region as the worker knows it."""
+    h = PipelineHarness(Policy(gate=replace(GatePolicy(), coalesce_s=0, quiet_start_min=0, quiet_end_min=0)),
+                        clock="event", start_ms=NOON)  # fmt: skip
+    for n, (days, store) in enumerate(((21, "s1"), (11, "s2"))):
+        h.send(Topic.PURCHASES, {"event_id": f"w{n}", "customer_id": "c", "ts": NOON - days * DAY_MS,
+                                 "amount": 10, "currency": "EUR", "store_id": store,
+                                 "items": [{"sku": "g", "category": "garden", "qty": 1, "price": 10}]})  # fmt: skip
+    h.stock({"event_id": "s-teach", "ts": NOON - DAY_MS, "sku": "x", "category": "toys", "qty": 1,
+             "store_id": "s1", "region": "north"})  # fmt: skip
+    h.stock(
+        {"event_id": "s-south", "ts": NOON, "sku": "x", "category": "garden", "qty": 1, "region": "south"}
+    )
+    p = h.pipeline.partition_of("c")
+    doc = why(h.state("c"), "c", "garden", h.pipeline.context(p), h.pipeline.regions)
+    assert doc["interested"] and doc["decisions"] == [], doc
+    shops = [r for r in doc["reasons"] if r.startswith("shops at")]
+    assert (
+        shops
+        and shops[0].startswith("shops at: s1 (north), s2;")
+        and "1 store(s) of no known region" in shops[0]
+    )
+    h.stock(
+        {"event_id": "s-north", "ts": NOON, "sku": "y", "category": "garden", "qty": 1, "region": "north"}
+    )
+    doc = why(h.state("c"), "c", "garden", h.pipeline.context(p), h.pipeline.regions)
+    assert [d["arrival"] for d in doc["decisions"]][:1] == ["s-north"], doc["decisions"]
