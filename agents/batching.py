@@ -204,6 +204,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         # records the handler held back (beyond the event-time horizon): fetched, not acked
         self._held: dict[int, list[Any]] = {}
         self._held_count: dict[int, dict[str, int]] = {}  # partition -> topic -> records held
+        self._held_first: dict[int, dict[str, int]] = {}  # partition -> topic -> first offset held
+        # partitions sought back to records fetched and not handled: the first of them, until
+        # a batch of the partition is handled again (see _commit_floor)
+        self._refetch_floor: dict[TP, int] = {}
         self._held_generation: int | None = None
         self.hold_max = 100_000  # more than this in hand in a partition: see _handle_and_ack
         self._crowded_said: dict[int, float] = {}
@@ -247,6 +251,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             if tp in assigned:
                 seeked = self._seeked.get(tp) if seeks < self._seeks else None
                 await self.seek(tp, first if seeked is None else seeked)
+                self._refetch_floor[tp] = first if seeked is None else min(first, seeked)
         self._unhandled.clear()
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
@@ -453,6 +458,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         self._gap[tp].clear()
         self._handled.pop(tp, None)
         self._unhandled.pop(tp, None)
+        self._refetch_floor.pop(tp, None)
         held = self._held.get(tp.partition)
         if held:
             self._keep_held(tp.partition, [r for r in held if r.topic != tp.topic])
@@ -476,6 +482,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 self._not_handled(tp, sorted(recs, key=lambda r: r.offset))
         self._held.clear()
         self._held_count.clear()
+        self._held_first.clear()
         forget = getattr(self.app, "forget_held", None)
         if forget is not None:
             forget()
@@ -631,6 +638,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         first_held = self._keep_held(partition, held)
         self._pace(partition, held)
         for tp, recs in parts:  # fetch bookkeeping: gaps in the offsets, what was read
+            self._refetch_floor.pop(tp, None)  # read again: now acked, or held (_held_first)
             await self._track_gap(tp, read_offset[tp], recs[0].offset, acks_enabled_for)
             await self._fill_gaps(tp, recs, acks_enabled_for)
             read_offset[tp] = recs[-1].offset
@@ -670,10 +678,42 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         if held:
             self._held[partition] = held
             self._held_count[partition] = count
+            self._held_first[partition] = first
         else:
             self._held.pop(partition, None)
             self._held_count.pop(partition, None)
+            self._held_first.pop(partition, None)
         return first
+
+    def _commit_floor(self, tp: TP) -> int | None:
+        """The first offset of ``tp`` fetched and not acked that a commit must stay at or
+        below: held back by the handler, or fetched and not handled (to be read again)."""
+        first = self._held_first.get(tp.partition)
+        floor = None if first is None else first.get(tp.topic)
+        for other in (self._unhandled.get(tp, (None,))[0], self._refetch_floor.get(tp)):
+            if other is not None and (floor is None or other < floor):
+                floor = other
+        return floor
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """Faust's commit arithmetic (the first run of consecutive acked offsets), never past
+        :meth:`_commit_floor`. Faust commits such a run when it begins at most one past the
+        committed offset - it reads that offset as the last one processed, where Kafka's is
+        the next one to read - so with records acked out of order (the hold) a record held at
+        exactly the committed offset, with later ones acked, was committed past and never
+        read again: a SIGTERM in a backlog lost the stock arrival held there and 1-5 of 2,145
+        new-stock triggers with it (2026-12-08)."""
+        floor = self._commit_floor(tp)
+        acked = self._acked[tp]
+        if floor is None or not acked or max(acked) < floor:
+            return super()._new_offset(tp)
+        above = [o for o in acked if o >= floor]
+        acked[:] = [o for o in acked if o < floor]
+        try:
+            return super()._new_offset(tp) if acked else None
+        finally:
+            acked.extend(above)
+            acked.sort()
 
     def read_position(self, tp: TP) -> int | None:
         """Offset of the last record of ``tp`` handed on (None: none since assignment)."""

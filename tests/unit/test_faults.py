@@ -158,3 +158,48 @@ def test_wait_is_not_caught_up_while_committed_offsets_lie_past_a_logs_end() -> 
     assert progress.remaining == 0  # what `wait` used to look at alone: "caught up"
     assert progress.ahead == {a: (354, 287)}
     assert Progress(end={a: 400, b: 50}, committed={a: 400, b: 50}).ahead == {}
+
+
+def test_a_record_held_at_the_committed_offset_is_never_committed_past() -> None:
+    """A backlog run lost stock arrivals at a SIGTERM: the arrival at broadcast offset 229 was
+    held back (newer than the batch's horizon) while older arrivals after it were applied and
+    acked; Faust commits a run of acked offsets that begins one past the committed offset, so
+    it committed 319 and the restarted worker never read the arrival again."""
+    tp, other = TP("stock-broadcast", 1), TP("purchases", 1)
+    c = bare_consumer(1.0)
+    c._committed_offset[tp] = 229
+    c._ack_offsets(tp, range(230, 319))
+    c._keep_held(1, [rec("stock-broadcast", 229, 1), rec("purchases", 7, 1)])
+    assert FaustConsumer._new_offset(c, tp) == 319  # type: ignore[arg-type]  # Faust alone: past it
+    c._acked[tp].extend(range(230, 319))  # (Faust's arithmetic removed them)
+    assert c._new_offset(tp) is None  # nothing before the held record is left to commit
+    assert sorted(c._acked[tp]) == list(range(230, 319)), "acks above the held record are kept"
+    c._keep_held(1, [rec("purchases", 7, 1)])  # the arrival applied and acked: all of it commits
+    c._ack_offsets(tp, [229])
+    assert c._new_offset(tp) == 319
+    # a fresh group (no commit yet): held at the first offset, later ones acked
+    c._committed_offset[other] = None
+    c._ack_offsets(other, range(8, 20))
+    assert c._new_offset(other) is None
+    c._ack_offsets(other, range(0, 7))
+    assert c._new_offset(other) == 7  # up to the held record, not past it
+    c._committed_offset[other] = 7  # (what Faust's commit records)
+    c._keep_held(1, [])
+    c._ack_offsets(other, [7])
+    assert c._new_offset(other) == 20
+
+
+def test_records_fetched_and_not_handled_hold_the_commit_until_they_are_read_again() -> None:
+    tp = TP("touchpoints", 2)
+    c = bare_consumer(1.0)
+    c._committed_offset[tp] = 50
+    c._ack_offsets(tp, [50, 51, 53, 54])
+    c._unhandled[tp] = (52, 0)
+    assert c._new_offset(tp) == 52
+    c._committed_offset[tp] = 52
+    del c._unhandled[tp]
+    c._refetch_floor[tp] = 52  # sought back to it, not read yet
+    assert c._new_offset(tp) is None
+    c._refetch_floor.pop(tp)
+    c._ack_offsets(tp, [52])
+    assert c._new_offset(tp) == 55
