@@ -109,7 +109,8 @@ class CustomerProcessor:
         if batch.stats.stale:
             log.warning(
                 "partition %d: %d stock arrival(s) older than its newest customer event by more than %g days were "
-                "offered to nobody (re-sent or late stock records; PATRONAGE_GATE_MAX_ARRIVAL_AGE_DAYS): %s",
+                "offered to nobody (most often read again after a restart, offered before it; else re-sent "
+                "or late stock records; PATRONAGE_GATE_MAX_ARRIVAL_AGE_DAYS): %s",
                 partition,
                 len(batch.stats.stale),
                 self.pipeline.policy.gate.max_arrival_age_days,
