@@ -393,8 +393,12 @@ class CustomerPipeline:
             horizon = _horizon(ready)
             logical = self.topics.logical
             if any((t := logical(name)) is not None and t.value in _ALIGNED for name in waiting):
-                # a partition with no time of its own starts at its oldest record (work.ctx)
-                now = self.clock.now_ms(partition) if self.clock.started(partition) else work.ctx.now_ms
+                # A partition with no time of its own applies nothing until the waiting input
+                # is in hand: its oldest record may be newer than that input's first records
+                # (clamped at the oldest record, a restart from no commits applied the purchase
+                # at offset 0 before the customer's earlier touchpoint: stranger -> customer
+                # instead of stranger -> visitor -> customer, fresh-eyes 2026-12-08)
+                now = self.clock.now_ms(partition) if self.clock.started(partition) else work.ctx.now_ms - 1
                 horizon = now if horizon is None else min(horizon, now)
             if stock_until is not None:
                 horizon = stock_until if horizon is None else min(horizon, stock_until)
