@@ -260,7 +260,7 @@ class Runtime:
         loaded = await load_store_regions(self.settings, self.topics.real(Topic.STORE_REGIONS))
         if loaded is None:
             return
-        self.stock.regions_sent.update(loaded)
+        learn_regions(self.stock.regions_sent, loaded)
         added = learn_regions(self.pipeline.regions, loaded)
         log.info("store regions: %d on the topic, %d new to this worker", len(loaded), added)
 

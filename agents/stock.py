@@ -34,7 +34,7 @@ from schemas.topics import Topic, TopicNames
 from streams.clock import Clock
 from streams.pipeline import bounds_for, check_ts, dead_letter, decode_object, validate_model
 from streams.policy import Policy
-from streams.stock import Arrival, parse_region_record, region_record
+from streams.stock import Arrival, Regions, learn_region, learn_regions, parse_region_record, region_record
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,10 @@ class StockProcessor:
         # broadcast partition -> offset of the last record this process wrote there
         self.sent_offsets: dict[int, int] = {}
         self._regions_topic = topics.real(Topic.STORE_REGIONS)
-        # stores whose region is on the store-regions topic (written, or loaded at start)
-        self.regions_sent: set[str] = set()
+        # store -> (region, time) of the earliest naming on the store-regions topic (written by
+        # this process, or loaded at start): a record is written when an arrival names a store
+        # earlier than that (the last record of a store is then the earliest this writer knew)
+        self.regions_sent: Regions = {}
 
     def validate(self, record: Any) -> StockArrival:
         event = validate_model(StockArrival, decode_object(record.value, self.policy.max_value_bytes))
@@ -90,9 +92,9 @@ class StockProcessor:
         key = event.category.encode()
         return [OutRecord(self._broadcast, p, key, value) for p in range(self.partitions)]
 
-    def region_record(self, store: str, region: str, event: StockArrival) -> OutRecord:
-        """``store``'s region as the arrival named it, for the compacted store-regions topic."""
-        value = orjson.dumps(region_record(store, region, event.event_id, event.ts))
+    def region_record(self, store: str, region: str, ts_ms: int) -> OutRecord:
+        """``store``'s region as an arrival at ``ts_ms`` named it, for the store-regions topic."""
+        value = orjson.dumps(region_record(store, region, ts_ms))
         return OutRecord(
             self._regions_topic, self.partition_for(self._regions_topic, store), store.encode(), value
         )
@@ -100,7 +102,7 @@ class StockProcessor:
     async def handle(self, records: Sequence[Any]) -> None:
         dead: list[OutRecord] = []
         out: list[OutRecord] = []
-        regions: dict[str, OutRecord] = {}  # store -> its region record, new in these records
+        learned: Regions = {}  # store -> its earliest naming in these records, if news
         newest: dict[int, int] = {}  # stock partition -> newest arrival time in these records
         topic = Topic.STOCK_ARRIVALS.value
         for record in records:
@@ -115,8 +117,10 @@ class StockProcessor:
             else:
                 out.extend(self.broadcast(event))
                 store, region = event.store_id, event.region
-                if store is not None and region is not None and store not in self.regions_sent:
-                    regions.setdefault(store, self.region_record(store, region, event))
+                if store is not None and region is not None:
+                    known = learned.get(store) or self.regions_sent.get(store)
+                    if known is None or (event.ts, region) < (known[1], known[0]):
+                        learned[store] = (region, event.ts)
                 partition = getattr(record, "partition", 0)
                 if event.ts > newest.get(partition, -(2**62)):
                     newest[partition] = event.ts
@@ -125,8 +129,9 @@ class StockProcessor:
                     self.metrics.events.labels(topic, "broadcast").inc()
         if out:
             # the store regions go with the broadcast, acked before the input offsets are
-            await self.sink.send([*regions.values(), *out])
-            self.regions_sent.update(regions)
+            regions = [self.region_record(store, region, ts) for store, (region, ts) in learned.items()]
+            await self.sink.send([*regions, *out])
+            learn_regions(self.regions_sent, learned)
             offsets = getattr(self.sink, "last_offsets", {})
             for p in range(self.partitions):
                 last = offsets.get((self._broadcast, p))
@@ -145,8 +150,8 @@ class StockProcessor:
 async def load_store_regions(
     settings: Settings, topic: str, timeout_s: float = 30.0
 ) -> dict[str, str] | None:
-    """Every store -> region on the compacted store-regions topic (the last record of a store
-    wins), read to the end offsets it had when the read began. None when it could not be read
+    """Every store -> (region, time) on the compacted store-regions topic (the earliest naming
+    of a store wins, as in the pipeline), read to the end offsets it had when the read began. None when it could not be read
     (logged): the worker then goes on with the configured and learned regions only."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=",".join(settings.bootstrap_servers),
@@ -156,7 +161,7 @@ async def load_store_regions(
         client_id=f"{settings.app_id}-store-regions-reader",
         request_timeout_ms=10_000,
     )
-    regions: dict[str, str] = {}
+    regions: Regions = {}
     try:
         await consumer.start()
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
@@ -176,9 +181,9 @@ async def load_store_regions(
                 for rec in recs:
                     if rec.offset >= ends[tp]:
                         break
-                    pair = parse_region_record(rec.key, rec.value)
-                    if pair is not None:
-                        regions[pair[0]] = pair[1]
+                    found = parse_region_record(rec.key, rec.value)
+                    if found is not None:
+                        learn_region(regions, *found)
             for tp in list(todo):
                 if await consumer.position(tp) >= ends[tp]:
                     todo.discard(tp)

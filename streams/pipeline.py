@@ -258,7 +258,7 @@ class CustomerPipeline:
         # stock fan-out: category -> candidates, co-purchase counts, store -> region
         self.interests = stocks.InterestIndex(policy.interest)
         self.affinity = stocks.AffinityIndex(policy.interest)
-        self.regions: dict[str, str] = dict(policy.interest.store_regions)
+        self.regions: stocks.Regions = stocks.configured_regions(policy.interest.store_regions)
         self._applied_until: dict[int, int] = {}  # partition -> newest event time applied
         # partition -> the records it held back last time, decoded and validated:
         # id(record) -> (record, prepared). Offered again (the same objects), they are not
@@ -854,7 +854,7 @@ class CustomerPipeline:
 
         def run(work: _Work) -> Outcome:
             if arrival.store_id is not None and arrival.region is not None:
-                self.regions.setdefault(arrival.store_id, arrival.region)
+                stocks.learn_region(self.regions, arrival.store_id, arrival.region, arrival.ts_ms)
             stats = work.batch.stats
             max_age = self.policy.gate.max_arrival_age_days
             if max_age > 0 and arrival.ts_ms < self._stream_time(partition, work) - max_age * DAY_MS:

@@ -222,7 +222,7 @@ def why(
     subject: str,
     category: str,
     ctx: Context,
-    regions: Mapping[str, str] | None = None,
+    regions: Mapping[str, tuple[str, int]] | None = None,
 ) -> dict[str, Any]:
     """Why did (or would) ``subject`` hear about new stock in ``category``? The interest
     definition checked as of the clock's now, the gate's standing checks (where they shop:
@@ -278,7 +278,7 @@ def why(
         if regions is None:
             reasons.append("shops at: " + ", ".join(sorted(state.stores)))
         else:
-            named = [f"{s} ({regions[s]})" if s in regions else s for s in sorted(state.stores)]
+            named = [f"{s} ({regions[s][0]})" if s in regions else s for s in sorted(state.stores)]
             unknown = [s for s in state.stores if s not in regions]
             reasons.append(
                 "shops at: "

@@ -18,7 +18,7 @@ from streams import interest as interests
 from streams.gate import quiet_until
 from streams.policy import GatePolicy, InterestPolicy, Policy
 from streams.profile import why
-from streams.stock import AffinityIndex, InterestIndex
+from streams.stock import AffinityIndex, InterestIndex, broadcast_value
 from streams.testing import T0, PipelineHarness
 
 HOUR_MS = 3_600_000
@@ -503,20 +503,65 @@ def test_an_arrival_read_again_after_a_restart_is_judged_against_the_records_rea
     assert told(h2) == [] and old in [i for b in h2.batches for i in b.stats.stale]
 
 
-def test_store_region_records_round_trip_and_the_configured_and_first_learned_regions_win() -> None:
+def test_store_region_records_round_trip_and_the_configured_and_earliest_named_regions_win() -> None:
     import orjson
 
-    from streams.stock import learn_regions, parse_region_record, region_record
+    from streams.stock import (
+        configured_regions,
+        learn_regions,
+        parse_region_record,
+        region_of,
+        region_record,
+    )
 
-    value = orjson.dumps(region_record("s 1/ä", "north", "s-9", 1_000))
-    assert parse_region_record("s 1/ä".encode(), value) == ("s 1/ä", "north")
-    for key, raw in ((None, value), (b"s1", None), (b"s1", b"{"), (b"s1", b"[]"), (b"s1", b'{"region": 3}'),
-                     (b"\xff", value), (b"", value), (b"s1", b'{"region": ""}')):  # fmt: skip
+    value = orjson.dumps(region_record("s 1/ä", "north", 1_000))
+    assert parse_region_record("s 1/ä".encode(), value) == ("s 1/ä", "north", 1_000)
+    for key, raw in ((None, value), (b"s1", None), (b"s1", b"{"), (b"s1", b"[]"), (b"s1", b'{"region": 3, "ts": 1}'),
+                     (b"\xff", value), (b"", value), (b"s1", b'{"region": "", "ts": 1}'),
+                     (b"s1", b'{"region": "x"}'), (b"s1", b'{"region": "x", "ts": 1.5}')):  # fmt: skip
         assert parse_region_record(key, raw) is None
-    regions = {"s1": "configured"}
-    assert learn_regions(regions, {"s1": "loaded", "s2": "south"}) == 1
-    assert regions == {"s1": "configured", "s2": "south"}
-    assert learn_regions(regions, {"s2": "north"}) == 0 and regions["s2"] == "south"
+    regions = configured_regions((("s1", "configured"),))
+    assert learn_regions(regions, {"s1": ("loaded", 5), "s2": ("south", 50)}) == 1
+    assert learn_regions(regions, {"s2": ("north", 60)}) == 0  # a later naming changes nothing
+    assert learn_regions(regions, {"s2": ("west", 40)}) == 1  # an earlier one wins
+    assert region_of(regions, "s1", -(2**62)) == "configured"  # configured: known at every time
+    assert region_of(regions, "s2", 40) is None  # named at 40: known after it, as live
+    assert region_of(regions, "s2", 41) == "west" and region_of(regions, "s3", 10**15) is None
+
+
+def test_a_region_only_arrival_reaches_the_same_customers_whichever_partition_learned_the_store_first() -> (
+    None
+):
+    """Which customers a region-only arrival reached depended on whether another partition,
+    ahead in event time, had already applied an arrival naming the store's region (two
+    undisturbed runs differed by 7 of 2,135 new-stock triggers, fresh-eyes). The store's
+    region counts from the time of the arrival that named it."""
+    told: list[set[str]] = []
+    for ahead_first in (True, False):
+        h = harness(OPEN)
+        near, far = "c", next(c for c in (f"c{i}" for i in range(2, 300))
+                              if h.pipeline.partition_of(c) != h.pipeline.partition_of("c"))  # fmt: skip
+        for subject in (near, far):
+            for n, days in enumerate((30, 20)):
+                h.send(Topic.PURCHASES, {"event_id": f"{subject}-{n}", "customer_id": subject, "store_id": "s10",
+                                         "ts": NOON - days * DAY_MS, "amount": 10, "currency": "EUR",
+                                         "items": [{"sku": "g", "category": "garden", "qty": 1, "price": 10}]})  # fmt: skip
+        teach = {"event_id": "s-teach", "ts": NOON + 5 * DAY_MS, "sku": "x", "category": "toys", "qty": 1,
+                 "store_id": "s10", "region": "east"}  # fmt: skip
+        early = {"event_id": "s-early", "ts": NOON + DAY_MS, "sku": "y", "category": "garden", "qty": 1,
+                 "region": "east"}  # fmt: skip
+        late = {"event_id": "s-late", "ts": NOON + 9 * DAY_MS, "sku": "z", "category": "garden", "qty": 1,
+                "region": "east"}  # fmt: skip
+        p_far = h.pipeline.partition_of(far)
+        p_near = h.pipeline.partition_of(near)
+        for p in (p_far, p_near) if ahead_first else (p_near, p_far):  # one partition applies
+            recs = [  # all three before the other starts
+                h.record(Topic.STOCK_BROADCAST, broadcast_value(a), key=a["category"], partition=p)
+                for a in (early, teach, late)
+            ]
+            h._complete(h.pipeline.apply(p, recs))
+        told.append({(t["customer_id"], t["details"]["first_arrival_id"]) for t in h.out[Topic.TRIGGERS]})
+    assert told[0] == told[1] == {(near, "s-late"), (far, "s-late")}, told
 
 
 def test_why_names_the_regions_of_the_customers_stores_so_a_skipped_region_arrival_is_explained() -> None:
