@@ -604,7 +604,10 @@ def print_uplift(doc: dict[str, Any]) -> None:
 def tail(
     topic: Annotated[str, typer.Argument(help="topic, e.g. lifecycle-changes, dead-letters, triggers")],
     limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="records to print (the newest)")] = 10,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON record per line, nothing else")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON record per line on stdout (a cut is noted on stderr)")
+    ] = False,
+    every: Annotated[bool, typer.Option("--all", help="print every record (overrides --limit)")] = False,
 ) -> None:
     """Read a topic from the beginning to its current end; print the newest records and counts.
 
@@ -668,10 +671,12 @@ def tail(
     # newest by the records' own time (``ts``: event or clock time) where they have one, not
     # by when they were written: partitions are written in turns, each at its own event time
     records.sort(key=lambda r: (_record_ms(r[3], r[0]), r[0], r[1], r[2]))
-    shown = records[-limit:] if limit else []
+    shown = records if every else records[-limit:] if limit else []
     if as_json:
         for _, _, _, value in shown:
             sys.stdout.write(orjson.dumps(value).decode() + "\n")
+        if len(shown) < len(records):  # saved for a comparison, a silent cut misleads
+            sys.stderr.write(f"(the newest {len(shown)} of {len(records)} records; --all prints every one)\n")
         return
     out.print(f"{name}: {len(records)} records")
     for label, n in sorted(counts.items(), key=lambda kv: -kv[1]):

@@ -18,6 +18,7 @@ a stable reason code, never an exception out of here.
 from __future__ import annotations
 
 import logging
+import re
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, MutableMapping, Sequence
@@ -112,6 +113,9 @@ class Batch:
         return bool(self.emits or self.changed or self.triggers)
 
 
+_NON_FINITE = re.compile(rb"-?(?:NaN|Infinity|inf|nan)\b")
+
+
 def decode_object(raw: bytes | None, max_bytes: int = 1 << 20) -> dict[str, Any]:
     """An input record's value as a JSON object, or Rejected at the decode stage (a value
     longer than ``max_bytes`` is not parsed at all: ``too_large``)."""
@@ -131,6 +135,11 @@ def decode_object(raw: bytes | None, max_bytes: int = 1 << 20) -> dict[str, Any]
             detail = (
                 f"invalid JSON: a number beyond a 64-bit float's range (about ±1.8e308) at char "
                 f"{exc.pos}; NaN and Infinity are not accepted either"
+            )
+        elif (word := _NON_FINITE.match(raw, exc.pos)) is not None:  # orjson: "unexpected character"
+            detail = (
+                f"invalid JSON: {word.group().decode()} at char {exc.pos}: JSON has no NaN or Infinity "
+                "(send a number, or leave the field out)"
             )
         elif "UTF-8" in str(exc):  # orjson: "str is not valid UTF-8: surrogates not allowed"
             try:

@@ -234,6 +234,10 @@ def test_a_region_learned_before_a_restart_still_reaches_its_customers_after_it(
     assert stock_triggers(cluster) == []
     kept = {r["store_id"]: r["region"] for r in cluster.read_topic("store-regions")}
     assert kept == {"s-n": "north", "s-s": "south"}, kept
+    cut = cluster.run("tail", "store-regions", "--json", "-n", "1")  # a cut is said, on stderr
+    assert len(cut.stdout.splitlines()) == 1 and "the newest 1 of 2 records; --all" in cut.stderr
+    every = cluster.run("tail", "store-regions", "--json", "-n", "1", "--all")
+    assert len(every.stdout.splitlines()) == 2 and not every.stderr.strip()
     cluster.signal_worker()
     assert cluster.wait_exit(timeout=30) == 0
     cluster.start_worker()  # reads from the committed offsets: the teaching arrivals are behind them

@@ -453,6 +453,21 @@ def test_a_number_no_double_holds_says_so_and_where() -> None:
     assert "beyond a 64-bit float's range" in str(caught.value) and "char 11" in str(caught.value)
 
 
+@pytest.mark.parametrize("raw", [b'{"amount": NaN}', b'{"amount": -Infinity}', b'{"amount":Infinity,"x":1}'])
+def test_nan_and_infinity_are_named_in_the_dead_letter(raw: bytes) -> None:
+    """Found by two outside runs: NaN and Infinity got orjson's bare "unexpected character"."""
+    from schemas.errors import Rejected
+    from streams.pipeline import decode_object
+
+    with pytest.raises(Rejected) as caught:
+        decode_object(raw)
+    assert caught.value.reason.value == "invalid_json"
+    assert "JSON has no NaN or Infinity" in str(caught.value) and str(caught.value).split()[2] in (
+        "NaN",
+        "Infinity",
+    )
+
+
 def test_an_event_stamped_ahead_of_real_time_does_not_move_the_clock_past_it() -> None:
     """Found by an outside run: one touchpoint stamped 23 h ahead (a producer's fast clock)
     moved every idle partition's event clock a day ahead, for good, and churn triggers of
