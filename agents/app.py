@@ -459,6 +459,11 @@ class PatronageApp(faust.App):
         if logical in _CLOCK_TOPICS:  # stock arrivals and their broadcast hold no clock back
             self.runtime.clock.backlog(partition, logical.value, records)
 
+    def batch_applying(self, partition: int) -> bool:
+        """The batching consumer's question at a stop: is ``partition``'s batch still applying
+        records in memory (nothing of it written yet)?"""
+        return hasattr(self, "runtime") and partition in self.runtime.processor.applying
+
     def forget_held(self) -> None:
         """The batching consumer dropped every held record (a rebalance): the pipeline
         forgets them decoded (they are fetched again, as new records)."""

@@ -772,6 +772,17 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         """Wait (bounded) for a batch whose drain loop is being cancelled."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.stop_batch_grace_s
+        applying = getattr(self.app, "batch_applying", None)
+        if applying is not None and not batch.done() and applying(partition):
+            # still applying in memory: nothing written, no offset acked - processed again
+            # after the restart either way, so the stop does not wait for it (a backlog's
+            # batches take seconds: SIGTERM stops took 12-22 s under load, fresh-eyes)
+            log.info(
+                "partition %d: batch abandoned while applying (nothing written; processed again on restart)",
+                partition,
+            )
+            batch.cancel()
+            return
         while not batch.done():
             remaining = deadline - loop.time()
             if remaining <= 0:

@@ -63,6 +63,8 @@ class CustomerProcessor:
         self.metrics = metrics
         self._locks: dict[int, asyncio.Lock] = {}
         self._changelog = topics.real(Topic.CHANGELOG)
+        # partitions whose batch is applying records in memory (nothing of it written yet)
+        self.applying: set[int] = set()
         # per partition: the last batch's outbox-clearing changelog write, not waited for yet
         self._clearing: dict[int, asyncio.Future[None]] = {}
 
@@ -101,8 +103,14 @@ class CustomerProcessor:
                 stock_until=stock_until,
                 chunk=APPLY_CHUNK,
             )
-            for _ in steps:
-                await asyncio.sleep(0)
+            # while applying, nothing of the batch is durable: a stop may abandon it at once
+            # (see BatchingConsumer._finish); from complete() on it is waited for
+            self.applying.add(partition)
+            try:
+                for _ in steps:
+                    await asyncio.sleep(0)
+            finally:
+                self.applying.discard(partition)
             if self.metrics is not None:
                 self.metrics.batch_stage.labels("apply").observe(time.perf_counter() - started)
             await self.complete(batch)
