@@ -437,7 +437,8 @@ def why(
     decisions = doc.get("decisions", [])
     if not decisions:
         out.print(
-            "  no gate decision remembered for this category (no matching arrival reached this customer)"
+            "  no gate decision remembered for this category (no arrival in it was offered to this "
+            "customer: none came, it was for another store or region, or they were not interested at its time)"
         )
     for d in decisions:
         out.print(f"  {d['at']}  {d['decision']:<22} {d['sku']}  (arrival {d['arrival']})", markup=False)
