@@ -260,7 +260,8 @@ class Metrics:
         self.stock_stale = Counter(
             "patronage_stock_arrivals_stale",
             "Broadcast stock arrivals offered to nobody in a partition: older than its newest customer "
-            "event by more than PATRONAGE_GATE_MAX_ARRIVAL_AGE_DAYS (re-sent or late stock records)",
+            "event by more than PATRONAGE_GATE_MAX_ARRIVAL_AGE_DAYS (most often read again after a restart and "
+            "offered before it; else re-sent or late stock records)",
             registry=r,
         )
         self.projection_lag = Gauge(
