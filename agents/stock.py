@@ -7,8 +7,8 @@ The broadcast is sent (and acknowledged) before the input offsets are committed:
 re-broadcasts, and the per-customer memory of handled arrivals makes that a no-op.
 
 An arrival naming both a store and a region teaches every partition that store's region
-(for arrivals naming only a region). The first one per store also goes, with the broadcast,
-to the compacted ``<app_id>-store-regions`` topic, which a worker reads whole after every
+(for arrivals naming only a region, from that arrival's event time on). The earliest naming
+per store also goes, with the broadcast, to the compacted ``<app_id>-store-regions`` topic, which a worker reads whole after every
 recovery, before it applies a record (``load_store_regions``): the map learned in memory
 alone was gone after a restart, and region-only arrivals read again then reached nobody
 (5-9 of 2,145 new-stock triggers lost to one SIGTERM in a backlog, 2026-12-08).
@@ -34,7 +34,15 @@ from schemas.topics import Topic, TopicNames
 from streams.clock import Clock
 from streams.pipeline import bounds_for, check_ts, dead_letter, decode_object, validate_model
 from streams.policy import Policy
-from streams.stock import Arrival, Regions, learn_region, learn_regions, parse_region_record, region_record
+from streams.stock import (
+    Arrival,
+    Regions,
+    learn_region,
+    learn_regions,
+    names_earlier,
+    parse_region_record,
+    region_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +125,12 @@ class StockProcessor:
             else:
                 out.extend(self.broadcast(event))
                 store, region = event.store_id, event.region
-                if store is not None and region is not None:
-                    known = learned.get(store) or self.regions_sent.get(store)
-                    if known is None or (event.ts, region) < (known[1], known[0]):
-                        learned[store] = (region, event.ts)
+                if (
+                    store is not None
+                    and region is not None
+                    and names_earlier(self.regions_sent, store, region, event.ts)
+                ):
+                    learn_region(learned, store, region, event.ts)
                 partition = getattr(record, "partition", 0)
                 if event.ts > newest.get(partition, -(2**62)):
                     newest[partition] = event.ts
@@ -147,12 +157,11 @@ class StockProcessor:
             await send_dead_letters(self.sink, dead, self.metrics)
 
 
-async def load_store_regions(
-    settings: Settings, topic: str, timeout_s: float = 30.0
-) -> dict[str, str] | None:
+async def load_store_regions(settings: Settings, topic: str, timeout_s: float = 30.0) -> Regions | None:
     """Every store -> (region, time) on the compacted store-regions topic (the earliest naming
-    of a store wins, as in the pipeline), read to the end offsets it had when the read began. None when it could not be read
-    (logged): the worker then goes on with the configured and learned regions only."""
+    of a store wins, as in the pipeline), read to the end offsets it had when the read began.
+    None when it could not be read (logged): the worker then goes on with the configured and
+    learned regions only."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=",".join(settings.bootstrap_servers),
         **aiokafka_options(settings),

@@ -95,11 +95,17 @@ def learn_region(regions: Regions, store: str, region: str, ts_ms: int) -> bool:
     arrival wins (ties: the smaller region name), so the map is the same whatever order the
     partitions apply their arrivals in, and after a restart that loaded it. True if it
     changed."""
-    known = regions.get(store)
-    if known is not None and (known[1], known[0]) <= (ts_ms, region):
+    if not names_earlier(regions, store, region, ts_ms):
         return False
     regions[store] = (region, ts_ms)
     return True
+
+
+def names_earlier(regions: Regions, store: str, region: str, ts_ms: int) -> bool:
+    """Would an arrival at ``ts_ms`` naming ``store`` in ``region`` change ``regions`` (no
+    region known for the store yet, or this naming comes first)?"""
+    known = regions.get(store)
+    return known is None or (ts_ms, region) < (known[1], known[0])
 
 
 def region_of(regions: Regions, store: str, at_ms: int) -> str | None:
